@@ -1,0 +1,379 @@
+"""Dataset pipeline: scan a folder, tokenize in parallel with a content-hash cache, report what
+was used and why files were skipped, and store the corpus as compact memory-mapped arrays
+from which training windows are drawn (with transposition augmentation)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import atomic_path, atomic_write_bytes
+from .midi import MidiError, read_midi_bytes, MAX_FILE_BYTES
+from .tokenizer import Tokenizer
+
+MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
+MIN_NOTES = 8  # fewer notes than this teach nothing: the file is skipped as "too short"
+CACHE_MAGIC = b"MLTK1"
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(os.environ.get("MELODYLSTM_CACHE") or platformdirs.user_cache_dir("melodylstm"))
+
+
+# ---------------------------------------------------------------- scanning
+
+def find_midi_files(root) -> tuple[list[Path], list[dict]]:
+    """All MIDI files below `root` (or `root` itself), sorted; plus entries that look like MIDI but
+    cannot be used (directories named x.mid, unreadable folders). Symlinked folders are not
+    followed, so symlink loops cannot trap the scan."""
+    root = Path(root)
+    if root.is_file():
+        return [root], []
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    found, skipped = [], []
+
+    def on_error(err):
+        skipped.append({"path": str(err.filename), "reason": f"cannot read folder ({err.strerror})"})
+
+    for folder, dirs, files in os.walk(root, onerror=on_error):
+        dirs.sort()
+        for name in dirs:
+            if name.lower().endswith(MIDI_SUFFIXES):
+                skipped.append({"path": str(Path(folder) / name), "reason": "is a directory"})
+        for name in sorted(files):
+            if name.lower().endswith(MIDI_SUFFIXES):
+                found.append(Path(folder) / name)
+    return found, skipped
+
+
+# ---------------------------------------------------------------- one file
+
+@dataclass
+class FileResult:
+    path: str
+    content_hash: str = ""
+    tokens: np.ndarray | None = None
+    reason: str = ""  # why the file was skipped; empty when used
+    notes: int = 0
+    seconds: float = 0.0
+    lost: dict = field(default_factory=dict)  # counts of notes changed by lossy rules
+    cached: bool = False
+
+
+def config_fingerprint(tokenizer: Tokenizer) -> str:
+    return hashlib.blake2b(tokenizer.to_json().encode(), digest_size=8).hexdigest()
+
+
+def tokenize_bytes(data: bytes, tokenizer: Tokenizer, path: str) -> FileResult:
+    result = FileResult(path)
+    try:
+        song = read_midi_bytes(data, tokenizer.config.resolution, path)
+        tokens, kept, lost = tokenizer.tokenize(song)
+    except MidiError as exc:
+        result.reason = str(exc)
+        return result
+    result.notes, result.lost = len(kept.notes), lost
+    if result.notes == 0:
+        result.reason = "no notes" if len(song.notes) == 0 else "no notes left in the tokenizer's range"
+        return result
+    if result.notes < MIN_NOTES:
+        result.reason = f"too short ({result.notes} notes, need {MIN_NOTES})"
+        return result
+    result.tokens = tokens
+    result.seconds = float(kept.seconds())
+    return result
+
+
+class TokenCache:
+    """Per-file tokens keyed by file content hash + tokenizer config: one small binary file each
+    (magic, JSON header length, JSON header, raw uint16 tokens)."""
+
+    def __init__(self, root, tokenizer: Tokenizer):
+        self.dir = Path(root) / "tokens" / config_fingerprint(tokenizer)
+
+    def _path(self, content_hash: str) -> Path:
+        return self.dir / content_hash[:2] / (content_hash + ".tok")
+
+    def get(self, content_hash: str, path: str) -> FileResult | None:
+        try:
+            raw = self._path(content_hash).read_bytes()
+        except OSError:
+            return None
+        try:
+            if not raw.startswith(CACHE_MAGIC):
+                return None
+            (size,) = struct.unpack_from("<I", raw, len(CACHE_MAGIC))
+            start = len(CACHE_MAGIC) + 4
+            meta = json.loads(raw[start:start + size])
+            result = FileResult(path, content_hash, reason=meta["reason"], notes=meta["notes"],
+                                seconds=meta["seconds"], lost=meta["lost"], cached=True)
+            if not result.reason:
+                result.tokens = np.frombuffer(raw, dtype=np.uint16, offset=start + size)
+            return result
+        except (ValueError, KeyError, struct.error):
+            return None  # a damaged entry is simply recomputed
+
+    def put(self, result: FileResult) -> None:
+        meta = json.dumps({"reason": result.reason, "notes": result.notes,
+                           "seconds": result.seconds, "lost": result.lost}).encode()
+        body = result.tokens.astype("<u2").tobytes() if result.tokens is not None else b""
+        try:
+            atomic_write_bytes(self._path(result.content_hash),
+                               CACHE_MAGIC + struct.pack("<I", len(meta)) + meta + body)
+        except OSError:
+            pass  # a read-only or full cache only costs speed
+
+
+def _process_file(args) -> FileResult:
+    path, tokenizer, cache_root = args
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except IsADirectoryError:
+        return FileResult(path, reason="is a directory")
+    except OSError as exc:
+        return FileResult(path, reason=f"cannot read ({exc.strerror or exc})")
+    content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+    cache = TokenCache(cache_root, tokenizer) if cache_root else None
+    if cache:
+        hit = cache.get(content_hash, path)
+        if hit is not None:
+            return hit
+    result = tokenize_bytes(data, tokenizer, path)
+    result.content_hash = content_hash
+    if cache:
+        cache.put(result)
+    return result
+
+
+def tokenize_files(paths, tokenizer: Tokenizer, cache_root=None, jobs: int = 0, progress: bool = False):
+    """Tokenize files in parallel (jobs=0: all cores). Cache hits are served in this process
+    first, so a fully cached corpus never pays for starting worker processes."""
+    paths = [str(p) for p in paths]
+    results: dict[int, FileResult] = {}
+    todo = []
+    bar = _progress(len(paths), progress)
+    for i, path in enumerate(paths):
+        hit = _cached_only(path, tokenizer, cache_root) if cache_root else None
+        if hit is not None:
+            results[i] = hit
+            bar.update(1)
+        else:
+            todo.append(i)
+    jobs = jobs or os.cpu_count() or 1
+    work = [(paths[i], tokenizer, cache_root) for i in todo]
+    if jobs > 1 and len(work) > 4:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
+            for i, result in zip(todo, pool.map(_process_file, work, chunksize=max(1, len(work) // (jobs * 8)))):
+                results[i] = result
+                bar.update(1)
+    else:
+        for i, args in zip(todo, work):
+            results[i] = _process_file(args)
+            bar.update(1)
+    bar.close()
+    return [results[i] for i in range(len(paths))]
+
+
+def _cached_only(path, tokenizer, cache_root):
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    return TokenCache(cache_root, tokenizer).get(hashlib.blake2b(data, digest_size=16).hexdigest(), path)
+
+
+def _progress(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- report
+
+def ingest_report(results, extra_skipped=()) -> dict:
+    used = [r for r in results if r.reason == ""]
+    lost = {}
+    for r in used:
+        for key, count in r.lost.items():
+            lost[key] = lost.get(key, 0) + count
+    skipped = list(extra_skipped) + [{"path": r.path, "reason": r.reason} for r in results if r.reason]
+    return {
+        "files_found": len(results) + len(extra_skipped),
+        "files_used": len(used),
+        "files_skipped": skipped,
+        "notes": sum(r.notes for r in used),
+        "tokens": int(sum(len(r.tokens) for r in used)),
+        "seconds": round(sum(r.seconds for r in used), 3),
+        "notes_changed": lost,
+        "cache_hits": sum(r.cached for r in results),
+    }
+
+
+def format_report(report: dict, show_skipped: int = 20) -> str:
+    minutes = report["seconds"] / 60
+    lines = [f"files: {report['files_found']} found, {report['files_used']} used, "
+             f"{len(report['files_skipped'])} skipped",
+             f"music: {report['notes']:,} notes, {report['tokens']:,} tokens, {minutes:.1f} minutes"]
+    changed = {k: v for k, v in report.get("notes_changed", {}).items() if v}
+    if changed:
+        lines.append("tokenizer rules applied: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(changed.items())))
+    for item in report["files_skipped"][:show_skipped]:
+        lines.append(f"  skipped {item['path']}: {item['reason']}")
+    more = len(report["files_skipped"]) - show_skipped
+    if more > 0:
+        lines.append(f"  ... and {more} more skipped (see --json)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- split and store
+
+def is_validation(content_hash: str, val_fraction: float) -> bool:
+    """Stable split: depends only on the file's own bytes, so adding files never moves others."""
+    return int(content_hash[:8], 16) / 0xFFFFFFFF < val_fraction
+
+
+def split_results(used, val_fraction: float):
+    val = [r for r in used if is_validation(r.content_hash, val_fraction)]
+    if not val and len(used) >= 2 and val_fraction > 0:  # tiny corpus: still hold one file out
+        val = [min(used, key=lambda r: r.content_hash)]
+    val_ids = {id(r) for r in val}
+    train = [r for r in used if id(r) not in val_ids]
+    return train, val
+
+
+class TokenStore:
+    """A corpus split as two flat uint16 arrays (documents concatenated, each BOS ... EOS),
+    memory-mapped from disk so memory does not grow with the corpus."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.train = self._open("train")
+        self.val = self._open("val")
+
+    def _open(self, name):
+        path = self.folder / f"{name}.u16"
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=np.uint16)
+        return np.memmap(path, dtype=np.uint16, mode="r")
+
+    @classmethod
+    def build(cls, folder, used, val_fraction: float, extra_meta: dict | None = None) -> "TokenStore":
+        folder = Path(folder)
+        train, val = split_results(sorted(used, key=lambda r: r.content_hash), val_fraction)
+        key = hashlib.blake2b(json.dumps([[r.content_hash for r in train], [r.content_hash for r in val],
+                                          extra_meta or {}]).encode(), digest_size=12).hexdigest()
+        target = folder / key
+        if (target / "meta.json").exists():
+            return cls(target)
+        target.mkdir(parents=True, exist_ok=True)
+        for name, part in (("train", train), ("val", val)):
+            with atomic_path(target / f"{name}.u16") as tmp:
+                with open(tmp, "wb") as fh:
+                    for r in part:
+                        fh.write(r.tokens.astype("<u2").tobytes())
+        meta = {"train_files": [r.path for r in train], "val_files": [r.path for r in val],
+                "train_tokens": int(sum(len(r.tokens) for r in train)),
+                "val_tokens": int(sum(len(r.tokens) for r in val)),
+                "train_notes": sum(r.notes for r in train), "val_notes": sum(r.notes for r in val),
+                "val_seconds": sum(r.seconds for r in val), **(extra_meta or {})}
+        atomic_write_bytes(target / "meta.json", json.dumps(meta).encode())
+        return cls(target)
+
+
+# ---------------------------------------------------------------- training windows
+
+class WindowSampler:
+    """Random (input, target) windows from a token array, with optional transposition.
+    All randomness comes from one numpy Generator whose state can be saved and restored,
+    so a resumed run draws exactly the batches an uninterrupted run would."""
+
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
+                 seed: int = 0, transpose: int = 0):
+        if len(tokens) < 2:
+            raise ValueError("not enough training tokens")
+        self.tokens, self.tok = tokens, tokenizer
+        self.seq_len = min(seq_len, len(tokens) - 1)
+        self.batch_size, self.transpose = batch_size, transpose
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.offsets = np.arange(self.seq_len + 1)
+
+    def next_batch(self) -> np.ndarray:
+        starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        batch = self.tokens[starts[:, None] + self.offsets].astype(np.int64)
+        if self.transpose:
+            transpose_pitches(batch, self.tok, self.transpose, self.rng)
+        return batch
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng) -> None:
+    """Shift every pitched note of each row by one random interval that keeps the row in range
+    (in place). Drum tokens are separate, so drums are never transposed."""
+    n_pitches = tok.config.pitch_high - tok.config.pitch_low + 1
+    offset = batch - tok.pitch0
+    is_pitch = (offset >= 0) & (offset < n_pitches)
+    lowest = np.where(is_pitch, offset, n_pitches).min(axis=1)
+    highest = np.where(is_pitch, offset, -1).max(axis=1)
+    down = np.minimum(max_semitones, np.where(highest >= 0, lowest, max_semitones))
+    up = np.minimum(max_semitones, np.where(highest >= 0, n_pitches - 1 - highest, max_semitones))
+    shift = np.floor(rng.random(len(batch)) * (down + up + 1)).astype(np.int64) - down
+    batch += np.where(is_pitch, shift[:, None], 0)
+
+
+def validation_windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
+    """Non-overlapping windows covering the validation tokens (deterministic)."""
+    n = (len(tokens) - 1) // seq_len
+    if n == 0:
+        return np.zeros((0, seq_len + 1), dtype=np.int64)
+    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
+    return tokens[idx].astype(np.int64)
+
+
+# ---------------------------------------------------------------- all together
+
+def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = True, jobs: int = 0,
+                progress: bool = False, val_fraction: float = 0.1):
+    """Scan, tokenize (cached) and store a corpus. Returns (report, TokenStore or None)."""
+    started = time.perf_counter()
+    files, skipped_entries = find_midi_files(path)
+    cache_root = None
+    if use_cache:
+        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            cache_root = None
+    results = tokenize_files(files, tokenizer, str(cache_root) if cache_root else None, jobs, progress)
+    report = ingest_report(results, skipped_entries)
+    report["elapsed_s"] = round(time.perf_counter() - started, 3)
+    used = [r for r in results if not r.reason]
+    if not used:
+        return report, None
+    if cache_root is None:
+        import tempfile
+
+        store_root = Path(tempfile.mkdtemp(prefix="melodylstm-corpus-"))
+    else:
+        store_root = cache_root / "corpora"
+    store = TokenStore.build(store_root, used, val_fraction, {"tokenizer": config_fingerprint(tokenizer)})
+    report["train_files"] = len(store.meta["train_files"])
+    report["val_files"] = len(store.meta["val_files"])
+    return report, store

@@ -1,0 +1,288 @@
+"""MIDI files <-> `Song`, the grid-quantized note list every other module works on.
+
+Reading uses symusic (a C++ parser, ~100x faster than pretty_midi); writing uses mido,
+which gives full control over tracks, channels and event order.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .fileio import atomic_write_bytes
+
+DRUMS = 128  # program number used for General MIDI percussion (channel 10)
+ONSET, DURATION, PITCH, VELOCITY, PROGRAM = range(5)  # columns of Song.notes
+DEFAULT_TEMPO = 500_000  # microseconds per quarter note (120 bpm), the MIDI default
+MAX_FILE_BYTES = 32 * 2**20  # bigger files are skipped: no real single piece needs more
+MAX_NOTES = 500_000  # bound on the work spent on one file
+
+
+class MidiError(ValueError):
+    """A MIDI file that cannot be used; the message is a one-line reason for the user."""
+
+
+@dataclass
+class Song:
+    """Notes on a grid of `resolution` steps per quarter note, plus tempo and metre.
+
+    notes: int32 array (N, 5) of onset, duration, pitch, velocity, program
+    (program 128 = drums), sorted by onset, program, pitch.
+    """
+
+    notes: np.ndarray
+    resolution: int
+    tempos: list = field(default_factory=lambda: [(0, DEFAULT_TEMPO)])  # (step, us per quarter)
+    time_signatures: list = field(default_factory=lambda: [(0, 4, 4)])  # (step, num, den)
+    names: dict = field(default_factory=dict)  # program -> track name
+
+    def __post_init__(self):
+        self.notes = sort_notes(np.asarray(self.notes, dtype=np.int32).reshape(-1, 5))
+
+    @property
+    def end(self) -> int:
+        """Step at which the last note ends (0 for an empty song)."""
+        if len(self.notes) == 0:
+            return 0
+        return int((self.notes[:, ONSET] + self.notes[:, DURATION]).max())
+
+    def bar_grid(self) -> "BarGrid":
+        return BarGrid(self.time_signatures, self.resolution)
+
+    def seconds(self, steps=None):
+        """Convert steps (scalar or array; default: the song's end) to seconds via the tempo map."""
+        steps = self.end if steps is None else steps
+        return steps_to_seconds(np.asarray(steps, dtype=np.float64), self.tempos, self.resolution)
+
+
+def sort_notes(notes: np.ndarray) -> np.ndarray:
+    order = np.lexsort((notes[:, DURATION], notes[:, VELOCITY], notes[:, PITCH],
+                        notes[:, PROGRAM], notes[:, ONSET]))
+    return notes[order]
+
+
+def bar_length(numerator: int, denominator: int, resolution: int) -> int:
+    return max(1, round(numerator * resolution * 4 / denominator))
+
+
+class BarGrid:
+    """Bar lines of a time-signature map, extended forever with the last metre."""
+
+    def __init__(self, time_signatures, resolution: int):
+        sigs = sorted(time_signatures) or [(0, 4, 4)]
+        if sigs[0][0] > 0:
+            sigs = [(0, 4, 4)] + sigs
+        starts = []
+        for (step, num, den), nxt in zip(sigs, [s[0] for s in sigs[1:]] + [None]):
+            length = bar_length(num, den, resolution)
+            if nxt is None:
+                self.tail_start, self.tail_length = step, length
+            else:
+                starts.extend(range(step, nxt, length))
+        self.head = starts  # explicit bar lines before the last time signature
+
+    def start(self, index: int) -> int:
+        if index < len(self.head):
+            return self.head[index]
+        return self.tail_start + (index - len(self.head)) * self.tail_length
+
+    def index_at_or_after(self, time: int) -> int:
+        if self.head and time <= self.head[-1]:
+            return bisect.bisect_left(self.head, time)
+        k = max(0, -(-(time - self.tail_start) // self.tail_length))
+        return len(self.head) + k
+
+
+def steps_to_seconds(steps: np.ndarray, tempos, resolution: int):
+    tempos = sorted(tempos) or [(0, DEFAULT_TEMPO)]
+    if tempos[0][0] > 0:
+        tempos = [(0, DEFAULT_TEMPO)] + tempos
+    t_steps = np.array([t for t, _ in tempos], dtype=np.float64)
+    sec_per_step = np.array([us for _, us in tempos], dtype=np.float64) / 1e6 / resolution
+    seg_start = np.concatenate([[0.0], np.cumsum(np.diff(t_steps) * sec_per_step[:-1])])
+    idx = np.clip(np.searchsorted(t_steps, steps, side="right") - 1, 0, len(tempos) - 1)
+    out = seg_start[idx] + (steps - t_steps[idx]) * sec_per_step[idx]
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def seconds_to_steps(seconds: float, tempos, resolution: int) -> int:
+    """Inverse of steps_to_seconds for a scalar (used to turn --seconds into a length)."""
+    lo, hi = 0, 1
+    while steps_to_seconds(np.float64(hi), tempos, resolution) < seconds:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if steps_to_seconds(np.float64(mid), tempos, resolution) < seconds:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+# ---------------------------------------------------------------- reading
+
+def read_midi_bytes(data: bytes, resolution: int, name: str = "file") -> Song:
+    """Parse MIDI bytes into a Song on the grid. Raises MidiError with a one-line reason."""
+    import symusic  # imported lazily: `melodylstm --help` must stay fast
+
+    if len(data) > MAX_FILE_BYTES:
+        raise MidiError(f"too large ({len(data) // 2**20} MB, limit {MAX_FILE_BYTES // 2**20} MB)")
+    if not data.startswith(b"MThd"):
+        raise MidiError("not a MIDI file (no MThd header)")
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as exc:  # symusic raises RuntimeError/ValueError with terse texts
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MidiError(f"unreadable MIDI ({reason[:120]})") from None
+    if score.tpq <= 0:
+        raise MidiError("invalid ticks-per-beat (0 or SMPTE timing)")
+    return score_to_song(score, resolution)
+
+
+def read_midi(path: str | os.PathLike, resolution: int) -> Song:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except IsADirectoryError:
+        raise MidiError("is a directory") from None
+    except OSError as exc:
+        raise MidiError(f"cannot read ({exc.strerror or exc})") from None
+    return read_midi_bytes(data, resolution, name=os.fspath(path))
+
+
+def _to_steps(ticks: np.ndarray, tpq: int, resolution: int) -> np.ndarray:
+    ticks = ticks.astype(np.int64)
+    return (ticks * (2 * resolution) + tpq) // (2 * tpq)  # round half up, in integers
+
+
+def score_to_song(score, resolution: int) -> Song:
+    tpq = int(score.tpq)
+    parts, names, total = [], {}, 0
+    for track in score.tracks:
+        arrays = track.notes.numpy()
+        n = len(arrays["time"])
+        if n == 0:
+            continue
+        total += n
+        if total > MAX_NOTES:
+            raise MidiError(f"too many notes (over {MAX_NOTES:,})")
+        program = DRUMS if track.is_drum else int(track.program)
+        start = _to_steps(arrays["time"], tpq, resolution)
+        end = _to_steps(arrays["time"].astype(np.int64) + arrays["duration"], tpq, resolution)
+        part = np.empty((n, 5), dtype=np.int64)
+        part[:, ONSET] = start
+        part[:, DURATION] = np.maximum(end - start, 1)  # zero-length notes last one step
+        part[:, PITCH] = arrays["pitch"]
+        part[:, VELOCITY] = arrays["velocity"]
+        part[:, PROGRAM] = program
+        parts.append(part)
+        if track.name and program not in names:
+            names[program] = clean_name(track.name)
+    notes = np.concatenate(parts) if parts else np.zeros((0, 5), dtype=np.int64)
+    if len(notes) and (notes[:, ONSET].min() < 0 or notes[:, ONSET].max() > 2**31 - 2**24):
+        raise MidiError("note times out of range")
+    keep = (notes[:, VELOCITY] > 0) & (notes[:, PITCH] >= 0)
+    tempos = [(int(_to_steps(np.array([t.time]), tpq, resolution)[0]), int(t.mspq))
+              for t in score.tempos if 0 < t.mspq < 2**24]
+    sigs = [(int(_to_steps(np.array([s.time]), tpq, resolution)[0]), int(s.numerator), int(s.denominator))
+            for s in score.time_signatures if 0 < s.numerator <= 64 and s.denominator in (1, 2, 4, 8, 16, 32, 64)]
+    return Song(notes[keep], resolution, _dedupe_map(tempos, (0, DEFAULT_TEMPO)),
+                _dedupe_map(sigs, (0, 4, 4)), names)
+
+
+def clean_name(name) -> str:
+    """Track names end up in MIDI meta events, which hold latin-1 text only."""
+    text = "".join(ch for ch in str(name)[:64] if ch.isprintable())
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _dedupe_map(events, default):
+    """A clean event map: starts at step 0 (with the MIDI default if the file sets none there),
+    one event per step (the last), no event that repeats the value before it."""
+    by_step = {ev[0]: ev for ev in sorted(events, key=lambda e: e[0])}
+    ordered = sorted(by_step.values())
+    if not ordered or ordered[0][0] > 0:
+        ordered.insert(0, default)
+    out = []
+    for ev in ordered:
+        if not out or ev[1:] != out[-1][1:]:
+            out.append(ev)
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+def channel_for(program: int, index: int) -> int:
+    if program == DRUMS:
+        return 9
+    channel = index % 15
+    return channel + 1 if channel >= 9 else channel  # skip the drum channel
+
+
+def song_to_tracks(song: Song, ticks_per_step: int, name_prefix: str = "", channel_offset: int = 0):
+    """One mido track per program, note-offs before note-ons at equal times."""
+    import mido
+
+    tracks = []
+    programs = sorted(set(song.notes[:, PROGRAM].tolist()))
+    for i, program in enumerate(programs):
+        notes = song.notes[song.notes[:, PROGRAM] == program]
+        channel = channel_for(program, i + channel_offset)
+        events = []  # (tick, order, message); order puts note-offs first
+        for onset, dur, pitch, vel, _ in notes.tolist():
+            events.append((onset * ticks_per_step, 1, mido.Message("note_on", channel=channel, note=pitch, velocity=vel)))
+            events.append(((onset + dur) * ticks_per_step, 0, mido.Message("note_off", channel=channel, note=pitch, velocity=0)))
+        events.sort(key=lambda e: (e[0], e[1]))
+        default_name = "Drums" if program == DRUMS else f"Program {program}"
+        track = mido.MidiTrack()
+        track.append(mido.MetaMessage("track_name", name=name_prefix + song.names.get(program, default_name)))
+        if program != DRUMS:
+            track.append(mido.Message("program_change", channel=channel, program=program))
+        tracks.append(_with_delta_times(track, events))
+    return tracks
+
+
+def conductor_track(song: Song, ticks_per_step: int):
+    import mido
+
+    events = [(step * ticks_per_step, 0, mido.MetaMessage("set_tempo", tempo=us)) for step, us in song.tempos]
+    events += [(step * ticks_per_step, 0, mido.MetaMessage("time_signature", numerator=n, denominator=d))
+               for step, n, d in song.time_signatures]
+    events.sort(key=lambda e: e[0])
+    return _with_delta_times(mido.MidiTrack(), events)
+
+
+def _with_delta_times(track, events):
+    import mido
+
+    now = 0
+    for tick, _, msg in events:
+        track.append(msg.copy(time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    return track
+
+
+def song_to_midifile(song: Song, ticks_per_quarter: int = 480):
+    import mido
+
+    ticks_per_step = max(1, ticks_per_quarter // song.resolution)
+    mid = mido.MidiFile(type=1, ticks_per_beat=ticks_per_step * song.resolution)
+    mid.tracks.append(conductor_track(song, ticks_per_step))
+    mid.tracks.extend(song_to_tracks(song, ticks_per_step))
+    return mid
+
+
+def midifile_bytes(mid) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    mid.save(file=buf)
+    return buf.getvalue()
+
+
+def write_midi(song: Song, path: str | os.PathLike) -> None:
+    """Write atomically: an interrupted write never leaves a half-written file."""
+    atomic_write_bytes(path, midifile_bytes(song_to_midifile(song)))
