@@ -140,6 +140,76 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
               f"quantized to 1/{tok.config.resolution} beat; {changed}. Wrote {midi_out}")
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True))
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder (default: checkpoints/<FOLDER name>).")
+@tokenizer_options
+@click.option("--layers", default=2, show_default=True, help="LSTM layers.")
+@click.option("--hidden", default=512, show_default=True, help="LSTM hidden size.")
+@click.option("--embedding", default=128, show_default=True, help="Token embedding size.")
+@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--tie-weights", is_flag=True, help="Share embedding and output weights.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--max-steps", default=0, help="Stop after this many steps (0: as many as --epochs take).")
+@click.option("--max-time", default=0.0, help="Stop after this many minutes (0: no limit).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--seq-len", default=256, show_default=True, help="Tokens per training window.")
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU.")
+@click.option("--compile", "use_compile", is_flag=True, help="Use torch.compile.")
+@click.option("--transpose", default=5, show_default=True, help="Augment: random transposition within +-N semitones.")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Share of files held out for validation.")
+@click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without improvement (0: off).")
+@click.option("--save-interval", default=120.0, show_default=True, help="Seconds between safety checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--init-from", type=click.Path(exists=True), help="Start from this checkpoint's weights (fine-tuning).")
+@click.option("-j", "--jobs", default=0, help="Tokenizer processes (0: all cores).")
+@click.option("--cache-dir", type=click.Path(file_okay=False))
+@click.option("--no-cache", is_flag=True)
+@click.pass_context
+def train(ctx, folder, out, resolution, programs, drums, no_bars, layers, hidden, embedding, dropout, tie_weights,
+          epochs, max_steps, max_time, batch_size, seq_len, lr, seed, device, precision, use_compile, transpose,
+          val_fraction, patience, save_interval, resume, init_from, jobs, cache_dir, no_cache):
+    """Train a model on the MIDI files in FOLDER (searched recursively).
+
+    Run on several GPUs or machines with torchrun:
+    torchrun --nproc_per_node 4 -m melodylstm train FOLDER
+    """
+    from pathlib import Path
+
+    from .model import ModelConfig
+    from .train import Run, TrainConfig
+
+    out = out or str(Path("checkpoints") / (Path(folder).resolve().name or "model"))
+    tok = make_tokenizer(resolution, programs, drums, no_bars)
+    model_config = ModelConfig(len(tok), embedding, hidden, layers, dropout, tie_weights)
+    cfg = TrainConfig(out=out, epochs=epochs, max_steps=max_steps, max_time=max_time * 60, batch_size=batch_size,
+                      seq_len=seq_len, lr=lr, seed=seed, device=device, precision=precision, transpose=transpose,
+                      val_fraction=val_fraction, patience=patience, save_interval=save_interval, compile=use_compile)
+    log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
+    run = Run(folder, tok, model_config, cfg, resume=out if resume else None, init_from=init_from,
+              data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
+              log=log, progress=not ctx.obj["quiet"])
+    if run.dist.main:
+        r = run.report
+        log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "
+            f"{run.store.meta['train_tokens']:,} training / {run.store.meta['val_tokens']:,} validation tokens")
+        log(f"model: {layers}x{hidden} LSTM, {run.model.num_parameters():,} parameters, on {run.device}; "
+            f"{run.total_steps:,} steps ({run.steps_per_epoch:,} per epoch)"
+            + (f", resuming at step {run.step:,}" if resume else ""))
+    status = run.train()
+    if run.dist.main:
+        best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
+        log(f"{status} at step {run.step:,}: {best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
+        if status == "interrupted":
+            log(f"resume with: melodylstm train {folder} -o {out} --resume")
+    if status == "interrupted":
+        ctx.exit(130)
+
+
 def main():
     cli(prog_name="melodylstm")
 

@@ -1,0 +1,135 @@
+"""Checkpoints: one safetensors file holding weights, configs (JSON), training state and metadata.
+
+safetensors stores raw tensors and a JSON header, so loading a checkpoint can never run code
+(unlike pickle-based torch.save files, which are refused outright). Writes are atomic."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .fileio import atomic_path
+from .model import MelodyLSTM, ModelConfig
+from .tokenizer import Tokenizer
+
+FORMAT = "melodylstm-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).parent / "default" / "default.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    weights: dict
+    train_state: dict = field(default_factory=dict)
+    train_tensors: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    path: str = ""
+
+    def build_model(self, device="cpu") -> MelodyLSTM:
+        model = MelodyLSTM(self.model_config)
+        weights = {k: v.float() for k, v in self.weights.items()}
+        if self.model_config.tie_weights:
+            weights.setdefault("head.weight", weights.get("embed.weight"))
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).replace("\n", " ").replace("\t", "")
+            raise CheckpointError(f"{self.path}: weights do not match the model config ({first[:160]})") from None
+        return model.to(device)
+
+
+def save_checkpoint(path, model: MelodyLSTM, tokenizer: Tokenizer, train_state: dict | None = None,
+                    train_tensors: dict | None = None, meta: dict | None = None, half: bool = False) -> None:
+    from safetensors.torch import save_file
+
+    model = getattr(model, "module", model)  # unwrap DDP
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if model.config.tie_weights and name == "head.weight":
+            continue  # shared with embed.weight; safetensors refuses aliased tensors
+        tensor = tensor.detach().to("cpu")
+        tensors[f"model.{name}"] = (tensor.half() if half and tensor.is_floating_point() else tensor).contiguous().clone()
+    for name, tensor in (train_tensors or {}).items():
+        tensors[f"train.{name}"] = tensor.detach().to("cpu").contiguous().clone()
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(model.config.to_dict()),
+        "tokenizer": tokenizer.to_json(),
+        "train_state": json.dumps(train_state or {}),
+        "meta": json.dumps({"melodylstm_version": __version__, **(meta or {})}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+def load_checkpoint(path=None, with_train_state: bool = False) -> Checkpoint:
+    """Load and validate a checkpoint (default: the bundled model). Raises CheckpointError."""
+    from safetensors import safe_open
+
+    path = Path(path) if path else DEFAULT_CHECKPOINT
+    if path.is_dir():
+        path = pick_from_folder(path)
+    if not path.exists():
+        hint = " (the bundled default model is missing from this install)" if path == DEFAULT_CHECKPOINT else ""
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a melodylstm checkpoint")
+            names = [k for k in fh.keys() if k.startswith("model.") or (with_train_state and k.startswith("train."))]
+            tensors = {k: fh.get_tensor(k) for k in names}
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for foreign or damaged files
+        raise CheckpointError(f"{path}: not a readable melodylstm checkpoint (damaged, truncated, "
+                              f"or a pickle file, which is never loaded: {type(exc).__name__})") from None
+    return _validate(path, metadata, tensors)
+
+
+def _validate(path, metadata, tensors) -> Checkpoint:
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: checkpoint format {metadata.get('format_version')} is not supported "
+                              f"by melodylstm {__version__} (expects {FORMAT_VERSION})")
+    try:
+        model_config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
+        tokenizer = Tokenizer.from_json(metadata["tokenizer"])
+        train_state = json.loads(metadata.get("train_state", "{}"))
+        meta = json.loads(metadata.get("meta", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid configuration ({exc})") from None
+    if model_config.vocab_size != len(tokenizer):
+        raise CheckpointError(f"{path}: model vocabulary ({model_config.vocab_size}) does not match "
+                              f"its tokenizer ({len(tokenizer)} tokens)")
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: weight {name} contains NaN or infinite values")
+    train_tensors = {k[len("train."):]: v for k, v in tensors.items() if k.startswith("train.")}
+    ckpt = Checkpoint(model_config, tokenizer, weights, train_state, train_tensors, meta, str(path))
+    ckpt.build_model()  # shape check now, with a clear message
+    return ckpt
+
+
+def pick_from_folder(folder: Path) -> Path:
+    for name in ("best.safetensors", "last.safetensors"):
+        if (folder / name).exists():
+            return folder / name
+    raise CheckpointError(f"no best.safetensors or last.safetensors in {folder}")
+
+
+def finite(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
