@@ -210,6 +210,116 @@ def train(ctx, folder, out, resolution, programs, drums, no_bars, layers, hidden
         ctx.exit(130)
 
 
+def sampling_options(f):
+    options = [
+        click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model)."),
+        click.option("--bars", type=int, help="Length in bars of generated music (default 8)."),
+        click.option("--seconds", type=float, help="Length in seconds of generated music."),
+        click.option("--tokens", type=int, help="Length in tokens."),
+        click.option("-n", "--num", default=1, show_default=True, help="Variations to write (sampled as one batch)."),
+        click.option("-t", "--temperature", default=1.0, show_default=True, help="Randomness; 0 = always the likeliest token."),
+        click.option("--top-k", default=0, show_default=True, help="Sample only from the k likeliest tokens (0: all)."),
+        click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: smallest set with this probability."),
+        click.option("--seed", type=int, help="Same seed, checkpoint and options give the same file."),
+        click.option("--key", help="Keep pitches in a scale: D:minor, F#, Bb:dorian, or auto (estimated from the primer)."),
+        click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
+        click.option("--play", is_flag=True, help="Play the notes while they are generated."),
+        click.option("--window", is_flag=True, help="With --play: show a scrolling piano roll."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def output_paths(out: str, num: int) -> list[str]:
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir() or out.endswith(os.sep):
+        path.mkdir(parents=True, exist_ok=True)
+        return [str(path / f"melodylstm-{i + 1}.mid") for i in range(num)]
+    if num == 1:
+        return [out]
+    return [str(path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.mid'}")) for i in range(num)]
+
+
+def load_generator(ctx, checkpoint):
+    from .generate import Generator
+
+    gen = Generator.load(checkpoint)
+    if checkpoint is None and ctx.obj["verbose"]:
+        info(ctx, "using the bundled default model")
+    return gen
+
+
+@cli.command()
+@click.option("-o", "--out", default="generated.mid", show_default=True, help="Output file (or folder).")
+@sampling_options
+@click.option("--tempo", default=120.0, show_default=True, help="Beats per minute.")
+@click.option("--time-signature", default="4/4", show_default=True)
+@click.pass_context
+def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, pitch_range,
+             play, window, tempo, time_signature):
+    """Write new music from scratch."""
+    from .midi import write_midi
+
+    try:
+        numerator, denominator = (int(x) for x in time_signature.split("/"))
+        assert numerator > 0 and denominator in (1, 2, 4, 8, 16, 32)
+    except (ValueError, AssertionError):
+        raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
+    gen = load_generator(ctx, checkpoint)
+    player = start_player(ctx, play, window, gen.tok.config.resolution, tempo)
+    songs = gen.generate(bars=bars if bars or seconds or tokens else 8, seconds=seconds, tokens=tokens, num=num,
+                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, key=key,
+                         pitch_range=pitch_range, tempo=tempo, time_signature=(numerator, denominator),
+                         on_note=player.add_note if player else None)
+    paths = output_paths(out, num)
+    for song, path in zip(songs, paths):
+        write_midi(song, path)
+    info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})")
+    finish_player(player, songs[0])
+
+
+@cli.command("continue")
+@click.argument("midi_in", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, help="Output file (or folder).")
+@sampling_options
+@click.option("--only-new", is_flag=True, help="Write the continuation alone, without the input.")
+@click.option("--primer-bars", type=int, help="Use only the last N bars of the input as primer.")
+@click.pass_context
+def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key,
+                 pitch_range, play, window, only_new, primer_bars):
+    """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
+    from .fileio import atomic_write_bytes
+
+    paths = output_paths(out, num)
+    for path in paths:
+        check_output(midi_in, path)
+    if primer_bars is not None and primer_bars < 1:
+        raise UserError("--primer-bars must be at least 1")
+    gen = load_generator(ctx, checkpoint)
+    player = None
+    results = gen.continue_(midi_in, bars=bars if bars or seconds or tokens else 8, seconds=seconds, tokens=tokens,
+                            num=num, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, key=key,
+                            pitch_range=pitch_range, primer_bars=primer_bars,
+                            on_note=lambda note: player.add_note(note) if player else None)
+    for result, path in zip(results, paths):
+        atomic_write_bytes(path, result.midi_bytes(only_new))
+    key_text = f", key {results[0].key}" if results[0].key else ""
+    info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, seed {gen.last_seed})")
+
+
+def start_player(ctx, play, window, resolution, tempo):
+    if play or window:
+        raise UserError("live playback is not available in this build yet")
+    return None
+
+
+def finish_player(player, song):
+    return None
+
+
 def main():
     cli(prog_name="melodylstm")
 

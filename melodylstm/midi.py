@@ -214,30 +214,30 @@ def _dedupe_map(events, default):
 
 # ---------------------------------------------------------------- writing
 
-def channel_for(program: int, index: int) -> int:
-    if program == DRUMS:
-        return 9
-    channel = index % 15
-    return channel + 1 if channel >= 9 else channel  # skip the drum channel
-
-
-def song_to_tracks(song: Song, ticks_per_step: int, name_prefix: str = "", channel_offset: int = 0):
-    """One mido track per program, note-offs before note-ons at equal times."""
+def song_to_tracks(song: Song, ticks_per_step: float, name_prefix: str = "", channels=None):
+    """One mido track per program, note-offs before note-ons at equal times.
+    `channels`: pitched-part channels to use in order (default 0-15 without the drum channel)."""
     import mido
 
+    channels = list(channels) if channels else [ch for ch in range(16) if ch != 9]
     tracks = []
     programs = sorted(set(song.notes[:, PROGRAM].tolist()))
-    for i, program in enumerate(programs):
+    pitched_index = 0
+    for program in programs:
         notes = song.notes[song.notes[:, PROGRAM] == program]
-        channel = channel_for(program, i + channel_offset)
+        if program == DRUMS:
+            channel = 9
+        else:
+            channel = channels[pitched_index % len(channels)]
+            pitched_index += 1
         events = []  # (tick, order, message); order puts note-offs first
         for onset, dur, pitch, vel, _ in notes.tolist():
-            events.append((onset * ticks_per_step, 1, mido.Message("note_on", channel=channel, note=pitch, velocity=vel)))
-            events.append(((onset + dur) * ticks_per_step, 0, mido.Message("note_off", channel=channel, note=pitch, velocity=0)))
+            events.append((round(onset * ticks_per_step), 1, mido.Message("note_on", channel=channel, note=pitch, velocity=vel)))
+            events.append((round((onset + dur) * ticks_per_step), 0, mido.Message("note_off", channel=channel, note=pitch, velocity=0)))
         events.sort(key=lambda e: (e[0], e[1]))
         default_name = "Drums" if program == DRUMS else f"Program {program}"
         track = mido.MidiTrack()
-        track.append(mido.MetaMessage("track_name", name=name_prefix + song.names.get(program, default_name)))
+        track.append(mido.MetaMessage("track_name", name=clean_name(name_prefix + song.names.get(program, default_name))))
         if program != DRUMS:
             track.append(mido.Message("program_change", channel=channel, program=program))
         tracks.append(_with_delta_times(track, events))
@@ -286,3 +286,17 @@ def midifile_bytes(mid) -> bytes:
 def write_midi(song: Song, path: str | os.PathLike) -> None:
     """Write atomically: an interrupted write never leaves a half-written file."""
     atomic_write_bytes(path, midifile_bytes(song_to_midifile(song)))
+
+
+def crop_song(song: Song, start: int) -> Song:
+    """The part of a song from step `start` on, moved to begin at 0 (tempo and metre carried over)."""
+    notes = song.notes[song.notes[:, ONSET] >= start].copy()
+    notes[:, ONSET] -= start
+
+    def rebase(events):
+        before = [e for e in events if e[0] <= start]
+        out = [(0,) + tuple(before[-1][1:])] if before else []
+        return out + [(e[0] - start,) + tuple(e[1:]) for e in events if e[0] > start]
+
+    return Song(notes, song.resolution, rebase(song.tempos) or [(0, DEFAULT_TEMPO)],
+                rebase(song.time_signatures) or [(0, 4, 4)], dict(song.names))

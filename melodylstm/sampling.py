@@ -1,0 +1,318 @@
+"""Fast stateful sampling: one LSTM step per token, carrying (h, c), never re-feeding a window.
+
+`FastLSTM` runs the trained weights in numpy with everything that does not change between steps
+done once up front: the first layer's input projection becomes a lookup table, each deeper
+layer's two mat-vecs become one over pre-packed [W_ih | W_hh] weights, the sigmoid gates are
+folded into a single tanh (sigmoid(x) = (tanh(x/2) + 1) / 2, with the 1/2 baked into the
+weights), and all buffers are allocated once. `Sampler` adds the grammar masks, musical
+constraints and the stopping rules on top.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .midi import BarGrid
+from .tokenizer import BAR, EOS, PAD, SHIFT, START, Tokenizer
+
+NEG_INF = np.float32(-np.inf)
+
+
+class FastLSTM:
+    """Inference-only numpy twin of a MelodyLSTM for batched single-token steps."""
+
+    def __init__(self, model, dtype=np.float32):
+        sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+        c = model.config
+        self.layers, self.hidden, self.vocab = c.layers, c.hidden, c.vocab_size
+        H = c.hidden
+        # PyTorch gate order is i, f, g, o; reorder to i, f, o, g so the three sigmoid gates are contiguous
+        order = np.concatenate([np.arange(0, 2 * H), np.arange(3 * H, 4 * H), np.arange(2 * H, 3 * H)])
+        scale = np.ones(4 * H, dtype=np.float32)
+        scale[: 3 * H] = 0.5  # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5
+
+        def packed(k):
+            w_ih, w_hh = sd[f"lstm.weight_ih_l{k}"][order], sd[f"lstm.weight_hh_l{k}"][order]
+            bias = (sd[f"lstm.bias_ih_l{k}"] + sd[f"lstm.bias_hh_l{k}"])[order] * scale
+            return w_ih * scale[:, None], w_hh * scale[:, None], bias
+
+        w_ih0, w_hh0, b0 = packed(0)
+        self.table = (sd["embed.weight"] @ w_ih0.T + b0).astype(dtype)  # (vocab, 4H): layer 0 input, bias included
+        self.w = [np.ascontiguousarray(w_hh0.T, dtype=dtype)]  # (H, 4H)
+        self.b = [None]
+        for k in range(1, c.layers):
+            w_ih, w_hh, b = packed(k)
+            self.w.append(np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1).T, dtype=dtype))  # (2H, 4H)
+            self.b.append(b.astype(dtype))
+        head = sd["head.weight"] if "head.weight" in sd else sd["embed.weight"]
+        if c.tie_weights:
+            head = head @ sd["bottleneck.weight"]  # fold the bottleneck into the output layer
+            bias = sd["head.bias"] + sd["embed.weight"] @ sd["bottleneck.bias"] if "bottleneck.bias" in sd else sd["head.bias"]
+        else:
+            bias = sd["head.bias"]
+        self.w_out = np.ascontiguousarray(head.T, dtype=dtype)  # (H, vocab)
+        self.b_out = bias.astype(dtype)
+        self.batch = 0
+
+    def reset(self, batch: int, h=None, c=None) -> None:
+        """Allocate buffers for `batch` rows; optionally start from a state (layers, batch, H)."""
+        H, L = self.hidden, self.layers
+        self.batch = batch
+        # xh[k] holds [input to layer k | h of layer k]; layer 0 uses only its h half
+        self.xh = [np.zeros((batch, 2 * H), dtype=np.float32) for _ in range(L)]
+        self.c = np.zeros((L, batch, H), dtype=np.float32)
+        self.gates = np.empty((batch, 4 * H), dtype=np.float32)
+        self.tmp = np.empty((batch, H), dtype=np.float32)
+        self.logits = np.empty((batch, self.vocab), dtype=np.float32)
+        if h is not None:
+            for k in range(L):
+                self.xh[k][:, H:] = h[k]
+                if k + 1 < L:
+                    self.xh[k + 1][:, :H] = h[k]
+            self.c[:] = c
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed one token per row; returns logits (batch, vocab), valid until the next call."""
+        H, g, tmp = self.hidden, self.gates, self.tmp
+        for k in range(self.layers):
+            xh = self.xh[k]
+            if k == 0:
+                np.matmul(xh[:, H:], self.w[0], out=g)
+                g += self.table[tokens]
+            else:
+                np.matmul(xh, self.w[k], out=g)
+                g += self.b[k]
+            np.tanh(g, out=g)
+            sig = g[:, : 3 * H]
+            sig *= 0.5
+            sig += 0.5
+            c = self.c[k]
+            c *= g[:, H: 2 * H]  # forget gate
+            np.multiply(g[:, :H], g[:, 3 * H:], out=tmp)  # input gate * candidate
+            c += tmp
+            np.tanh(c, out=tmp)
+            h = xh[:, H:]
+            np.multiply(g[:, 2 * H: 3 * H], tmp, out=h)  # output gate
+            if k + 1 < self.layers:
+                self.xh[k + 1][:, :H] = h
+        np.matmul(self.xh[-1][:, H:], self.w_out, out=self.logits)
+        self.logits += self.b_out
+        return self.logits
+
+    def state(self):
+        H = self.hidden
+        return np.stack([x[:, H:] for x in self.xh]), self.c.copy()
+
+
+# ---------------------------------------------------------------- musical constraints
+
+PITCH_NAMES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+SCALES = {
+    "major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10],
+    "harmonic-minor": [0, 2, 3, 5, 7, 8, 11], "melodic-minor": [0, 2, 3, 5, 7, 9, 11],
+    "dorian": [0, 2, 3, 5, 7, 9, 10], "phrygian": [0, 1, 3, 5, 7, 8, 10], "lydian": [0, 2, 4, 6, 7, 9, 11],
+    "mixolydian": [0, 2, 4, 5, 7, 9, 10], "locrian": [0, 1, 3, 5, 6, 8, 10],
+    "major-pentatonic": [0, 2, 4, 7, 9], "minor-pentatonic": [0, 3, 5, 7, 10], "blues": [0, 3, 5, 6, 7, 10],
+}
+# Krumhansl-Kessler key profiles, for --key auto
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+TONIC_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+
+
+def parse_pitch(text: str) -> int:
+    """'60', 'C4', 'F#3', 'Bb5' -> MIDI number (C4 = 60)."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        value = int(text)
+    else:
+        name = text[0].lower()
+        if name not in PITCH_NAMES:
+            raise ValueError(f"not a pitch: {text!r} (use a number 0-127 or a name like C4, F#3, Bb5)")
+        rest, value = text[1:], PITCH_NAMES[name]
+        while rest[:1] in ("#", "b") and not rest[:1].isdigit():
+            value += 1 if rest[0] == "#" else -1
+            rest = rest[1:]
+        if not rest.lstrip("-").isdigit():
+            raise ValueError(f"not a pitch: {text!r} (missing octave, e.g. C4)")
+        value += 12 * (int(rest) + 1)
+    if not 0 <= value <= 127:
+        raise ValueError(f"pitch {text!r} is outside MIDI's 0-127")
+    return value
+
+
+def parse_pitch_range(text: str) -> tuple[int, int]:
+    parts = text.split("-") if text.count("-") == 1 else None
+    if not parts:
+        raise ValueError(f"--pitch-range must look like LOW-HIGH (e.g. 48-84 or C3-C6), not {text!r}")
+    low, high = parse_pitch(parts[0]), parse_pitch(parts[1])
+    if low > high:
+        raise ValueError(f"--pitch-range {text}: LOW is above HIGH")
+    return low, high
+
+
+def parse_key(text: str) -> tuple[int, str]:
+    """'D:minor', 'F#', 'Bb:dorian' -> (tonic pitch class, scale name)."""
+    tonic_text, _, scale = text.partition(":")
+    scale = (scale or "major").strip().lower().replace("_", "-").replace(" ", "-")
+    tonic_text = tonic_text.strip()
+    if not tonic_text or tonic_text[0].lower() not in PITCH_NAMES or scale not in SCALES:
+        raise ValueError(f"unknown key {text!r}: use TONIC[:SCALE], e.g. D:minor, F#, Bb:dorian "
+                         f"(scales: {', '.join(SCALES)})")
+    tonic = PITCH_NAMES[tonic_text[0].lower()]
+    for ch in tonic_text[1:]:
+        if ch not in "#b":
+            raise ValueError(f"unknown key {text!r}")
+        tonic += 1 if ch == "#" else -1
+    return tonic % 12, scale
+
+
+def key_name(tonic: int, scale: str) -> str:
+    return f"{TONIC_NAMES[tonic]}:{scale}"
+
+
+def estimate_key(notes: np.ndarray) -> tuple[int, str]:
+    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
+    24 rotated major/minor profiles and take the best."""
+    from .midi import DRUMS, DURATION, PITCH, PROGRAM
+
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    if len(pitched) == 0:
+        raise ValueError("--key auto: the primer has no pitched notes to estimate a key from")
+    hist = np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
+    best, best_key = -2.0, (0, "major")
+    for scale, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
+        for tonic in range(12):
+            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
+            if np.isfinite(r) and r > best:
+                best, best_key = r, (tonic, scale)
+    return best_key
+
+
+def pitch_mask(tok: Tokenizer, key: tuple[int, str] | None, pitch_range: tuple[int, int] | None) -> np.ndarray:
+    """Additive logit mask (0 or -inf) that removes PITCH tokens outside the key or range.
+    Drums are never constrained. Raises ValueError when no pitch at all would remain."""
+    mask = np.zeros(len(tok), dtype=np.float32)
+    pitches = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1)
+    allowed = np.ones(len(pitches), dtype=bool)
+    if key is not None:
+        tonic, scale = key
+        allowed &= np.isin((pitches - tonic) % 12, SCALES[scale])
+    if pitch_range is not None:
+        allowed &= (pitches >= pitch_range[0]) & (pitches <= pitch_range[1])
+    if not allowed.any():
+        raise ValueError("no pitch is left: the key and --pitch-range exclude every note the model knows "
+                         f"({tok.config.pitch_low}-{tok.config.pitch_high})")
+    mask[tok.pitch0: tok.pitch0 + len(pitches)][~allowed] = NEG_INF
+    return mask
+
+
+# ---------------------------------------------------------------- sampling loop
+
+class Sampler:
+    """Samples batches of token sequences that always decode, with grammar and musical masks.
+
+    Each row tracks its grammar state (type of the last token, time, bar) in numpy arrays,
+    so masking costs a few array operations per step whatever the batch size.
+    """
+
+    def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
+                 constraint: np.ndarray | None = None):
+        self.net, self.tok = net, tok
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
+        follow[:, EOS] = NEG_INF  # length is set by the options, not by the model stopping early
+        follow[:, PAD] = NEG_INF
+        follow[START] = NEG_INF
+        follow[START, tok.bos] = 0.0
+        if constraint is not None:
+            follow = follow + constraint[None, :]
+        self.follow = follow
+        S = tok.max_shift
+        # shift_room[r, k-1] = 0 if a shift of k steps stays before a bar line r steps away
+        self.shift_room = np.where(np.arange(1, S + 1)[None, :] < np.arange(S + 2)[:, None], 0.0, NEG_INF).astype(np.float32)
+        self.shift_values = tok.token_value[tok.shift0: tok.shift0 + S]
+
+    def run(self, rows: int, state: dict, stop, rng: np.random.Generator, max_tokens: int, on_token=None):
+        """Sample until `stop(row_state)` marks every row done or `max_tokens` is reached.
+
+        state: dict of per-row arrays last_token, last_type, time, bar_index, next_bar (from `start_state`).
+        Returns a list of token lists (without the stopping token)."""
+        tok, net = self.tok, self.net
+        out = [[] for _ in range(rows)]
+        done = np.zeros(rows, dtype=bool)
+        shift_slice = slice(tok.shift0, tok.shift0 + tok.max_shift)
+        grid = state["grid"]
+        current = state["last_token"].copy()
+        for _ in range(max_tokens):
+            logits = net.step(current)
+            logits += self.follow[state["last_type"]]
+            if tok.config.bar_tokens:
+                room = np.clip(state["next_bar"] - state["time"], 0, tok.max_shift + 1)
+                logits[:, shift_slice] += self.shift_room[room]
+            nxt = self.choose(logits, rng)
+            kinds = tok.token_type[nxt]
+            self._advance(state, nxt, kinds, grid)
+            finished = stop(state, nxt, kinds) & ~done
+            for r in np.flatnonzero(~done & ~finished):
+                out[r].append(int(nxt[r]))
+                if on_token is not None:
+                    on_token(r, int(nxt[r]))
+            done |= finished
+            if done.all():
+                break
+            current = nxt
+        return out
+
+    def _advance(self, state, tokens, kinds, grid) -> None:
+        state["last_type"] = kinds.astype(np.int64)
+        shift = kinds == SHIFT
+        if shift.any():
+            state["time"][shift] += self.tok.token_value[tokens[shift]]
+        for r in np.flatnonzero(kinds == BAR):  # rare (once a bar), so a loop is fine
+            state["bar_index"][r] += 1
+            state["time"][r] = grid.start(int(state["bar_index"][r]))
+            state["next_bar"][r] = grid.start(int(state["bar_index"][r]) + 1)
+            state["bars"][r] += 1
+
+    def choose(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.temperature <= 0:
+            return logits.argmax(axis=1)
+        if self.temperature != 1.0:
+            logits *= np.float32(1.0 / self.temperature)
+        if self.top_k and self.top_k < logits.shape[1]:
+            kth = np.partition(logits, -self.top_k, axis=1)[:, -self.top_k][:, None]
+            logits[logits < kth] = NEG_INF
+        if self.top_p < 1.0:
+            order = np.argsort(-logits, axis=1)
+            sorted_logits = np.take_along_axis(logits, order, axis=1)
+            probs = np.exp(sorted_logits - sorted_logits[:, :1])
+            cum = np.cumsum(probs, axis=1)
+            cut = cum - probs > self.top_p * cum[:, -1:]  # keep the smallest prefix reaching top_p
+            sorted_logits[cut] = NEG_INF
+            np.put_along_axis(logits, order, sorted_logits, axis=1)
+        # Gumbel-max: argmax(logits + Gumbel noise) is an exact sample from softmax(logits)
+        noise = rng.random(logits.shape, dtype=np.float32)
+        np.maximum(noise, np.float32(1e-20), out=noise)
+        np.log(noise, out=noise)
+        np.negative(noise, out=noise)
+        np.log(noise, out=noise)
+        logits -= noise
+        return logits.argmax(axis=1)
+
+
+def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_token: int | None = None) -> dict:
+    """Per-row grammar state: fresh (the next step feeds BOS) or after a primer, whose decoder
+    knows the time and bar; `last_token` is the primer token the next step feeds."""
+    if decoder is None:
+        time, bar_index, last_type, last_token = 0, -1, int(tok.token_type[tok.bos]), tok.bos
+    else:
+        time, bar_index, last_type = decoder.time, decoder.bar_index, decoder.last_type
+    return {
+        "grid": grid,
+        "last_token": np.full(rows, last_token, dtype=np.int64),
+        "last_type": np.full(rows, last_type, dtype=np.int64),
+        "time": np.full(rows, time, dtype=np.int64),
+        "bar_index": np.full(rows, bar_index, dtype=np.int64),
+        "next_bar": np.full(rows, grid.start(bar_index + 1), dtype=np.int64),
+        "bars": np.zeros(rows, dtype=np.int64),
+    }
