@@ -5,16 +5,14 @@ safetensors stores raw tensors and a JSON header, so loading a checkpoint can ne
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from . import __version__
+from .config import ModelConfig
 from .fileio import atomic_path
-from .model import MelodyLSTM, ModelConfig
 from .tokenizer import Tokenizer
 
 FORMAT = "melodylstm-checkpoint"
@@ -30,26 +28,35 @@ class CheckpointError(ValueError):
 class Checkpoint:
     model_config: ModelConfig
     tokenizer: Tokenizer
-    weights: dict
+    weights: dict  # name -> numpy array (fp16 or fp32 as stored)
     train_state: dict = field(default_factory=dict)
     train_tensors: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     path: str = ""
 
-    def build_model(self, device="cpu") -> MelodyLSTM:
-        model = MelodyLSTM(self.model_config)
-        weights = {k: v.float() for k, v in self.weights.items()}
+    def float_weights(self) -> dict:
+        """fp32 numpy weights, the tied output layer filled in."""
+        weights = {k: v.astype(np.float32) for k, v in self.weights.items()}
         if self.model_config.tie_weights:
-            weights.setdefault("head.weight", weights.get("embed.weight"))
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).replace("\n", " ").replace("\t", "")
-            raise CheckpointError(f"{self.path}: weights do not match the model config ({first[:160]})") from None
+            weights["head.weight"] = weights["embed.weight"]
+        return weights
+
+    def build_model(self, device="cpu"):
+        import torch
+
+        from .model import MelodyLSTM
+
+        model = MelodyLSTM(self.model_config)
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.float_weights().items()}, strict=True)
         return model.to(device)
 
+    def train_tensors_torch(self) -> dict:
+        import torch
 
-def save_checkpoint(path, model: MelodyLSTM, tokenizer: Tokenizer, train_state: dict | None = None,
+        return {k: torch.from_numpy(v.copy()) for k, v in self.train_tensors.items()}
+
+
+def save_checkpoint(path, model, tokenizer: Tokenizer, train_state: dict | None = None,
                     train_tensors: dict | None = None, meta: dict | None = None, half: bool = False) -> None:
     from safetensors.torch import save_file
 
@@ -75,6 +82,7 @@ def save_checkpoint(path, model: MelodyLSTM, tokenizer: Tokenizer, train_state: 
         save_file(tensors, tmp, metadata=metadata)
 
 
+
 def load_checkpoint(path=None, with_train_state: bool = False) -> Checkpoint:
     """Load and validate a checkpoint (default: the bundled model). Raises CheckpointError."""
     from safetensors import safe_open
@@ -86,7 +94,7 @@ def load_checkpoint(path=None, with_train_state: bool = False) -> Checkpoint:
         hint = " (the bundled default model is missing from this install)" if path == DEFAULT_CHECKPOINT else ""
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             metadata = fh.metadata() or {}
             if metadata.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a melodylstm checkpoint")
@@ -115,13 +123,19 @@ def _validate(path, metadata, tensors) -> Checkpoint:
         raise CheckpointError(f"{path}: model vocabulary ({model_config.vocab_size}) does not match "
                               f"its tokenizer ({len(tokenizer)} tokens)")
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    for name, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+    expected = model_config.weight_shapes()
+    missing, unexpected = set(expected) - set(weights), set(weights) - set(expected)
+    if missing or unexpected:
+        names = ", ".join(sorted(missing | unexpected)[:3])
+        raise CheckpointError(f"{path}: weights do not match the model config (missing or unexpected: {names})")
+    for name, array in weights.items():
+        if tuple(array.shape) != expected[name]:
+            raise CheckpointError(f"{path}: weight {name} has shape {tuple(array.shape)}, "
+                                  f"the model config needs {expected[name]}")
+        if not np.isfinite(array).all():
             raise CheckpointError(f"{path}: weight {name} contains NaN or infinite values")
     train_tensors = {k[len("train."):]: v for k, v in tensors.items() if k.startswith("train.")}
-    ckpt = Checkpoint(model_config, tokenizer, weights, train_state, train_tensors, meta, str(path))
-    ckpt.build_model()  # shape check now, with a clear message
-    return ckpt
+    return Checkpoint(model_config, tokenizer, weights, train_state, train_tensors, meta, str(path))
 
 
 def pick_from_folder(folder: Path) -> Path:
@@ -131,5 +145,3 @@ def pick_from_folder(folder: Path) -> Path:
     raise CheckpointError(f"no best.safetensors or last.safetensors in {folder}")
 
 
-def finite(x: float) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

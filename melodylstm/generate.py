@@ -88,13 +88,9 @@ def append_tracks(source: bytes, song: Song) -> bytes:
 
 class Generator:
     def __init__(self, checkpoint):
-        import torch
-
         self.checkpoint = checkpoint
         self.tok = checkpoint.tokenizer
-        self.model = checkpoint.build_model().eval()
-        with torch.inference_mode():
-            self.net = FastLSTM(self.model)
+        self.net = FastLSTM(checkpoint.float_weights(), checkpoint.model_config)  # numpy: no torch import
 
     @classmethod
     def load(cls, path=None) -> "Generator":
@@ -167,8 +163,6 @@ class Generator:
 
     def _sample(self, like: Song, primer: Song | None, length: Length, num, temperature, top_k, top_p, seed,
                 key, pitch_range, on_note, offset=0):
-        import torch
-
         tok = self.tok
         if num < 1 or num > 1024:
             raise ValueError("--num must be 1..1024")
@@ -193,9 +187,8 @@ class Generator:
             prefix = tok.encode_normalized(primer)[:-1]  # drop EOS: the piece goes on
             for t in prefix.tolist():
                 decoder.push(t)
-            with torch.inference_mode():
-                _, (h, c) = self.model(torch.from_numpy(prefix[None, :-1].astype(np.int64)))
-            self.net.reset(num, np.repeat(h.numpy(), num, axis=1), np.repeat(c.numpy(), num, axis=1))
+            h, c = self.net.prime(prefix[:-1])  # the LSTM state carries the whole primer
+            self.net.reset(num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
             state = start_state(tok, num, grid, decoder, int(prefix[-1]))
             start_time = primer.end
 

@@ -1,36 +1,10 @@
 """The model: token embedding -> stacked LSTM -> projection to the vocabulary."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    embedding: int = 128
-    hidden: int = 512
-    layers: int = 2
-    dropout: float = 0.2
-    tie_weights: bool = False  # share the embedding with the output layer (fewer parameters)
-
-    def __post_init__(self):
-        if not (self.vocab_size > 3 and self.embedding > 0 and self.hidden > 0 and self.layers > 0):
-            raise ValueError("model sizes must be positive")
-        if not 0 <= self.dropout < 1:
-            raise ValueError("dropout must be in [0, 1)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"unknown model settings: {', '.join(sorted(set(data) - known))}")
-        return cls(**data)
+from .config import ModelConfig
 
 
 class MelodyLSTM(nn.Module):

@@ -20,9 +20,9 @@ NEG_INF = np.float32(-np.inf)
 class FastLSTM:
     """Inference-only numpy twin of a MelodyLSTM for batched single-token steps."""
 
-    def __init__(self, model, dtype=np.float32):
-        sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-        c = model.config
+    def __init__(self, weights: dict, config, dtype=np.float32):
+        """weights: name -> numpy array, as in a checkpoint (Checkpoint.float_weights())."""
+        sd, c = weights, config
         self.layers, self.hidden, self.vocab = c.layers, c.hidden, c.vocab_size
         H = c.hidden
         # PyTorch gate order is i, f, g, o; reorder to i, f, o, g so the three sigmoid gates are contiguous
@@ -43,7 +43,7 @@ class FastLSTM:
             w_ih, w_hh, b = packed(k)
             self.w.append(np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1).T, dtype=dtype))  # (2H, 4H)
             self.b.append(b.astype(dtype))
-        head = sd["head.weight"] if "head.weight" in sd else sd["embed.weight"]
+        head = sd["head.weight"]
         if c.tie_weights:
             head = head @ sd["bottleneck.weight"]  # fold the bottleneck into the output layer
             bias = sd["head.bias"] + sd["embed.weight"] @ sd["bottleneck.bias"] if "bottleneck.bias" in sd else sd["head.bias"]
@@ -101,6 +101,15 @@ class FastLSTM:
     def state(self):
         H = self.hidden
         return np.stack([x[:, H:] for x in self.xh]), self.c.copy()
+
+    def prime(self, tokens) -> tuple[np.ndarray, np.ndarray]:
+        """Run a primer through one row; returns (h, c) of shape (layers, 1, H)."""
+        self.reset(1)
+        column = np.zeros(1, dtype=np.int64)
+        for t in np.asarray(tokens).tolist():
+            column[0] = t
+            self.step(column)
+        return self.state()
 
 
 # ---------------------------------------------------------------- musical constraints

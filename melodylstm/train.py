@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import TokenStore, WindowSampler, load_corpus, validation_windows
-from .model import MelodyLSTM, ModelConfig
+from .config import ModelConfig
+from .model import MelodyLSTM
 from .tokenizer import PAD, Tokenizer
 
 
@@ -254,10 +255,9 @@ class Run:
         return report, store
 
     def _restore(self, ckpt) -> None:
-        self.model.load_state_dict({k: v.float() for k, v in ckpt.weights.items()} |
-                                   ({"head.weight": ckpt.weights["embed.weight"].float()} if self.model_config.tie_weights else {}))
+        self.model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ckpt.float_weights().items()})
         state = ckpt.train_state
-        optimizer_from_tensors(self.optimizer, ckpt.train_tensors, state["param_groups"])
+        optimizer_from_tensors(self.optimizer, ckpt.train_tensors_torch(), state["param_groups"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_val = state.get("best_val") or float("inf")
         self.bad_epochs, self.elapsed = state.get("bad_epochs", 0), state.get("elapsed", 0.0)
