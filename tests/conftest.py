@@ -1,0 +1,62 @@
+"""Shared fixtures: small corpora written by the tests themselves (public-domain material only),
+and the ../shared MIDI collection when it is present (skipped otherwise)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from melodylstm.midi import Song, write_midi
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MIDI = ROOT.parent / "shared" / "midi"
+BACH = ROOT / "datasets" / "bach_chorales"
+
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
+
+
+def scale_song(seed: int, bars: int = 8, resolution: int = 12, program: int = 0) -> Song:
+    """A simple melody with chords, deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    notes, t = [], 0
+    steps = [3, 6, 12]
+    major = [0, 2, 4, 5, 7, 9, 11]
+    while t < bars * 4 * resolution:
+        d = int(rng.choice(steps))
+        pitch = 60 + major[int(rng.integers(0, 7))] + 12 * int(rng.integers(-1, 1))
+        notes.append((t, d, pitch, int(rng.integers(60, 110)), program))
+        if t % (4 * resolution) == 0:
+            notes.append((t, 4 * resolution, 48, 70, program))
+            notes.append((t, 4 * resolution, 55, 70, program))
+        t += d
+    return Song(np.array(notes), resolution, [(0, 500000)], [(0, 4, 4)], {program: "melody"})
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(12):
+        sub = folder / ("nested" if i % 3 == 0 else "")
+        sub.mkdir(exist_ok=True)
+        write_midi(scale_song(i), sub / f"song{i}.mid")
+    (folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    (folder / "notmidi.MID").write_text("hello")
+    (folder / "readme.txt").write_text("not scanned")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bach_files():
+    files = sorted(BACH.glob("*.mid"))
+    if not files:
+        pytest.skip("datasets/bach_chorales is not built")
+    return files
+
+
+def shared_files(pattern: str):
+    return sorted(SHARED_MIDI.glob(pattern)) if SHARED_MIDI.exists() else []
