@@ -164,6 +164,7 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of files held out for validation.")
 @click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without improvement (0: off).")
 @click.option("--save-interval", default=120.0, show_default=True, help="Seconds between safety checkpoints.")
+@click.option("--log-every", default=10, show_default=True, help="Steps between lines in metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--init-from", type=click.Path(exists=True), help="Start from this checkpoint's weights (fine-tuning).")
 @click.option("-j", "--jobs", default=0, help="Tokenizer processes (0: all cores).")
@@ -172,7 +173,7 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.pass_context
 def train(ctx, folder, out, resolution, programs, drums, no_bars, layers, hidden, embedding, dropout, tie_weights,
           epochs, max_steps, max_time, batch_size, seq_len, lr, seed, device, precision, use_compile, transpose,
-          val_fraction, patience, save_interval, resume, init_from, jobs, cache_dir, no_cache):
+          val_fraction, patience, save_interval, log_every, resume, init_from, jobs, cache_dir, no_cache):
     """Train a model on the MIDI files in FOLDER (searched recursively).
 
     Run on several GPUs or machines with torchrun:
@@ -188,7 +189,8 @@ def train(ctx, folder, out, resolution, programs, drums, no_bars, layers, hidden
     model_config = ModelConfig(len(tok), embedding, hidden, layers, dropout, tie_weights)
     cfg = TrainConfig(out=out, epochs=epochs, max_steps=max_steps, max_time=max_time * 60, batch_size=batch_size,
                       seq_len=seq_len, lr=lr, seed=seed, device=device, precision=precision, transpose=transpose,
-                      val_fraction=val_fraction, patience=patience, save_interval=save_interval, compile=use_compile)
+                      val_fraction=val_fraction, patience=patience, save_interval=save_interval, compile=use_compile,
+                      log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
     run = Run(folder, tok, model_config, cfg, resume=out if resume else None, init_from=init_from,
               data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},

@@ -23,7 +23,14 @@ class MelodyLSTM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state=None):
         """tokens (batch, time) -> logits (batch, time, vocab), (h, c)."""
-        out, state = self.lstm(self.drop(self.embed(tokens)), state)
+        x = self.drop(self.embed(tokens))
+        if x.device.type == "cpu" and cpu_autocast_enabled():
+            # oneDNN has no reduced-precision LSTM on most CPUs: the recurrence stays fp32 there,
+            # embedding and output layer still run under autocast
+            with torch.autocast("cpu", enabled=False):
+                out, state = self.lstm(x.float(), state)
+        else:
+            out, state = self.lstm(x, state)
         out = self.drop(out)
         if self.bottleneck is not None:
             out = self.bottleneck(out)
@@ -31,3 +38,10 @@ class MelodyLSTM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()

@@ -217,6 +217,7 @@ class Run:
         self.tok, self.model_config = tokenizer, model_config
 
         self.report, self.store = self._load_data(corpus, data_options or {})
+        torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
