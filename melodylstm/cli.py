@@ -272,7 +272,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
     gen = load_generator(ctx, checkpoint)
     player = start_player(ctx, play, window, gen.tok.config.resolution, tempo)
-    songs = gen.generate(bars=bars if bars or seconds or tokens else 8, seconds=seconds, tokens=tokens, num=num,
+    songs = gen.generate(bars=bars, seconds=seconds, tokens=tokens, num=num,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, key=key,
                          pitch_range=pitch_range, tempo=tempo, time_signature=(numerator, denominator),
                          on_note=player.add_note if player else None)
@@ -302,7 +302,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         raise UserError("--primer-bars must be at least 1")
     gen = load_generator(ctx, checkpoint)
     player = None
-    results = gen.continue_(midi_in, bars=bars if bars or seconds or tokens else 8, seconds=seconds, tokens=tokens,
+    results = gen.continue_(midi_in, bars=bars, seconds=seconds, tokens=tokens,
                             num=num, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, key=key,
                             pitch_range=pitch_range, primer_bars=primer_bars,
                             on_note=lambda note: player.add_note(note) if player else None)

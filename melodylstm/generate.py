@@ -29,16 +29,16 @@ CONTINUATION_NAME = "melodylstm continuation"
 class Length:
     """How much to generate: whole bars, seconds of music, or a number of tokens."""
 
-    bars: int | None = 8
+    bars: int | None = None  # 8 when nothing is given
     seconds: float | None = None
     tokens: int | None = None
 
     def __post_init__(self):
-        given = [x is not None for x in (self.seconds, self.tokens)]
-        if sum(given) > 1:
+        given = sum(x is not None for x in (self.bars, self.seconds, self.tokens))
+        if given > 1:
             raise ValueError("give only one of --bars, --seconds, --tokens")
-        if any(given):
-            self.bars = None
+        if given == 0:
+            self.bars = 8
         for name in ("bars", "seconds", "tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -99,7 +99,7 @@ class Generator:
 
     # ------------------------------------------------------------ public API
 
-    def generate(self, bars=8, seconds=None, tokens=None, num=1, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+    def generate(self, bars=None, seconds=None, tokens=None, num=1, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                  key=None, pitch_range=None, tempo=120.0, time_signature=(4, 4), on_note=None) -> list[Song]:
         """New pieces from nothing. Returns `num` Songs."""
         if key == "auto":
@@ -112,7 +112,7 @@ class Generator:
                                 key, pitch_range, on_note)
         return songs
 
-    def continue_(self, primer, bars=8, seconds=None, tokens=None, num=1, temperature=1.0, top_k=0, top_p=1.0,
+    def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=1.0, top_k=0, top_p=1.0,
                   seed=None, key=None, pitch_range=None, primer_bars=None, on_note=None) -> list[Continuation]:
         """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song)."""
         song, source = self._read_primer(primer)
@@ -221,7 +221,8 @@ class Generator:
             end = grid.start(grid.index_at_or_after(start_time) + length.bars) if start_time else grid.start(length.bars)
         else:
             end = seconds_to_steps(like.seconds(start_time) + length.seconds, like.tempos, like.resolution)
-        budget = int((end - start_time) * 8 + 256)  # generous, but a runaway model still stops
+        # chords are capped at Sampler.MAX_CHORD notes (4 tokens each), so time must move within this budget
+        budget = int((end - start_time) * (4 * Sampler.MAX_CHORD + 2) + 256)
 
         def stop_time(state, nxt, kinds):
             return state["time"] >= end

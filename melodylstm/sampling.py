@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .midi import BarGrid
-from .tokenizer import BAR, EOS, PAD, SHIFT, START, Tokenizer
+from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer
 
 NEG_INF = np.float32(-np.inf)
 
@@ -224,6 +224,8 @@ class Sampler:
     so masking costs a few array operations per step whatever the batch size.
     """
 
+    MAX_CHORD = 16  # notes starting together before time must move on: no runaway chords
+
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
                  constraint: np.ndarray | None = None):
         self.net, self.tok = net, tok
@@ -239,7 +241,7 @@ class Sampler:
         S = tok.max_shift
         # shift_room[r, k-1] = 0 if a shift of k steps stays before a bar line r steps away
         self.shift_room = np.where(np.arange(1, S + 1)[None, :] < np.arange(S + 2)[:, None], 0.0, NEG_INF).astype(np.float32)
-        self.shift_values = tok.token_value[tok.shift0: tok.shift0 + S]
+        self.note_start = np.where(np.isin(tok.token_type, [PROGRAM_T, PITCH_T, DRUM_T]), NEG_INF, 0.0).astype(np.float32)
 
     def run(self, rows: int, state: dict, stop, rng: np.random.Generator, max_tokens: int, on_token=None):
         """Sample until `stop(row_state)` marks every row done or `max_tokens` is reached.
@@ -258,6 +260,9 @@ class Sampler:
             if tok.config.bar_tokens:
                 room = np.clip(state["next_bar"] - state["time"], 0, tok.max_shift + 1)
                 logits[:, shift_slice] += self.shift_room[room]
+            full = state["chord"] >= self.MAX_CHORD
+            if full.any():
+                logits[full] += self.note_start
             nxt = self.choose(logits, rng)
             kinds = tok.token_type[nxt]
             self._advance(state, nxt, kinds, grid)
@@ -274,6 +279,8 @@ class Sampler:
 
     def _advance(self, state, tokens, kinds, grid) -> None:
         state["last_type"] = kinds.astype(np.int64)
+        state["chord"] += kinds == DURATION_T
+        state["chord"][(kinds == SHIFT) | (kinds == BAR)] = 0
         shift = kinds == SHIFT
         if shift.any():
             state["time"][shift] += self.tok.token_value[tokens[shift]]
@@ -324,4 +331,5 @@ def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_tok
         "bar_index": np.full(rows, bar_index, dtype=np.int64),
         "next_bar": np.full(rows, grid.start(bar_index + 1), dtype=np.int64),
         "bars": np.zeros(rows, dtype=np.int64),
+        "chord": np.zeros(rows, dtype=np.int64),  # notes at the current time so far
     }

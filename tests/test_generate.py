@@ -1,0 +1,209 @@
+import subprocess
+import sys
+
+import mido
+import numpy as np
+import pretty_midi
+import pytest
+
+from melodylstm.checkpoint import save_checkpoint
+from melodylstm.config import ModelConfig
+from melodylstm.generate import Generator
+from melodylstm.midi import DRUMS, Song, read_midi, write_midi
+from melodylstm.model import MelodyLSTM
+from melodylstm.sampling import SCALES, parse_key
+from melodylstm.tokenizer import Tokenizer
+
+from conftest import scale_song
+
+TOK = Tokenizer()
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    """Untrained weights: the grammar alone must keep every sample decodable."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "random.safetensors"
+    save_checkpoint(path, MelodyLSTM(ModelConfig(len(TOK), 16, 64, 2, 0.0)), TOK)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gen(random_ckpt):
+    return Generator.load(random_ckpt)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "melodylstm", *args], capture_output=True, text=True, timeout=300)
+
+
+def primer_file(tmp_path, song=None, name="primer.mid"):
+    path = tmp_path / name
+    write_midi(song or scale_song(7, bars=4), path)
+    return path
+
+
+def tracks_notes(path):
+    """Notes per pretty_midi instrument, by name."""
+    pm = pretty_midi.PrettyMIDI(str(path))
+    return {(i.name, i.program, i.is_drum): [(n.start, n.end, n.pitch, n.velocity) for n in i.notes] for i in pm.instruments}
+
+
+def test_every_sample_from_random_weights_decodes(gen, tmp_path):
+    songs = gen.generate(bars=4, num=8, seed=1, temperature=1.5)
+    for i, song in enumerate(songs):
+        assert len(song.notes) > 0
+        path = tmp_path / f"s{i}.mid"
+        write_midi(song, path)
+        pretty_midi.PrettyMIDI(str(path))
+        mid = mido.MidiFile(str(path))
+        on = sum(m.type == "note_on" and m.velocity > 0 for t in mid.tracks for m in t)
+        off = sum(m.type == "note_off" for t in mid.tracks for m in t)
+        assert on == off == len(song.notes)  # no hanging notes
+        assert song.end <= 4 * 48  # ends at the requested bar line
+
+
+def test_sampled_tokens_obey_the_grammar(gen):
+    seen = {}
+    gen.generate(tokens=400, num=4, seed=2, on_note=None)
+    from melodylstm.sampling import Sampler, start_state
+
+    gen.net.reset(4)
+    state = start_state(TOK, 4, Song(np.zeros((0, 5)), 12).bar_grid())
+    rows = Sampler(gen.net, TOK, 1.3).run(4, state, lambda s, n, k: np.zeros(4, bool), np.random.default_rng(0), 500)
+    for row in rows:
+        assert TOK.is_legal([TOK.bos] + row)
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(random_ckpt, tmp_path):
+    outs = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        result = cli("generate", "-c", str(random_ckpt), "-o", str(tmp_path / f"{name}.mid"), "--seed", str(seed), "--bars", "2")
+        assert result.returncode == 0, result.stderr
+        outs.append((tmp_path / f"{name}.mid").read_bytes())
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_continuation_keeps_the_input_unchanged_and_adds_its_own_track(random_ckpt, tmp_path):
+    primer = primer_file(tmp_path)
+    out = tmp_path / "out.mid"
+    result = cli("continue", str(primer), "-o", str(out), "-c", str(random_ckpt), "--bars", "4", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    before, after = tracks_notes(primer), tracks_notes(out)
+    for key, notes in before.items():
+        assert after[key] == notes  # same notes, velocities, program, name
+    new = {k: v for k, v in after.items() if k not in before}
+    assert new and all(k[0] == "melodylstm continuation" for k in new)
+    primer_end = max(n[1] for notes in before.values() for n in notes)
+    assert min(n[0] for notes in new.values() for n in notes) >= primer_end - 2.0  # continues near the primer's end
+    # tempo and time signature kept
+    assert pretty_midi.PrettyMIDI(str(out)).get_tempo_changes()[1][0] == pytest.approx(120.0)
+
+
+def test_bars_count_generated_music_only_and_end_cleanly(gen, tmp_path):
+    primer = scale_song(1, bars=3)  # ends exactly on a bar line
+    result = gen.continue_(primer, bars=5, seed=4)[0]
+    grid = primer.bar_grid()
+    start_bar = grid.index_at_or_after(primer.end)
+    end = grid.start(start_bar + 5)
+    assert result.notes.end <= end
+    assert result.notes.notes[:, 0].max() >= end - 2 * 48  # music reaches into the last bars
+    assert result.notes.notes[:, 0].min() >= primer.notes[-1, 0]
+
+
+def test_primer_ending_a_few_ticks_past_a_bar_line(gen, tmp_path):
+    notes = [[i * 12, 12, 60 + i % 8, 80, 0] for i in range(8)] + [[96, 1, 72, 80, 0]]  # ends 1 step into bar 3
+    path = primer_file(tmp_path, Song(np.array(notes), 12))
+    result = gen.continue_(str(path), bars=2, seed=1)[0]
+    assert result.start == 97
+    end = 5 * 48  # the rest of bar 3, then 2 full bars
+    assert result.notes.end <= end and result.notes.notes[:, 0].min() >= 96
+    pretty_midi.PrettyMIDI(__import__("io").BytesIO(result.midi_bytes()))
+
+
+def test_polyphonic_multitrack_primer_with_drums(gen, tmp_path):
+    melody = scale_song(3, bars=2, program=0).notes
+    strings = scale_song(4, bars=2, program=48).notes
+    drums = np.array([[t, 3, 36 if t % 24 == 0 else 42, 100, DRUMS] for t in range(0, 96, 12)])
+    song = Song(np.vstack([melody, strings, drums]), 12, names={0: "piano", 48: "strings", DRUMS: "kit"})
+    path = primer_file(tmp_path, song)
+    out = tmp_path / "o.mid"
+    gen.continue_(str(path), bars=2, seed=2)[0].save(out)
+    before, after = tracks_notes(path), tracks_notes(out)
+    assert all(after[k] == v for k, v in before.items())
+
+
+def test_key_mask_keeps_every_new_pitch_in_the_scale(gen):
+    for key in ("D:minor", "F#:major-pentatonic"):
+        tonic, scale = parse_key(key)
+        song = gen.generate(bars=4, seed=3, key=key, temperature=2.0)[0]
+        pitched = song.notes[song.notes[:, 4] != DRUMS]
+        assert len(pitched) and set(((pitched[:, 2] - tonic) % 12).tolist()) <= set(SCALES[scale])
+    song = gen.generate(bars=4, seed=3, pitch_range="C4-C5")[0]
+    pitched = song.notes[song.notes[:, 4] != DRUMS]
+    assert pitched[:, 2].min() >= 60 and pitched[:, 2].max() <= 72
+
+
+def test_key_auto_estimates_the_primer_key(gen):
+    c_major = Song(np.array([[i * 12, 12, 60 + p, 80, 0] for i, p in enumerate([0, 4, 7, 12, 7, 4, 0, 5, 9, 7, 2, 11, 0])]), 12)
+    assert gen.continue_(c_major, bars=1, key="auto", seed=0)[0].key == "C:major"
+
+
+def test_num_variations_are_written_as_numbered_files(random_ckpt, tmp_path):
+    result = cli("generate", "-c", str(random_ckpt), "-o", str(tmp_path / "v.mid"), "-n", "3", "--bars", "2", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in tmp_path.glob("v-*.mid"))
+    assert files == ["v-1.mid", "v-2.mid", "v-3.mid"]
+    assert len({(tmp_path / f).read_bytes() for f in files}) == 3
+
+
+def test_only_new_and_primer_bars(gen, tmp_path):
+    song = scale_song(5, bars=8)
+    result = gen.continue_(song, bars=2, primer_bars=2, seed=1)[0]
+    assert result.notes.notes[:, 0].min() >= 6 * 48
+    only = tmp_path / "only.mid"
+    result.save(only, only_new=True)
+    back = read_midi(only, 12)
+    assert len(back.notes) == len(result.notes.notes) and back.notes[:, 0].min() < 2 * 48
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--key", "H:major"], "unknown key"),
+    (["--bars", "4", "--seconds", "3"], "only one of"),
+    (["--pitch-range", "90-80"], "LOW is above HIGH"),
+    (["--key", "C", "--pitch-range", "61-61"], "no pitch is left"),
+    (["--temperature", "-1"], "temperature"),
+])
+def test_bad_options_give_one_line_errors_and_write_nothing(random_ckpt, tmp_path, args, message):
+    primer = primer_file(tmp_path)
+    out = tmp_path / "out.mid"
+    result = cli("continue", str(primer), "-o", str(out), "-c", str(random_ckpt), *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_primers(random_ckpt, tmp_path):
+    junk = tmp_path / "junk.mid"
+    junk.write_text("not midi")
+    empty = tmp_path / "empty.mid"
+    write_midi(Song(np.zeros((0, 5)), 12), empty)
+    primer = primer_file(tmp_path)
+    original = primer.read_bytes()
+    for path, message in ((junk, "not a MIDI"), (empty, "no notes"), (primer, "is the input file")):
+        result = cli("continue", str(path), "-o", str(path if path == primer else tmp_path / "o.mid"), "-c", str(random_ckpt))
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert primer.read_bytes() == original
+    result = cli("generate", "-c", str(random_ckpt), "--key", "auto", "-o", str(tmp_path / "g.mid"))
+    assert result.returncode == 1 and "needs a primer" in result.stderr
+
+
+def test_python_api_accepts_pretty_midi(gen, tmp_path):
+    pm = pretty_midi.PrettyMIDI(str(primer_file(tmp_path)))
+    result = gen.continue_(pm, bars=2, temperature=0.9, seed=1)[0]
+    assert len(result.notes.notes) > 0
+    greedy = [gen.generate(bars=2, temperature=0, seed=s)[0].notes for s in (1, 2)]
+    assert np.array_equal(*greedy)  # temperature 0 is greedy: no randomness left
