@@ -212,6 +212,19 @@ def train(ctx, folder, out, resolution, programs, drums, no_bars, layers, hidden
         ctx.exit(130)
 
 
+@cli.command()
+@click.option("--corpus", type=click.Path(exists=True), help="MIDI folder to measure on (default: the bundled corpus).")
+@click.option("--quick", is_flag=True, help="Fewer repetitions and no 3x512 training row.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def bench(ctx, corpus, quick, as_json):
+    """Measure tokenizer, training, sampling and CLI speed against baselines, side by side."""
+    from .bench import format_results, run_all
+
+    results = run_all(corpus, quick)
+    click.echo(json.dumps(results, indent=2) if as_json else format_results(results))
+
+
 def sampling_options(f):
     options = [
         click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model)."),

@@ -1,0 +1,266 @@
+"""`melodylstm bench`: speed figures measured side by side in one run, as ratios to baselines.
+
+1. tokenization notes/s: melodylstm vs MidiTok TSD on the same files; cache read speed-up
+2. training tokens/s: `melodylstm train`'s loop vs a bare nn.LSTM loop with the same shapes
+3. sampling tokens/s at batch 1 and 16: our sampler vs plain nn.LSTM stepping vs window re-feeding
+4. CLI latency: `melodylstm --help` and an 8-bar `continue` with the default model
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BUNDLED_CORPUS = Path(__file__).resolve().parent.parent / "datasets" / "bach_chorales"
+
+
+def machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
+
+
+def best_of(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# ---------------------------------------------------------------- 1. tokenization
+
+def bench_tokenize(files) -> dict:
+    from .data import tokenize_files
+    from .midi import read_midi
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    notes = sum(len(tok.normalize(read_midi(f, 12))[0].notes) for f in files)
+
+    def ours():
+        for f in files:
+            tok.tokenize(read_midi(f, 12))
+
+    ours_s = best_of(ours)
+    result = {"files": len(files), "notes": notes, "melodylstm_notes_per_s": notes / ours_s}
+    try:
+        import miditok
+        import symusic
+
+        cfg = miditok.TokenizerConfig(use_programs=True, num_velocities=32, beat_res={(0, 4): 12, (4, 12): 4})
+        tsd = miditok.TSD(cfg)
+
+        def theirs():
+            for f in files:
+                tsd.encode(symusic.Score(str(f)))
+
+        theirs_s = best_of(theirs)
+        result["miditok_tsd_notes_per_s"] = notes / theirs_s
+        result["speedup_vs_miditok"] = theirs_s / ours_s
+    except ImportError:
+        result["miditok_tsd_notes_per_s"] = None
+        result["note"] = "MidiTok not installed (pip install miditok) - comparison skipped"
+    cache = tempfile.mkdtemp(prefix="melodylstm-bench-cache-")
+    try:
+        cold = best_of(lambda: (shutil.rmtree(cache, ignore_errors=True), tokenize_files(files, tok, cache, jobs=1)), 1)
+        warm = best_of(lambda: tokenize_files(files, tok, cache, jobs=1))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    result.update({"uncached_s": cold, "cached_s": warm, "cache_speedup": cold / warm})
+    return result
+
+
+# ---------------------------------------------------------------- 2. training
+
+def bench_train(corpus, layers, hidden, embedding, batch, seq_len, steps) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from .config import ModelConfig
+    from .tokenizer import Tokenizer
+    from .train import Run, TrainConfig
+
+    tok = Tokenizer()
+    vocab = len(tok)
+    tokens = batch * seq_len
+
+    # bare loop: synthetic tokens, same shapes, same optimizer
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(vocab, embedding)
+    lstm = torch.nn.LSTM(embedding, hidden, layers, batch_first=True, dropout=0.2 if layers > 1 else 0)
+    head = torch.nn.Linear(hidden, vocab)
+    params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    x = torch.randint(0, vocab, (batch, seq_len + 1))
+
+    def bare_step():
+        out, _ = lstm(emb(x[:, :-1]))
+        loss = F.cross_entropy(head(out).reshape(-1, vocab), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    bare_step()
+    bare_s = best_of(lambda: [bare_step() for _ in range(steps)], 2) / steps
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(out=out, max_steps=steps + 2, batch_size=batch, seq_len=seq_len, log_every=1,
+                          patience=0, save_interval=1e9, device="cpu" if not torch.cuda.is_available() else "auto")
+        run = Run(corpus, tok, ModelConfig(vocab, embedding, hidden, layers, 0.2), cfg, log=lambda m: None,
+                  progress=False, data_options={"jobs": 1})
+        run.train()
+        records = [r for r in run.history if "loss" in r and r["step"] > 2]  # skip warm-up steps
+        ours = float(np.median([r["tokens_per_s"] for r in records]))
+    bare = tokens / bare_s
+    return {"shape": f"{layers}x{hidden} (emb {embedding}), batch {batch}, seq {seq_len}",
+            "bare_tokens_per_s": bare, "melodylstm_tokens_per_s": ours, "ratio": ours / bare}
+
+
+# ---------------------------------------------------------------- 3. sampling
+
+def _plain_model(vocab, layers, hidden, embedding):
+    import torch
+
+    torch.manual_seed(0)
+    return (torch.nn.Embedding(vocab, embedding), torch.nn.LSTM(embedding, hidden, layers, batch_first=True),
+            torch.nn.Linear(hidden, vocab))
+
+
+def plain_stepping_rate(vocab, layers, hidden, embedding, n, batch=1) -> float:
+    """The common loop: embedding -> LSTM on one token with (h, c) -> linear -> softmax -> multinomial."""
+    import torch
+
+    emb, lstm, head = _plain_model(vocab, layers, hidden, embedding)
+    with torch.inference_mode():
+        tok = torch.ones(batch, 1, dtype=torch.long)
+        state = None
+        start = time.perf_counter()
+        for _ in range(n):
+            out, state = lstm(emb(tok), state)
+            probs = torch.softmax(head(out[:, -1]), dim=-1)
+            tok = torch.multinomial(probs, 1)
+        return n * batch / (time.perf_counter() - start)
+
+
+def refeed_rate(vocab, layers, hidden, embedding, n, window=256) -> float:
+    """The tutorial loop: re-run the last `window` tokens from zero state for every new token."""
+    import torch
+
+    emb, lstm, head = _plain_model(vocab, layers, hidden, embedding)
+    with torch.inference_mode():
+        seq = torch.randint(1, vocab, (1, window))
+        start = time.perf_counter()
+        for _ in range(n):
+            out, _ = lstm(emb(seq[:, -window:]))
+            nxt = torch.multinomial(torch.softmax(head(out[:, -1]), dim=-1), 1)
+            seq = torch.cat([seq[:, 1:], nxt], dim=1)
+        return n / (time.perf_counter() - start)
+
+
+def sampler_rate(layers, hidden, embedding, n, batch=1) -> float:
+    from .config import ModelConfig
+    from .model import MelodyLSTM
+    from .sampling import FastLSTM, Sampler, start_state
+    from .midi import BarGrid
+    from .tokenizer import Tokenizer
+
+    import torch
+
+    tok = Tokenizer()
+    torch.manual_seed(0)
+    config = ModelConfig(len(tok), embedding, hidden, layers, 0.0)
+    weights = {k: v.numpy() for k, v in MelodyLSTM(config).state_dict().items()}
+    net = FastLSTM(weights, config)
+    net.reset(batch)
+    state = start_state(tok, batch, BarGrid([(0, 4, 4)], 12))
+    sampler = Sampler(net, tok, temperature=1.0)
+    never = np.zeros(batch, dtype=bool)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    sampler.run(batch, state, lambda s, t, k: never, rng, n)
+    return n * batch / (time.perf_counter() - start)
+
+
+def bench_sampling(n=2000) -> list[dict]:
+    from .tokenizer import Tokenizer
+
+    vocab = len(Tokenizer())
+    rows = []
+    for layers, hidden, embedding in ((2, 256, 128), (3, 512, 256)):
+        plain = plain_stepping_rate(vocab, layers, hidden, embedding, n // 2)
+        refeed = refeed_rate(vocab, layers, hidden, embedding, max(20, n // 40))
+        ours1 = sampler_rate(layers, hidden, embedding, n)
+        ours16 = sampler_rate(layers, hidden, embedding, n // 4, batch=16)
+        rows.append({"model": f"{layers}x{hidden}", "plain_stepping": plain, "window_refeed": refeed,
+                     "melodylstm_batch1": ours1, "melodylstm_batch16": ours16,
+                     "speedup_vs_plain": ours1 / plain, "batch16_vs_batch1": ours16 / ours1})
+    return rows
+
+
+# ---------------------------------------------------------------- 4. CLI latency
+
+def bench_cli(primer) -> dict:
+    exe = [sys.executable, "-m", "melodylstm"]
+    with tempfile.TemporaryDirectory() as tmp:
+        help_s = best_of(lambda: subprocess.run(exe + ["--help"], capture_output=True, check=True))
+        cont = exe + ["-q", "continue", str(primer), "-o", os.path.join(tmp, "out.mid"), "--bars", "8", "--seed", "1"]
+        continue_s = best_of(lambda: subprocess.run(cont, capture_output=True, check=True))
+    return {"help_s": help_s, "continue_8_bars_s": continue_s}
+
+
+# ---------------------------------------------------------------- report
+
+def run_all(corpus=None, quick=False) -> dict:
+    corpus = Path(corpus) if corpus else BUNDLED_CORPUS
+    from .data import find_midi_files
+
+    files, _ = find_midi_files(corpus)
+    if not files:
+        raise ValueError(f"no MIDI files in {corpus}")
+    results = {"machine": machine(), "corpus": str(corpus)}
+    results["tokenize"] = bench_tokenize(files)
+    steps = 4 if quick else 12
+    results["train"] = [bench_train(corpus, 2, 256, 128, 32, 256, steps)]
+    if not quick:
+        results["train"].append(bench_train(corpus, 3, 512, 256, 64, 256, 4))
+    results["sampling"] = bench_sampling(600 if quick else 3000)
+    results["cli"] = bench_cli(files[0])
+    return results
+
+
+def format_results(r: dict) -> str:
+    t = r["tokenize"]
+    lines = [f"machine: {r['machine']}", "",
+             "| tokenization | notes/s |", "|---|---|",
+             f"| melodylstm | {t['melodylstm_notes_per_s']:,.0f} |"]
+    if t.get("miditok_tsd_notes_per_s"):
+        lines.append(f"| MidiTok TSD | {t['miditok_tsd_notes_per_s']:,.0f} |")
+        lines.append(f"| **speed-up** | **{t['speedup_vs_miditok']:.1f}x** |")
+    else:
+        lines.append(f"| MidiTok TSD | {t.get('note')} |")
+    lines.append(f"| cache read speed-up ({t['files']} files) | **{t['cache_speedup']:.0f}x** "
+                 f"({t['uncached_s']:.2f} s -> {t['cached_s'] * 1000:.0f} ms) |")
+    lines += ["", "| training | bare nn.LSTM loop tok/s | melodylstm train tok/s | ratio |", "|---|---|---|---|"]
+    for row in r["train"]:
+        lines.append(f"| {row['shape']} | {row['bare_tokens_per_s']:,.0f} | {row['melodylstm_tokens_per_s']:,.0f} "
+                     f"| **{row['ratio']:.0%}** |")
+    lines += ["", "| sampling tok/s | plain stepping (b=1) | window re-feed (b=1) | melodylstm b=1 | melodylstm b=16 (aggregate) |",
+              "|---|---|---|---|---|"]
+    for row in r["sampling"]:
+        lines.append(f"| {row['model']} | {row['plain_stepping']:,.0f} | {row['window_refeed']:,.0f} | "
+                     f"**{row['melodylstm_batch1']:,.0f}** ({row['speedup_vs_plain']:.1f}x) | "
+                     f"**{row['melodylstm_batch16']:,.0f}** ({row['batch16_vs_batch1']:.1f}x b=1) |")
+    c = r["cli"]
+    lines += ["", "| CLI, process start included | seconds |", "|---|---|",
+              f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 (default model) | {c['continue_8_bars_s']:.2f} |"]
+    return "\n".join(lines)
