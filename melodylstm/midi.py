@@ -18,6 +18,7 @@ ONSET, DURATION, PITCH, VELOCITY, PROGRAM = range(5)  # columns of Song.notes
 DEFAULT_TEMPO = 500_000  # microseconds per quarter note (120 bpm), the MIDI default
 MAX_FILE_BYTES = 32 * 2**20  # bigger files are skipped: no real single piece needs more
 MAX_NOTES = 500_000  # bound on the work spent on one file
+MAX_BEATS = 100_000  # ~14 hours at 120 bpm; beyond this a file is corrupt, not music
 
 
 class MidiError(ValueError):
@@ -129,6 +130,9 @@ def read_midi_bytes(data: bytes, resolution: int, name: str = "file") -> Song:
 
     if len(data) > MAX_FILE_BYTES:
         raise MidiError(f"too large ({len(data) // 2**20} MB, limit {MAX_FILE_BYTES // 2**20} MB)")
+    if data.startswith(b"RIFF") and data[8:12] == b"RMID":  # RIFF-wrapped MIDI (.rmi)
+        start = data.find(b"MThd", 12)
+        data = data[start:] if start >= 0 else b""
     if not data.startswith(b"MThd"):
         raise MidiError("not a MIDI file (no MThd header)")
     try:
@@ -181,8 +185,9 @@ def score_to_song(score, resolution: int) -> Song:
         if track.name and program not in names:
             names[program] = clean_name(track.name)
     notes = np.concatenate(parts) if parts else np.zeros((0, 5), dtype=np.int64)
-    if len(notes) and (notes[:, ONSET].min() < 0 or notes[:, ONSET].max() > 2**31 - 2**24):
-        raise MidiError("note times out of range")
+    if len(notes) and (notes[:, ONSET] + notes[:, DURATION]).max() > MAX_BEATS * resolution:
+        beats = int((notes[:, ONSET] + notes[:, DURATION]).max() // resolution)
+        raise MidiError(f"too long (music spans {beats:,} beats, limit {MAX_BEATS:,})")
     keep = (notes[:, VELOCITY] > 0) & (notes[:, PITCH] >= 0)
     tempos = [(int(_to_steps(np.array([t.time]), tpq, resolution)[0]), int(t.mspq))
               for t in score.tempos if 0 < t.mspq < 2**24]
