@@ -145,7 +145,7 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder (default: checkpoints/<FOLDER name>).")
 @tokenizer_options
 @click.option("--layers", default=2, show_default=True, help="LSTM layers.")
-@click.option("--hidden", default=512, show_default=True, help="LSTM hidden size.")
+@click.option("--hidden", default=256, show_default=True, help="LSTM hidden size.")
 @click.option("--embedding", default=128, show_default=True, help="Token embedding size.")
 @click.option("--dropout", default=0.2, show_default=True)
 @click.option("--tie-weights", is_flag=True, help="Share embedding and output weights.")
