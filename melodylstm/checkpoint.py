@@ -145,3 +145,20 @@ def pick_from_folder(folder: Path) -> Path:
     raise CheckpointError(f"no best.safetensors or last.safetensors in {folder}")
 
 
+
+
+def export_checkpoint(src, dst, half: bool = True) -> Checkpoint:
+    """A compact, inference-only copy: weights (fp16 by default), configs and metadata; no
+    optimizer state. This is how the bundled default model is made."""
+    from safetensors.numpy import save_file
+
+    ckpt = load_checkpoint(src)
+    tensors = {f"model.{k}": (v.astype(np.float16) if half else v.astype(np.float32))
+               for k, v in ckpt.weights.items()}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "model_config": json.dumps(ckpt.model_config.to_dict()), "tokenizer": ckpt.tokenizer.to_json(),
+                "train_state": "{}", "meta": json.dumps({**ckpt.meta, "exported_from": str(src),
+                                                         "weights": "fp16" if half else "fp32"})}
+    with atomic_path(dst) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+    return load_checkpoint(dst)

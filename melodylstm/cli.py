@@ -225,6 +225,22 @@ def bench(ctx, corpus, quick, as_json):
     click.echo(json.dumps(results, indent=2) if as_json else format_results(results))
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the copy.")
+@click.option("--fp32", is_flag=True, help="Keep fp32 weights (default: fp16, half the size).")
+@click.pass_context
+def export(ctx, checkpoint, out, fp32):
+    """Write a compact inference-only copy of CHECKPOINT (no optimizer state) for sharing."""
+    import os
+
+    from .checkpoint import export_checkpoint
+
+    check_output(checkpoint, out)
+    export_checkpoint(checkpoint, out, half=not fp32)
+    info(ctx, f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+
+
 def sampling_options(f):
     options = [
         click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model)."),
