@@ -57,21 +57,32 @@ def test_existing_run_is_not_overwritten_without_resume(tiny_corpus, tmp_path):
         make_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", max_steps=3)
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_corpus, tmp_path):
-    args = ["train", str(tiny_corpus), *TINY, "--max-steps", "60", "--save-interval", "0", "--log-every", "1", "--cache-dir", str(tmp_path / "c")]
+def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tiny_corpus, tmp_path):
+    import random
+
+    args = ["train", str(tiny_corpus), *TINY, "--max-steps", "60", "--save-interval", "0", "--log-every", "1",
+            "--cache-dir", str(tmp_path / "c")]
     ref = cli(*args, "-o", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "melodylstm", "-q", *args, "-o", str(tmp_path / "killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert load_checkpoint(tmp_path / "killed" / "last.safetensors", with_train_state=True).train_state["step"] < 60
+    rng = random.Random(7)
+    for attempt in range(3):
+        resume = ["--resume"] if attempt else []
+        proc = subprocess.Popen([sys.executable, "-m", "melodylstm", "-q", *args, "-o", str(tmp_path / "killed"), *resume],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lines_before = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        target = lines_before + rng.randint(1, 8)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            saved = (tmp_path / "killed" / "last.safetensors").exists()
+            if saved and metrics.exists() and len(metrics.read_text().splitlines()) >= target:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # whatever the moment, the run folder holds a loadable checkpoint
+        step = load_checkpoint(tmp_path / "killed" / "last.safetensors", with_train_state=True).train_state["step"]
+        assert 0 < step < 60
     resumed = cli(*args, "-o", str(tmp_path / "killed"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a, b = losses(tmp_path / "ref"), losses(tmp_path / "killed")
@@ -97,7 +108,7 @@ def test_ddp_with_two_gloo_processes_keeps_ranks_in_sync(tiny_corpus, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     sync = [r for r in records if "ranks_in_sync" in r]
     assert sync and sync[-1]["ranks"] == 2 and sync[-1]["ranks_in_sync"] is True
-    assert load_checkpoint(tmp_path / "ddp" / "last.safetensors").train_state == {} or True
+    assert load_checkpoint(tmp_path / "ddp" / "last.safetensors").model_config.hidden == 32
 
 
 # ---------------------------------------------------------------- checkpoints from strangers
