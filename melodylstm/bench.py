@@ -126,6 +126,33 @@ def bench_train(corpus, layers, hidden, embedding, batch, seq_len, steps) -> dic
             "bare_tokens_per_s": bare, "melodylstm_tokens_per_s": ours, "ratio": ours / bare}
 
 
+def bench_memory(corpus, copies=(1, 8), steps=5) -> dict:
+    """Peak RSS of a short training run on the corpus and on N copies of it: the token store
+    is memory-mapped, so memory should not grow with the corpus."""
+    import resource
+
+    files = sorted(Path(corpus).rglob("*.mid"))
+    out = {}
+    for n in copies:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(n):
+                folder = Path(tmp) / "corpus" / f"copy{i}"
+                folder.mkdir(parents=True)
+                for f in files:
+                    # a different byte per copy gives each its own content hash, so nothing is deduplicated
+                    (folder / f.name).write_bytes(f.read_bytes() + bytes([i]))
+            code = ("import resource, sys; from melodylstm.cli import cli; "
+                    "sys.argv=['melodylstm','-q','train',sys.argv[1],'-o',sys.argv[2],'--max-steps',sys.argv[3],"
+                    "'-j','1','--cache-dir',sys.argv[4]]\n"
+                    "try:\n    cli()\nexcept SystemExit:\n    pass\n"
+                    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            result = subprocess.run([sys.executable, "-c", code, str(Path(tmp) / "corpus"), str(Path(tmp) / "run"),
+                                     str(steps), str(Path(tmp) / "cache")], capture_output=True, text=True, check=True)
+            out[n] = int(result.stdout.strip().splitlines()[-1]) / 1024  # MB
+    tokens = len(files)
+    return {"copies": list(copies), "peak_rss_mb": [out[n] for n in copies], "files_per_copy": tokens}
+
+
 # ---------------------------------------------------------------- 3. sampling
 
 def _plain_model(vocab, layers, hidden, embedding):
@@ -233,6 +260,7 @@ def run_all(corpus=None, quick=False) -> dict:
     results["train"] = [bench_train(corpus, 2, 256, 128, 32, 256, steps)]
     if not quick:
         results["train"].append(bench_train(corpus, 3, 512, 256, 64, 256, 4))
+    results["memory"] = bench_memory(corpus, (1, 2) if quick else (1, 8))
     results["sampling"] = bench_sampling(600 if quick else 3000)
     results["cli"] = bench_cli(files[0])
     return results
@@ -254,6 +282,10 @@ def format_results(r: dict) -> str:
     for row in r["train"]:
         lines.append(f"| {row['shape']} | {row['bare_tokens_per_s']:,.0f} | {row['melodylstm_tokens_per_s']:,.0f} "
                      f"| **{row['ratio']:.0%}** |")
+    m = r["memory"]
+    lines += ["", "| training peak RSS | " + " | ".join(f"corpus x{n}" for n in m["copies"]) + " |",
+              "|---|" + "---|" * len(m["copies"]),
+              "| MB | " + " | ".join(f"{v:,.0f}" for v in m["peak_rss_mb"]) + " |"]
     lines += ["", "| sampling tok/s | plain stepping (b=1) | window re-feed (b=1) | melodylstm b=1 | melodylstm b=16 (aggregate) |",
               "|---|---|---|---|---|"]
     for row in r["sampling"]:
