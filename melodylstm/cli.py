@@ -241,6 +241,26 @@ def export(ctx, checkpoint, out, fp32):
     info(ctx, f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True))
+@click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model).")
+@click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
+              help="With the training corpus as FOLDER: only its held-out (val) or training files.")
+@click.option("--baseline-train", type=click.Path(exists=True, file_okay=False),
+              help="Fit the n-gram baseline on this folder (default: the checkpoint's training corpus).")
+@click.option("--order", default=5, show_default=True, help="n-gram order of the baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+@click.pass_context
+def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json):
+    """Likelihood of the MIDI in FOLDER under a model, next to an n-gram baseline."""
+    from .checkpoint import load_checkpoint
+    from .evaluate import evaluate_folder, format_report
+
+    report = evaluate_folder(load_checkpoint(checkpoint), folder, split, baseline_train, order,
+                             progress=not ctx.obj["quiet"])
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
 def sampling_options(f):
     options = [
         click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model)."),

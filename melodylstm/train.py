@@ -196,7 +196,7 @@ class Run:
 
     def __init__(self, corpus, tokenizer: Tokenizer, model_config: ModelConfig, cfg: TrainConfig,
                  resume=None, init_from=None, data_options=None, log=print, progress=True):
-        self.cfg, self.log = cfg, log
+        self.cfg, self.log, self.corpus = cfg, log, str(corpus)
         self.dist = setup_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         self.out = Path(cfg.out)
@@ -276,7 +276,7 @@ class Run:
                 "corpus": {k: self.report[k] for k in ("files_used", "notes", "tokens", "seconds")},
                 "val_nll": self._finite(val_nll if val_nll is not None else self.best_val),
                 "val_bits_per_note": self._bits_per_note(val_nll if val_nll is not None else self.best_val),
-                "step": self.step}
+                "step": self.step, "corpus_path": self.corpus, "val_fraction": self.cfg.val_fraction}
         save_checkpoint(self.out / name, self.model, self.tok, state, tensors if name == "last.safetensors" else {}, meta)
 
     @staticmethod

@@ -1,0 +1,114 @@
+"""`melodylstm evaluate`: how likely is a folder of MIDI under a model, and how much better is
+that than a smoothed n-gram model on the same tokens.
+
+Each file runs through the LSTM from BOS to EOS with the state carried the whole way (no
+context limit). Bits per note and bits per second do not depend on the tokenization, so they
+compare models with different tokenizers."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .data import default_cache_dir, find_midi_files, is_validation, tokenize_files
+from .ngram import NGramModel
+
+LN2 = math.log(2)
+
+
+def lstm_file_nll(model, tokens: np.ndarray, chunk: int = 2048) -> tuple[float, int, int]:
+    """(total nats, predicted tokens, correct argmax predictions) for one token sequence."""
+    import torch
+    import torch.nn.functional as F
+
+    total, correct, state = 0.0, 0, None
+    x = torch.from_numpy(tokens.astype(np.int64))[None]
+    with torch.inference_mode():
+        for start in range(0, len(tokens) - 1, chunk):
+            inputs = x[:, start: start + chunk]
+            targets = x[:, start + 1: start + chunk + 1]
+            inputs = inputs[:, : targets.shape[1]]
+            logits, state = model(inputs, state)
+            logits = logits[0].float()
+            total += float(F.cross_entropy(logits, targets[0], reduction="sum"))
+            correct += int((logits.argmax(-1) == targets[0]).sum())
+    return total, len(tokens) - 1, correct
+
+
+def select_split(results, split: str, val_fraction: float):
+    if split == "all":
+        return results
+    want_val = split == "val"
+    return [r for r in results if is_validation(r.content_hash, val_fraction) == want_val]
+
+
+def figures(nats: float, tokens: int, notes: int, seconds: float, correct: int | None = None) -> dict:
+    out = {"nats_per_token": nats / tokens, "perplexity": math.exp(nats / tokens),
+           "bits_per_note": nats / LN2 / notes if notes else None,
+           "bits_per_second": nats / LN2 / seconds if seconds else None}
+    if correct is not None:
+        out["accuracy"] = correct / tokens
+    return out
+
+
+def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None, order: int = 5,
+                    progress: bool = False, jobs: int = 0) -> dict:
+    """Figures for the LSTM and an n-gram baseline on the same files.
+
+    split: 'val' / 'train' keep only the files the checkpoint's content-hash split put there
+    (use it when FOLDER is the training corpus); 'all' takes every file.
+    baseline_train: folder the n-gram is fitted on (default: the training corpus recorded in the
+    checkpoint, its training split only)."""
+    from tqdm import tqdm
+
+    tok = checkpoint.tokenizer
+    val_fraction = checkpoint.train_state.get("train_config", {}).get("val_fraction") or \
+        checkpoint.meta.get("val_fraction", 0.1)
+    cache = str(default_cache_dir())
+    files, skipped_entries = find_midi_files(folder)
+    results = tokenize_files(files, tok, cache, jobs, progress)
+    skipped = list(skipped_entries) + [{"path": r.path, "reason": r.reason} for r in results if r.reason]
+    used = select_split([r for r in results if not r.reason], split, val_fraction)
+    if not used:
+        raise ValueError(f"no usable MIDI file in {folder}" + (f" in the {split} split" if split != "all" else ""))
+
+    model = checkpoint.build_model().eval()
+    nats = correct = count = 0
+    for r in tqdm(used, disable=not progress, unit="file", leave=False):
+        n, c, k = lstm_file_nll(model, r.tokens)
+        nats, count, correct = nats + n, count + c, correct + k
+    notes = sum(r.notes for r in used)
+    seconds = sum(r.seconds for r in used)
+    report = {"files": len(used), "files_skipped": skipped, "tokens": count, "notes": notes, "seconds": seconds,
+              "lstm": figures(nats, count, notes, seconds, correct)}
+
+    train_folder = baseline_train or checkpoint.meta.get("corpus_path")
+    if train_folder and Path(train_folder).exists():
+        train_results = [r for r in tokenize_files(find_midi_files(train_folder)[0], tok, cache, jobs) if not r.reason]
+        if not baseline_train:  # the checkpoint's own corpus: fit on its training split only
+            train_results = select_split(train_results, "train", val_fraction)
+        held = {r.content_hash for r in used}
+        ngram = NGramModel(len(tok), order).fit([r.tokens for r in train_results if r.content_hash not in held])
+        n_nats, n_count = ngram.nll([r.tokens for r in used])
+        report["ngram"] = {"order": order, "train_files": len(train_results), **figures(n_nats, n_count, notes, seconds)}
+    else:
+        report["ngram"] = None
+        report["note"] = "no n-gram baseline: pass --baseline-train DIR (the checkpoint records no corpus folder here)"
+    return report
+
+
+def format_report(report: dict) -> str:
+    rows = [("LSTM", report["lstm"])]
+    if report.get("ngram"):
+        rows.append((f"{report['ngram']['order']}-gram (Kneser-Ney)", report["ngram"]))
+    lines = [f"{report['files']} files, {report['notes']:,} notes, {report['tokens']:,} tokens, "
+             f"{report['seconds'] / 60:.1f} minutes ({len(report['files_skipped'])} skipped)",
+             f"{'model':<24}{'nats/token':>11}{'perplexity':>11}{'bits/note':>11}{'bits/s':>9}{'accuracy':>10}"]
+    for name, f in rows:
+        acc = f"{f['accuracy']:.1%}" if "accuracy" in f else "-"
+        lines.append(f"{name:<24}{f['nats_per_token']:>11.4f}{f['perplexity']:>11.3f}{f['bits_per_note']:>11.3f}"
+                     f"{f['bits_per_second']:>9.2f}{acc:>10}")
+    if report.get("note"):
+        lines.append(report["note"])
+    return "\n".join(lines)
