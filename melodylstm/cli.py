@@ -261,6 +261,22 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json):
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
+@cli.command()
+@click.argument("generated", type=click.Path(exists=True))
+@click.argument("reference", type=click.Path(exists=True))
+@click.option("-o", "--out", default="stats.png", show_default=True, help="PNG report (one plot per feature).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+@click.pass_context
+def stats(ctx, generated, reference, out, as_json):
+    """Compare GENERATED pieces with a REFERENCE folder on musical features (Yang & Lerch 2018)."""
+    from . import stats as music_stats
+
+    rep = music_stats.report(generated, reference)
+    music_stats.plot_report(rep, out)
+    click.echo(json.dumps(music_stats.as_json(rep), indent=2) if as_json else music_stats.format_table(rep))
+    info(ctx, f"wrote {out}")
+
+
 def sampling_options(f):
     options = [
         click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model)."),

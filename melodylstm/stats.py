@@ -1,0 +1,243 @@
+"""`melodylstm stats GENERATED REFERENCE`: do generated pieces sound like the corpus?
+
+Objective evaluation in the manner of Yang & Lerch (2018), "On the evaluation of generative
+models in music": per-piece features (definitions follow MusPy's metrics where it has them),
+then for each feature the distribution of distances between pieces within each set (intra-set)
+and across the sets (inter-set), smoothed by a Gaussian KDE on one shared grid. The overlapping
+area (OA) and KL divergence between the reference's intra-set curve and the inter-set curve say
+how far the generated set sits from the reference's own variety: OA near 1 and KL near 0 mean
+the generated pieces are as close to the corpus as corpus pieces are to each other.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, MidiError, Song, read_midi
+from .sampling import SCALES
+
+RESOLUTION = 12
+# note-length classes in beats, from 1/8 to 4 beats (Yang & Lerch use 12 classes; these are ours)
+LENGTH_CLASSES = np.array([1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 1, 3 / 2, 2, 3, 4])
+IOI_CLASSES = LENGTH_CLASSES
+
+
+def pitched(song: Song) -> np.ndarray:
+    return song.notes[song.notes[:, PROGRAM] != DRUMS]
+
+
+def pitch_class_histogram(notes) -> np.ndarray:
+    hist = np.bincount(notes[:, PITCH] % 12, minlength=12).astype(float)
+    return hist / max(hist.sum(), 1)
+
+
+def used_pitches(notes) -> float:
+    return float(len(np.unique(notes[:, PITCH])))
+
+
+def pitch_range(notes) -> float:
+    return float(notes[:, PITCH].max() - notes[:, PITCH].min()) if len(notes) else 0.0
+
+
+def average_pitch_interval(notes) -> float:
+    """Mean absolute interval between successive notes (time order, then pitch), in semitones."""
+    return float(np.abs(np.diff(notes[:, PITCH])).mean()) if len(notes) > 1 else 0.0
+
+
+def _class_histogram(values_beats: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    if len(values_beats) == 0:
+        return np.zeros(len(classes))
+    nearest = np.abs(np.log(values_beats[:, None]) - np.log(classes[None, :])).argmin(axis=1)
+    hist = np.bincount(nearest, minlength=len(classes)).astype(float)
+    return hist / hist.sum()
+
+
+def note_length_histogram(notes, resolution) -> np.ndarray:
+    return _class_histogram(notes[:, DURATION] / resolution, LENGTH_CLASSES)
+
+
+def inter_onset_histogram(notes, resolution) -> np.ndarray:
+    onsets = np.unique(notes[:, ONSET])
+    return _class_histogram(np.diff(onsets) / resolution, IOI_CLASSES)
+
+
+def polyphony(notes) -> float:
+    """Mean number of notes sounding, over the grid steps where at least one sounds (MusPy)."""
+    if len(notes) == 0:
+        return 0.0
+    end = int((notes[:, ONSET] + notes[:, DURATION]).max())
+    active = np.zeros(end + 1, dtype=np.int64)
+    np.add.at(active, notes[:, ONSET], 1)
+    np.add.at(active, notes[:, ONSET] + notes[:, DURATION], -1)
+    sounding = np.cumsum(active)[:end]
+    return float(sounding[sounding > 0].mean()) if (sounding > 0).any() else 0.0
+
+
+def scale_consistency(notes) -> float:
+    """Largest share of notes that fit one major or minor scale (MusPy)."""
+    if len(notes) == 0:
+        return 0.0
+    hist = np.bincount(notes[:, PITCH] % 12, minlength=12)
+    best = 0
+    for scale in (SCALES["major"], SCALES["minor"]):
+        for tonic in range(12):
+            best = max(best, int(hist[(np.array(scale) + tonic) % 12].sum()))
+    return best / len(notes)
+
+
+def empty_beat_rate(notes, resolution) -> float:
+    """Share of beats in which no note starts (MusPy)."""
+    if len(notes) == 0:
+        return 1.0
+    beats = int(math.ceil((notes[:, ONSET] + notes[:, DURATION]).max() / resolution))
+    busy = np.zeros(max(beats, 1), dtype=bool)
+    busy[notes[:, ONSET] // resolution] = True
+    return float(1 - busy.mean())
+
+
+FEATURES = {
+    "pitch_count": lambda n, r: used_pitches(n),
+    "pitch_class_histogram": lambda n, r: pitch_class_histogram(n),
+    "pitch_range": lambda n, r: pitch_range(n),
+    "avg_pitch_interval": lambda n, r: average_pitch_interval(n),
+    "inter_onset_histogram": inter_onset_histogram,
+    "note_length_histogram": note_length_histogram,
+    "polyphony": lambda n, r: polyphony(n),
+    "scale_consistency": lambda n, r: scale_consistency(n),
+    "empty_beat_rate": empty_beat_rate,
+}
+
+
+def piece_features(song: Song) -> dict:
+    notes = pitched(song)
+    return {name: np.atleast_1d(np.asarray(fn(notes, song.resolution), dtype=float)) for name, fn in FEATURES.items()}
+
+
+def load_set(path) -> tuple[list[dict], list[dict]]:
+    """Features of every readable MIDI file in a folder (or one file); plus skipped files."""
+    from .data import find_midi_files
+
+    files, skipped = find_midi_files(path)
+    features = []
+    for f in files:
+        try:
+            song = read_midi(f, RESOLUTION)
+        except MidiError as exc:
+            skipped.append({"path": str(f), "reason": str(exc)})
+            continue
+        if len(pitched(song)) < 2:
+            skipped.append({"path": str(f), "reason": "fewer than 2 pitched notes"})
+            continue
+        features.append(piece_features(song))
+    return features, skipped
+
+
+# ---------------------------------------------------------------- distances and their distributions
+
+def pairwise(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distances between rows: within a (each pair once) or across a and b."""
+    if b is None:
+        i, j = np.triu_indices(len(a), k=1)
+        return np.linalg.norm(a[i] - a[j], axis=1)
+    return np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2).ravel()
+
+
+def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Gaussian KDE (Scott's bandwidth) evaluated on `grid`, normalized to integrate to 1 there."""
+    if len(samples) == 0:
+        return np.zeros_like(grid)
+    std = samples.std()
+    bandwidth = max(std * len(samples) ** (-1 / 5), (grid[-1] - grid[0]) / 200, 1e-9)
+    z = (grid[:, None] - samples[None, :]) / bandwidth
+    density = np.exp(-0.5 * z * z).sum(axis=1)
+    area = np.trapezoid(density, grid) if hasattr(np, "trapezoid") else np.trapz(density, grid)
+    return density / area if area > 0 else density
+
+
+def overlap_area(p, q, grid) -> float:
+    m = np.minimum(p, q)
+    return float(np.trapezoid(m, grid) if hasattr(np, "trapezoid") else np.trapz(m, grid))
+
+
+def kl_divergence(p, q, grid) -> float:
+    eps = 1e-10
+    f = p * np.log((p + eps) / (q + eps))
+    return float(max(0.0, np.trapezoid(f, grid) if hasattr(np, "trapezoid") else np.trapz(f, grid)))
+
+
+def compare(generated: list[dict], reference: list[dict], grid_points: int = 256) -> dict:
+    if len(generated) < 2 or len(reference) < 2:
+        raise ValueError("stats needs at least 2 usable pieces in each set")
+    out = {}
+    for name in FEATURES:
+        g = np.stack([f[name] for f in generated])
+        r = np.stack([f[name] for f in reference])
+        intra_g, intra_r, inter = pairwise(g), pairwise(r), pairwise(g, r)
+        top = max(intra_g.max(initial=0), intra_r.max(initial=0), inter.max(initial=0))
+        grid = np.linspace(0, top * 1.1 + 1e-6, grid_points)  # one shared grid for every curve
+        pg, pr, pi = kde(intra_g, grid), kde(intra_r, grid), kde(inter, grid)
+        out[name] = {
+            "generated_mean": g.mean(axis=0).tolist() if g.shape[1] > 1 else float(g.mean()),
+            "reference_mean": r.mean(axis=0).tolist() if r.shape[1] > 1 else float(r.mean()),
+            "overlap_area": overlap_area(pr, pi, grid),
+            "kl_divergence": kl_divergence(pr, pi, grid),
+            "curves": {"grid": grid, "intra_generated": pg, "intra_reference": pr, "inter": pi},
+        }
+    return out
+
+
+def report(generated_path, reference_path) -> dict:
+    gen, gen_skipped = load_set(generated_path)
+    ref, ref_skipped = load_set(reference_path)
+    results = compare(gen, ref)
+    return {"generated": {"path": str(generated_path), "pieces": len(gen), "skipped": gen_skipped},
+            "reference": {"path": str(reference_path), "pieces": len(ref), "skipped": ref_skipped},
+            "features": results}
+
+
+def as_json(rep: dict) -> dict:
+    """The report without the plotting curves."""
+    clean = {k: v for k, v in rep.items() if k != "features"}
+    clean["features"] = {name: {k: v for k, v in f.items() if k != "curves"} for name, f in rep["features"].items()}
+    return clean
+
+
+def format_table(rep: dict) -> str:
+    lines = [f"generated: {rep['generated']['pieces']} pieces, reference: {rep['reference']['pieces']} pieces",
+             f"{'feature':<24}{'generated':>12}{'reference':>12}{'overlap':>9}{'KL':>8}"]
+    for name, f in rep["features"].items():
+        gm, rm = f["generated_mean"], f["reference_mean"]
+        g = f"{gm:.2f}" if isinstance(gm, float) else "(hist)"
+        r = f"{rm:.2f}" if isinstance(rm, float) else "(hist)"
+        lines.append(f"{name:<24}{g:>12}{r:>12}{f['overlap_area']:>9.2f}{f['kl_divergence']:>8.3f}")
+    return "\n".join(lines)
+
+
+def plot_report(rep: dict, path) -> None:
+    from .fileio import atomic_path
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    names = list(rep["features"])
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), dpi=100)
+    for ax, name in zip(axes.ravel(), names):
+        f = rep["features"][name]
+        c = f["curves"]
+        ax.plot(c["grid"], c["intra_reference"], label="reference (intra)", color="#4c72b0")
+        ax.plot(c["grid"], c["intra_generated"], label="generated (intra)", color="#dd8452")
+        ax.plot(c["grid"], c["inter"], label="inter-set", color="#55a868", linestyle="--")
+        ax.set_title(f"{name}\nOA {f['overlap_area']:.2f}  KL {f['kl_divergence']:.3f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle(f"{rep['generated']['pieces']} generated vs {rep['reference']['pieces']} reference pieces "
+                 "(distance distributions)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from melodylstm import stats
+from melodylstm.midi import Song, write_midi
+
+from conftest import scale_song
+
+
+def notes(rows):
+    return np.array(rows, dtype=np.int64).reshape(-1, 5)
+
+
+C_MAJOR = notes([[i * 12, 12, p, 80, 0] for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])])
+
+
+def test_c_major_scale_features():
+    assert stats.scale_consistency(C_MAJOR) == 1.0
+    assert stats.pitch_range(C_MAJOR) == 12
+    assert stats.used_pitches(C_MAJOR) == 8
+    assert stats.average_pitch_interval(C_MAJOR) == pytest.approx(12 / 7)
+    assert stats.polyphony(C_MAJOR) == 1.0
+    assert stats.empty_beat_rate(C_MAJOR, 12) == 0.0
+    hist = stats.pitch_class_histogram(C_MAJOR)
+    assert hist[0] == pytest.approx(2 / 8) and hist[1] == 0
+    assert stats.note_length_histogram(C_MAJOR, 12)[list(stats.LENGTH_CLASSES).index(1)] == 1.0
+
+
+def test_chromatic_cluster_and_gaps():
+    chromatic = notes([[0, 48, 60 + i, 80, 0] for i in range(12)])
+    assert stats.scale_consistency(chromatic) == pytest.approx(7 / 12)
+    assert stats.polyphony(chromatic) == 12
+    gappy = notes([[0, 12, 60, 80, 0], [36, 12, 62, 80, 0]])  # beats 1 and 2 have no onset
+    assert stats.empty_beat_rate(gappy, 12) == pytest.approx(0.5)
+
+
+def test_identical_sets_overlap_almost_fully_and_different_sets_do_not():
+    songs = [scale_song(i, bars=4) for i in range(12)]
+    feats = [stats.piece_features(s) for s in songs]
+    same = stats.compare(feats, feats)
+    assert all(f["overlap_area"] > 0.8 for f in same.values())
+    chromatic = [stats.piece_features(Song(notes([[i * 6, 6, 40 + (i * 7 + k) % 40, 80, 0] for i in range(64)]), 12))
+                 for k in range(12)]
+    far = stats.compare(chromatic, feats)
+    assert far["scale_consistency"]["overlap_area"] < 0.3
+    assert far["pitch_count"]["overlap_area"] < 0.3
+
+
+def test_kde_integrates_to_one_and_oa_of_identical_curves_is_one():
+    grid = np.linspace(0, 10, 500)
+    p = stats.kde(np.random.default_rng(0).normal(5, 1, 200), grid)
+    assert float(((p[1:] + p[:-1]) / 2 * np.diff(grid)).sum()) == pytest.approx(1.0)
+    assert stats.overlap_area(p, p, grid) == pytest.approx(1.0)
+    assert stats.kl_divergence(p, p, grid) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_stats_command_writes_a_report(tmp_path):
+    for name, seeds in (("gen", range(4)), ("ref", range(10, 16))):
+        (tmp_path / name).mkdir()
+        for i in seeds:
+            write_midi(scale_song(i, bars=4), tmp_path / name / f"{i}.mid")
+    out = tmp_path / "report.png"
+    result = subprocess.run([sys.executable, "-m", "melodylstm", "stats", str(tmp_path / "gen"), str(tmp_path / "ref"),
+                             "-o", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["generated"]["pieces"] == 4 and set(data["features"]) == set(stats.FEATURES)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
