@@ -292,6 +292,10 @@ def sampling_options(f):
         click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
         click.option("--play", is_flag=True, help="Play the notes while they are generated."),
         click.option("--window", is_flag=True, help="With --play: show a scrolling piano roll."),
+        click.option("--soundfont", type=click.Path(exists=True, dir_okay=False), help="SoundFont for --play."),
+        click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
+                     help="Synth for --play."),
+        click.option("--midi-out", help="With --play: send to this MIDI port instead of the speakers."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -326,7 +330,7 @@ def load_generator(ctx, checkpoint):
 @click.option("--time-signature", default="4/4", show_default=True)
 @click.pass_context
 def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, pitch_range,
-             play, window, tempo, time_signature):
+             play, window, soundfont, synth, midi_out, tempo, time_signature):
     """Write new music from scratch."""
     from .midi import write_midi
 
@@ -336,16 +340,24 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     except (ValueError, AssertionError):
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
     gen = load_generator(ctx, checkpoint)
-    player = start_player(ctx, play, window, gen.tok.config.resolution, tempo)
-    songs = gen.generate(bars=bars, seconds=seconds, tokens=tokens, num=num,
-                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, key=key,
-                         pitch_range=pitch_range, tempo=tempo, time_signature=(numerator, denominator),
-                         on_note=player.add_note if player else None)
+
+    def run(on_note=None):
+        return gen.generate(bars=bars, seconds=seconds, tokens=tokens, num=num, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, key=key, pitch_range=pitch_range, tempo=tempo,
+                            time_signature=(numerator, denominator), on_note=on_note)
+
+    if play or window:
+        from .midi import Song
+
+        like = Song([], gen.tok.config.resolution, [(0, round(60e6 / tempo))], [(0, numerator, denominator)])
+        songs = play_while_generating(ctx, run, like, options={"window": window, "soundfont": soundfont,
+                                                                 "synth": synth, "midi_out": midi_out})
+    else:
+        songs = run()
     paths = output_paths(out, num)
     for song, path in zip(songs, paths):
         write_midi(song, path)
     info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})")
-    finish_player(player, songs[0])
 
 
 @cli.command("continue")
@@ -356,7 +368,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
 @click.option("--primer-bars", type=int, help="Use only the last N bars of the input as primer.")
 @click.pass_context
 def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key,
-                 pitch_range, play, window, only_new, primer_bars):
+                 pitch_range, play, window, soundfont, synth, midi_out, only_new, primer_bars):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes
 
@@ -366,25 +378,155 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
     if primer_bars is not None and primer_bars < 1:
         raise UserError("--primer-bars must be at least 1")
     gen = load_generator(ctx, checkpoint)
-    player = None
-    results = gen.continue_(midi_in, bars=bars, seconds=seconds, tokens=tokens,
-                            num=num, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, key=key,
-                            pitch_range=pitch_range, primer_bars=primer_bars,
-                            on_note=lambda note: player.add_note(note) if player else None)
+
+    def run(on_note=None):
+        return gen.continue_(midi_in, bars=bars, seconds=seconds, tokens=tokens, num=num, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed, key=key, pitch_range=pitch_range,
+                             primer_bars=primer_bars, on_note=on_note)
+
+    if play or window:
+        from .midi import read_midi
+
+        primer = read_midi(midi_in, gen.tok.config.resolution)
+        results = play_while_generating(ctx, run, primer, primer=primer,
+                                        options={"window": window, "soundfont": soundfont, "synth": synth,
+                                                 "midi_out": midi_out})
+    else:
+        results = run()
     for result, path in zip(results, paths):
         atomic_write_bytes(path, result.midi_bytes(only_new))
     key_text = f", key {results[0].key}" if results[0].key else ""
     info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, seed {gen.last_seed})")
 
 
-def start_player(ctx, play, window, resolution, tempo):
-    if play or window:
-        raise UserError("live playback is not available in this build yet")
-    return None
+# ---------------------------------------------------------------- playback
+
+def playback_options(f):
+    options = [
+        click.option("--soundfont", type=click.Path(exists=True, dir_okay=False), help="SoundFont (.sf2) for the synth."),
+        click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
+                     show_default=True, help="auto: FluidSynth, else TinySoundFont, else the built-in numpy synth."),
+        click.option("--midi-out", help="Send to this MIDI port instead (virtual:NAME opens a virtual port)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
-def finish_player(player, song):
-    return None
+def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None):
+    """Play (or render) a timeline that may still be growing; returns when it has played out."""
+    from .playback import open_midi_output, play_to_device, play_to_port, render_wav
+    from .synth import make_synth
+
+    if midi_out:
+        return play_to_port(timeline, open_midi_output(midi_out))
+    engine = make_synth(synth, soundfont)
+    if wav:
+        seconds = render_wav(timeline, engine, wav)
+        info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name})")
+        return None
+    view = None
+    if window:
+        from .pianoroll import Window
+
+        view = Window()
+    info(ctx, f"playing (synth: {engine.name}; Ctrl-C stops)")
+    play_to_device(timeline, engine, view)
+
+
+def play_while_generating(ctx, generate_fn, like, primer=None, options=None):
+    """Sample in a worker thread while the main thread plays: notes sound as they are made."""
+    import threading
+
+    from .playback import LivePlayer
+
+    player = LivePlayer(like)
+    if primer is not None:
+        player.add_primer(primer)
+    outcome = {}
+
+    def work():
+        try:
+            outcome["result"] = generate_fn(player.add_note)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+        finally:
+            player.close()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        run_playback(ctx, player.timeline, **(options or {}))
+    finally:
+        worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+@cli.command()
+@click.argument("midi_file", type=click.Path(exists=True, dir_okay=False))
+@playback_options
+@click.option("--wav", type=click.Path(dir_okay=False), help="Render to this WAV file instead of the speakers.")
+@click.option("--window", is_flag=True, help="Show a scrolling piano roll (space pauses, Esc quits).")
+@click.pass_context
+def play(ctx, midi_file, soundfont, synth, midi_out, wav, window):
+    """Play a MIDI file through the speakers (or a MIDI port, or a WAV file)."""
+    from .midi import read_midi
+    from .playback import Timeline
+
+    check_output(midi_file, wav)
+    timeline = Timeline()
+    timeline.add_song(read_midi(midi_file, 96))
+    timeline.close()
+    run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav)
+
+
+@cli.command()
+@click.argument("midi_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
+@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
+@click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto", show_default=True)
+@click.pass_context
+def render(ctx, midi_file, out, soundfont, synth):
+    """Render a MIDI file to a WAV file (no audio device needed)."""
+    ctx.invoke(play, midi_file=midi_file, soundfont=soundfont, synth=synth, midi_out=None, wav=out, window=False)
+
+
+@cli.command()
+@click.argument("midi_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--width", default=1200, show_default=True)
+@click.option("--height", default=500, show_default=True)
+@click.option("--new-from", type=float, help="Colour notes from this second on as generated.")
+@click.pass_context
+def show(ctx, midi_file, out, width, height, new_from):
+    """Draw a piano roll of a MIDI file to a PNG (no display needed). Tracks named
+    "melodylstm continuation" are drawn as generated notes."""
+    from .midi import read_midi_tracks
+    from .pianoroll import save_png
+    from .playback import Timeline
+
+    check_output(midi_file, out)
+    timeline = Timeline()
+    for name, part in read_midi_tracks(midi_file, 96):
+        timeline.add_song(part, is_new=name.startswith("melodylstm"))
+    notes = [(s, e, p, v, prog, new or (new_from is not None and s >= new_from))
+             for s, e, p, v, prog, new in timeline.notes]
+    save_png(notes, out, width, height)
+    info(ctx, f"wrote {out} ({len(notes)} notes)")
+
+
+@cli.command()
+def ports():
+    """List MIDI input and output ports (needs python-rtmidi)."""
+    from .playback import list_ports
+
+    found = list_ports()
+    for kind in ("outputs", "inputs"):
+        click.echo(f"{kind}:")
+        for name in found[kind] or ["(none)"]:
+            click.echo(f"  {name}")
 
 
 def main():

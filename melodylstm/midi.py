@@ -197,6 +197,22 @@ def score_to_song(score, resolution: int) -> Song:
                 _dedupe_map(sigs, (0, 4, 4)), names)
 
 
+def read_midi_tracks(path, resolution: int) -> list[tuple[str, Song]]:
+    """Each track of a file as its own Song (same tempo map), with the track's name."""
+    import symusic
+
+    song = read_midi(path, resolution)  # validates the file with the usual one-line errors
+    score = symusic.Score.from_midi(open(path, "rb").read())
+    out = []
+    for track in score.tracks:
+        single = score.copy()
+        single.tracks.clear()
+        single.tracks.append(track)
+        part = score_to_song(single, resolution)
+        out.append((clean_name(track.name), Song(part.notes, resolution, song.tempos, song.time_signatures)))
+    return out
+
+
 def clean_name(name) -> str:
     """Track names end up in MIDI meta events, which hold latin-1 text only."""
     text = "".join(ch for ch in str(name)[:64] if ch.isprintable())

@@ -1,0 +1,273 @@
+"""Playback: one engine for files and for music still being generated.
+
+A `Timeline` holds timed note events (in seconds); anything may add to it from another thread
+while it plays. `BlockRenderer` turns it into PCM with a synth, placing every event on its exact
+sample. Outputs: pygame's mixer (short blocks queued on one `pygame.mixer.Channel`), a WAV
+file, or a MIDI port (mido + python-rtmidi) driven by a monotonic-clock scheduler.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+import wave
+
+import numpy as np
+
+from .midi import DRUMS, Song
+from .synth import DRUM_CHANNEL, SAMPLE_RATE, make_synth
+
+BLOCK = 1024  # frames per queued block: 23 ms at 44.1 kHz
+TAIL_SECONDS = 0.6  # let the last notes ring out
+
+
+class PlaybackError(RuntimeError):
+    pass
+
+
+class Timeline:
+    """Thread-safe queue of (seconds, kind, channel, pitch, velocity) events."""
+
+    def __init__(self):
+        self.events = []
+        self.lock = threading.Lock()
+        self.counter = itertools.count()
+        self.closed = False  # no more notes will come
+        self.channels = {}  # program -> MIDI channel
+        self.end = 0.0
+        self.notes = []  # (start, end, pitch, velocity, program, is_new) for the piano roll
+
+    def channel_for(self, program: int) -> int:
+        if program == DRUMS:
+            return DRUM_CHANNEL
+        if program not in self.channels:
+            free = [c for c in range(16) if c != DRUM_CHANNEL and c not in self.channels.values()]
+            self.channels[program] = free[0] if free else len(self.channels) % 15
+            self._push(0.0, "program", self.channels[program], program, 0)
+        return self.channels[program]
+
+    def _push(self, when, kind, channel, pitch, velocity):
+        heapq.heappush(self.events, (when, 0 if kind == "program" else 1 if kind == "off" else 2,
+                                     next(self.counter), kind, channel, pitch, velocity))
+
+    def add_note(self, start: float, end: float, pitch: int, velocity: int, program: int, is_new: bool = True):
+        with self.lock:
+            channel = self.channel_for(program)
+            self._push(start, "on", channel, pitch, velocity)
+            self._push(max(end, start + 0.01), "off", channel, pitch, 0)
+            self.end = max(self.end, end)
+            self.notes.append((start, end, pitch, velocity, program, is_new))
+
+    def add_song(self, song: Song, is_new: bool = False, offset_steps: int = 0):
+        starts = song.seconds(song.notes[:, 0] + offset_steps) if len(song.notes) else []
+        ends = song.seconds(song.notes[:, 0] + song.notes[:, 1] + offset_steps) if len(song.notes) else []
+        for (onset, dur, pitch, vel, prog), s, e in zip(song.notes.tolist(), np.atleast_1d(starts), np.atleast_1d(ends)):
+            self.add_note(float(s), float(e), pitch, vel, prog, is_new)
+
+    def pop_until(self, when: float):
+        out = []
+        with self.lock:
+            while self.events and self.events[0][0] < when:
+                out.append(heapq.heappop(self.events))
+        return out
+
+    def close(self):
+        self.closed = True
+
+    def finished(self, now: float) -> bool:
+        with self.lock:
+            return self.closed and not self.events and now >= self.end + TAIL_SECONDS
+
+
+class BlockRenderer:
+    """Renders the timeline block by block; an event inside a block splits it at its sample."""
+
+    def __init__(self, timeline: Timeline, synth, sample_rate=SAMPLE_RATE):
+        self.timeline, self.synth, self.sr = timeline, synth, sample_rate
+        self.frame = 0  # frames rendered so far = the playback clock
+
+    @property
+    def now(self) -> float:
+        return self.frame / self.sr
+
+    def apply(self, event):
+        _, _, _, kind, channel, pitch, velocity = event
+        if kind == "on":
+            self.synth.note_on(channel, pitch, velocity)
+        elif kind == "off":
+            self.synth.note_off(channel, pitch)
+        else:
+            self.synth.program(channel, pitch)
+
+    def render(self, frames: int = BLOCK) -> np.ndarray:
+        end_time = (self.frame + frames) / self.sr
+        out, done = [], 0
+        for event in self.timeline.pop_until(end_time):
+            at = min(frames, max(done, int(round(event[0] * self.sr)) - self.frame))
+            if at > done:
+                out.append(self.synth.render(at - done))
+                done = at
+            self.apply(event)
+        if frames > done:
+            out.append(self.synth.render(frames - done))
+        self.frame += frames
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def to_int16(block: np.ndarray) -> bytes:
+    return (np.clip(block, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+# ---------------------------------------------------------------- outputs
+
+def init_pygame_audio():
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")  # keep Ctrl-C and SIGTERM ours
+    try:
+        import pygame
+    except ImportError as exc:
+        raise PlaybackError(f"pygame is not installed ({exc})") from None
+    try:
+        pygame.mixer.pre_init(SAMPLE_RATE, -16, 2, BLOCK)
+        pygame.mixer.init()
+    except (pygame.error, AttributeError, NotImplementedError) as exc:
+        raise PlaybackError(f"no audio device ({exc}); write a file instead with --wav out.wav "
+                            f"or `melodylstm render FILE -o out.wav`") from None
+    return pygame
+
+
+class PygameOutput:
+    """Keeps one mixer channel fed: while a block plays, the next waits in the channel's queue."""
+
+    def __init__(self):
+        self.pygame = init_pygame_audio()
+        self.channel = self.pygame.mixer.Channel(0)
+
+    def feed(self, renderer: BlockRenderer) -> None:
+        if not self.channel.get_busy():
+            self.channel.play(self.pygame.mixer.Sound(buffer=to_int16(renderer.render())))
+        if self.channel.get_queue() is None:
+            self.channel.queue(self.pygame.mixer.Sound(buffer=to_int16(renderer.render())))
+
+    def close(self):
+        self.channel.stop()
+        self.pygame.mixer.quit()
+
+
+def play_to_device(timeline: Timeline, synth, window=None, output=None) -> None:
+    """Play until the timeline is closed and rung out (or Esc in the window)."""
+    output = output or PygameOutput()
+    renderer = BlockRenderer(timeline, synth)
+    paused = False
+    try:
+        while not timeline.finished(renderer.now):
+            if window is not None:
+                paused, quit_ = window.handle_events(paused)
+                if quit_:
+                    break
+                window.draw(timeline, renderer.now - BLOCK * 2 / SAMPLE_RATE)
+            if not paused:
+                output.feed(renderer)
+            time.sleep(0.004)
+        while output.channel.get_busy() and window is None:
+            time.sleep(0.005)
+    finally:
+        synth.all_off()  # no stuck notes, also on Ctrl-C
+        output.close()
+
+
+def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0) -> float:
+    """Render offline to a 16-bit stereo WAV (atomically). Returns the length in seconds."""
+    from .fileio import atomic_path
+
+    timeline.close()
+    renderer = BlockRenderer(timeline, synth)
+    with atomic_path(path) as tmp:
+        with wave.open(tmp, "wb") as wav:
+            wav.setnchannels(2)
+            wav.setsampwidth(2)
+            wav.setframerate(SAMPLE_RATE)
+            while not timeline.finished(renderer.now) and renderer.now < max_seconds:
+                wav.writeframes(to_int16(renderer.render(BLOCK * 8)))
+    return renderer.now
+
+
+# ---------------------------------------------------------------- MIDI ports
+
+def open_midi_output(name: str):
+    try:
+        import mido
+
+        if name.startswith("virtual:"):
+            return mido.open_output(name[len("virtual:"):], virtual=True)
+        return mido.open_output(name)
+    except ImportError as exc:
+        raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
+    except (OSError, IOError, RuntimeError, NotImplementedError) as exc:
+        raise PlaybackError(f"cannot open MIDI port {name!r} ({exc}); `melodylstm ports` lists them") from None
+
+
+def list_ports() -> dict:
+    try:
+        import mido
+
+        return {"outputs": mido.get_output_names(), "inputs": mido.get_input_names()}
+    except ImportError as exc:
+        raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
+
+
+def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep) -> None:
+    """Send events at their times, measured on a monotonic clock from the start (a late event
+    is sent at once; the schedule never drifts with the time spent sending)."""
+    import mido
+
+    start = clock()
+    try:
+        while True:
+            now = clock() - start
+            for event in timeline.pop_until(now + 0.001):
+                _, _, _, kind, channel, pitch, velocity = event
+                if kind == "on":
+                    port.send(mido.Message("note_on", channel=channel, note=pitch, velocity=velocity))
+                elif kind == "off":
+                    port.send(mido.Message("note_off", channel=channel, note=pitch))
+                else:
+                    port.send(mido.Message("program_change", channel=channel, program=pitch))
+            if timeline.finished(now):
+                break
+            with timeline.lock:
+                nxt = timeline.events[0][0] if timeline.events else now + 0.01
+            sleep(min(0.01, max(0.0, nxt - (clock() - start))))
+    finally:
+        for channel in range(16):  # all notes off, whatever happened
+            port.send(mido.Message("control_change", channel=channel, control=123, value=0))
+        port.close()
+
+
+# ---------------------------------------------------------------- live generation
+
+class LivePlayer:
+    """Receives notes from the sampler (another thread) and schedules them for playback.
+    `like` gives the tempo map; `lead_in` delays everything slightly so the first notes are
+    never late while the first blocks are queued."""
+
+    def __init__(self, like: Song, synth=None, lead_in: float = 0.05):
+        self.like, self.timeline = like, Timeline()
+        self.synth = synth
+        self.lead_in = lead_in
+        self.first_note_at = None
+
+    def add_primer(self, song: Song):
+        self.timeline.add_song(song, is_new=False)
+
+    def add_note(self, note):
+        onset, dur, pitch, vel, prog = note
+        start, end = self.like.seconds(np.array([onset, onset + dur], dtype=np.float64))
+        if self.first_note_at is None:
+            self.first_note_at = time.perf_counter()
+        self.timeline.add_note(float(start), float(end), pitch, vel, prog, is_new=True)
+
+    def close(self):
+        self.timeline.close()

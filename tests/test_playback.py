@@ -1,0 +1,229 @@
+"""Playback, headless: SDL's disk audio driver writes exactly what would reach the speakers.
+Every test that starts SDL runs in a child process (SDL state never leaks between tests)."""
+import os
+import subprocess
+import sys
+import textwrap
+import wave
+
+import numpy as np
+import pytest
+
+from melodylstm.midi import DRUMS, Song, write_midi
+from melodylstm.playback import Timeline, play_to_port
+from melodylstm.synth import NumpySynth, make_synth
+
+SR = 44100
+ENV = {**os.environ, "SDL_NO_SIGNAL_HANDLERS": "1", "PYGAME_HIDE_SUPPORT_PROMPT": "1", "SDL_VIDEODRIVER": "dummy"}
+
+
+def five_notes(path, pitch=69, spacing_steps=12, tempo_us=300000):
+    """5 notes 300 ms apart (a quarter at 200 bpm), each 150 ms long."""
+    notes = [[i * spacing_steps, spacing_steps // 2, pitch, 100, 0] for i in range(5)]
+    write_midi(Song(np.array(notes), 12, [(0, tempo_us)], [(0, 4, 4)]), path)
+
+
+def read_wav(path):
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
+
+
+def onsets(signal, window=441, threshold=0.004):
+    """Times (s) where the short-time energy jumps up."""
+    frames = len(signal) // window
+    energy = np.sqrt((signal[: frames * window].reshape(frames, window) ** 2).mean(axis=1))
+    before = np.concatenate([[0.0], energy[:-1]])  # silence before the start
+    rises = [i for i in range(frames) if energy[i] > threshold and energy[i] > 2.5 * before[i] + 1e-4]
+    out = []
+    for i in rises:
+        if not out or i * window / SR - out[-1] > 0.1:
+            out.append(i * window / SR)
+    return out
+
+
+def dominant_frequency(signal):
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal))))
+    return np.fft.rfftfreq(len(signal), 1 / SR)[spectrum.argmax()]
+
+
+def cli(*args, env=ENV, timeout=60):
+    return subprocess.run([sys.executable, "-m", "melodylstm", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("synth", ["numpy", "tinysoundfont"])
+def test_render_is_audible_in_time_and_in_tune(tmp_path, synth):
+    if synth == "tinysoundfont":
+        pytest.importorskip("tinysoundfont")
+    midi, wav = tmp_path / "five.mid", tmp_path / "five.wav"
+    five_notes(midi)
+    result = cli("render", str(midi), "-o", str(wav), "--synth", synth)
+    assert result.returncode == 0, result.stderr
+    audio = read_wav(wav)
+    assert np.sqrt((audio ** 2).mean()) > 0.002
+    found = onsets(audio)
+    assert len(found) == 5 and np.allclose(np.diff(found), 0.3, atol=0.012), found
+    assert found[0] < 0.012
+    assert dominant_frequency(audio[int(0.02 * SR): int(0.14 * SR)]) == pytest.approx(440, abs=8)
+
+
+def test_render_refuses_to_overwrite_its_input(tmp_path):
+    midi = tmp_path / "a.mid"
+    five_notes(midi)
+    result = cli("render", str(midi), "-o", str(midi))
+    assert result.returncode == 1 and "input file" in result.stderr
+
+
+def test_play_through_the_disk_driver(tmp_path):
+    midi, capture = tmp_path / "five.mid", tmp_path / "capture.raw"
+    five_notes(midi)
+    env = {**ENV, "SDL_AUDIODRIVER": "disk", "SDL_DISKAUDIOFILE": str(capture)}
+    result = cli("play", str(midi), "--synth", "numpy", env=env)
+    assert result.returncode == 0, result.stderr
+    audio = np.fromfile(capture, dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
+    assert np.sqrt((audio ** 2).mean()) > 0.002
+    found = onsets(audio)
+    # times in stream frames: the disk driver's clock is not the wall clock
+    assert found[0] < 0.1, found  # the first note sounds at once
+    assert len(found) == 5 and np.allclose(np.diff(found), 0.3, atol=0.03), found
+
+
+def test_no_audio_device_is_a_one_line_error(tmp_path):
+    midi = tmp_path / "five.mid"
+    five_notes(midi)
+    result = cli("play", str(midi), env={**ENV, "SDL_AUDIODRIVER": "no_such_driver"})
+    assert result.returncode == 1 and "no audio device" in result.stderr and "--wav" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+STREAM_SCRIPT = textwrap.dedent("""
+    import sys, threading, time, json
+    from melodylstm.midi import Song
+    from melodylstm.playback import LivePlayer, play_to_device
+    from melodylstm.synth import NumpySynth
+    like = Song([], 12, [(0, 500000)], [(0, 4, 4)])
+    player = LivePlayer(like)
+    done = {}
+    def slow_sampler():  # emulates a sampler that needs 1.5 s for its notes
+        start = time.perf_counter()
+        for i in range(8):
+            player.add_note((i * 6, 6, 60 + i, 100, 0))
+            time.sleep(0.2)
+        done["seconds"] = time.perf_counter() - start
+        player.close()
+    t0 = time.perf_counter()
+    threading.Thread(target=slow_sampler, daemon=True).start()
+    play_to_device(player.timeline, NumpySynth())
+    print(json.dumps(done))
+""")
+
+
+def test_streamed_notes_sound_before_generation_finishes(tmp_path):
+    import json
+
+    capture = tmp_path / "capture.raw"
+    env = {**ENV, "SDL_AUDIODRIVER": "disk", "SDL_DISKAUDIOFILE": str(capture)}
+    result = subprocess.run([sys.executable, "-c", STREAM_SCRIPT], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    generation_seconds = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+    audio = np.fromfile(capture, dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
+    first_sound = np.flatnonzero(np.abs(audio) > 0.01)[0] / SR
+    assert first_sound < 0.15 < generation_seconds  # heard long before the sampler was done
+    for i in range(8):  # every note arrived in time to be heard at its place (0.25 s apart)
+        window = audio[int((first_sound + i * 0.25 + 0.02) * SR): int((first_sound + i * 0.25 + 0.1) * SR)]
+        assert np.sqrt((window ** 2).mean()) > 0.005, i
+
+
+def test_generate_play_streams_without_gaps(tmp_path):
+    """The real sampler in a worker thread, playback in the main thread: the captured audio has no
+    silence that an offline render of the same notes does not have."""
+    from melodylstm.checkpoint import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("no default model")
+    capture, out = tmp_path / "capture.raw", tmp_path / "g.mid"
+    env = {**ENV, "SDL_AUDIODRIVER": "disk", "SDL_DISKAUDIOFILE": str(capture)}
+    result = cli("generate", "--play", "--synth", "numpy", "--bars", "2", "--seed", "3", "-o", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    live = np.fromfile(capture, dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
+    assert cli("render", str(out), "-o", str(tmp_path / "ref.wav"), "--synth", "numpy").returncode == 0
+    offline = read_wav(tmp_path / "ref.wav")
+
+    def longest_silence(signal):
+        quiet = np.abs(signal[: int(3.9 * SR)]) < 1e-4
+        best = run = 0
+        for q in quiet[::44]:  # 1 ms resolution
+            run = run + 1 if q else 0
+            best = max(best, run)
+        return best / 1000
+
+    start = np.flatnonzero(np.abs(live) > 1e-4)[0]
+    assert start / SR < 0.15
+    assert longest_silence(live[start:]) <= longest_silence(offline) + 0.03
+
+
+def test_port_scheduler_keeps_time_and_ends_with_all_notes_off():
+    sent = []
+    clock = {"t": 0.0}
+
+    class FakePort:
+        def send(self, msg):
+            sent.append((round(clock["t"], 3), msg))
+
+        def close(self):
+            sent.append((round(clock["t"], 3), "closed"))
+
+    def sleep(seconds):
+        clock["t"] += max(seconds, 0.001)
+
+    timeline = Timeline()
+    for i in range(4):
+        timeline.add_note(i * 0.25, i * 0.25 + 0.2, 60 + i, 90, 0)
+    timeline.add_note(0.1, 0.2, 36, 100, DRUMS)
+    timeline.close()
+    play_to_port(timeline, FakePort(), clock=lambda: clock["t"], sleep=sleep)
+    ons = [(t, m.note) for t, m in sent if getattr(m, "type", "") == "note_on"]
+    assert [n for _, n in ons] == [60, 36, 61, 62, 63]
+    assert all(abs(t - want) <= 0.011 for (t, _), want in zip(ons, [0, 0.1, 0.25, 0.5, 0.75]))
+    drum = [m for _, m in sent if getattr(m, "type", "") == "note_on" and m.note == 36][0]
+    assert drum.channel == 9
+    resets = [m for _, m in sent if getattr(m, "type", "") == "control_change" and m.control == 123]
+    assert len(resets) == 16 and sent[-1][1] == "closed"
+
+
+def test_synths_make_sound_and_stop():
+    synth = make_synth("numpy")
+    synth.note_on(0, 69, 100)
+    assert np.abs(synth.render(4410)).max() > 0.01
+    synth.note_off(0, 69)
+    synth.render(SR)  # the release ends
+    assert synth.silent() and np.abs(synth.render(1000)).max() == 0
+    assert make_synth("auto").name in ("fluidsynth", "tinysoundfont", "numpy")
+
+
+def test_show_draws_primer_and_generated_notes(tmp_path):
+    import pygame
+
+    from melodylstm.generate import append_tracks
+    from melodylstm.midi import midifile_bytes, song_to_midifile
+    from melodylstm.pianoroll import GENERATED, PRIMER
+
+    primer = Song(np.array([[0, 48, 60, 127, 0]]), 12, [(0, 500000)])
+    new = Song(np.array([[48, 48, 72, 127, 0]]), 12, [(0, 500000)])
+    path, png = tmp_path / "c.mid", tmp_path / "roll.png"
+    path.write_bytes(append_tracks(midifile_bytes(song_to_midifile(primer)), new))
+    result = cli("show", str(path), "-o", str(png), "--width", "400", "--height", "200")
+    assert result.returncode == 0, result.stderr
+    image = pygame.image.load(str(png))
+    width, height = image.get_size()
+    # pitch 60 sits lower than pitch 72; the first note fills the first half, the second the second
+    colours = {}
+    for x in range(45, width, 4):
+        for y in range(0, height, 2):
+            c = tuple(image.get_at((x, y)))[:3]
+            if c in (PRIMER, GENERATED):
+                colours.setdefault(c, []).append((x, y))
+    assert PRIMER in colours and GENERATED in colours
+    primer_xy, new_xy = np.array(colours[PRIMER]), np.array(colours[GENERATED])
+    assert primer_xy[:, 0].max() < new_xy[:, 0].min()  # generated notes come after the primer
+    assert primer_xy[:, 1].mean() > new_xy[:, 1].mean()  # and higher (pitch 72 above 60)
