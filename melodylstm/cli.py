@@ -518,6 +518,40 @@ def show(ctx, midi_file, out, width, height, new_from):
 
 
 @cli.command()
+@click.option("--in", "in_port", required=True, help="MIDI input port to listen to (virtual:NAME for a virtual port).")
+@click.option("--out", "out_port", help="MIDI output port for the answers (default: the speakers).")
+@click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint (default: the bundled model).")
+@click.option("--bars", default=2, show_default=True, help="Length of each answer.")
+@click.option("-t", "--temperature", default=1.0, show_default=True)
+@click.option("--tempo", default=120.0, show_default=True, help="Beats per minute used to read your playing.")
+@click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
+@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
+@click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto")
+@click.pass_context
+def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, soundfont, synth):
+    """Call and response: play a phrase on a MIDI keyboard, pause, and the model answers."""
+    from .jam import Jam
+
+    try:
+        import mido
+
+        inport = mido.open_input(in_port[len("virtual:"):], virtual=True) if in_port.startswith("virtual:") \
+            else mido.open_input(in_port)
+    except ImportError:
+        raise UserError("jam needs python-rtmidi: pip install python-rtmidi") from None
+    except (OSError, IOError, RuntimeError) as exc:
+        raise UserError(f"cannot open MIDI input {in_port!r} ({exc}); `melodylstm ports` lists them") from None
+    gen = load_generator(ctx, checkpoint)
+
+    def respond(timeline):
+        run_playback(ctx, timeline, soundfont, synth, out_port)
+
+    info(ctx, f"listening on {in_port}: play a phrase, then pause; Ctrl-C ends")
+    with inport:
+        Jam(gen, respond, bars, temperature, tempo, pause).run(inport)
+
+
+@cli.command()
 def ports():
     """List MIDI input and output ports (needs python-rtmidi)."""
     from .playback import list_ports

@@ -227,3 +227,40 @@ def test_show_draws_primer_and_generated_notes(tmp_path):
     primer_xy, new_xy = np.array(colours[PRIMER]), np.array(colours[GENERATED])
     assert primer_xy[:, 0].max() < new_xy[:, 0].min()  # generated notes come after the primer
     assert primer_xy[:, 1].mean() > new_xy[:, 1].mean()  # and higher (pitch 72 above 60)
+
+
+def test_jam_answers_a_phrase_after_a_pause(tmp_path):
+    """A scripted keyboard: four notes, then silence; the model answers once, after the pause."""
+    import mido
+    import torch
+
+    from melodylstm.checkpoint import save_checkpoint
+    from melodylstm.config import ModelConfig
+    from melodylstm.generate import Generator
+    from melodylstm.jam import Jam
+    from melodylstm.model import MelodyLSTM
+    from melodylstm.tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.safetensors", MelodyLSTM(ModelConfig(len(tok), 8, 32, 1, 0.0)), tok)
+    gen = Generator.load(tmp_path / "m.safetensors")
+    clock = {"t": 0.0}
+    script = []
+    for i, pitch in enumerate([60, 62, 64, 65]):
+        script += [(i * 0.5, mido.Message("note_on", note=pitch, velocity=90)),
+                   (i * 0.5 + 0.4, mido.Message("note_off", note=pitch))]
+
+    class ScriptedPort:
+        def iter_pending(self):
+            clock["t"] += 0.05
+            while script and script[0][0] <= clock["t"]:
+                yield script.pop(0)[1]
+
+    answers = []
+    jam = Jam(gen, lambda timeline: answers.append((clock["t"], timeline)), bars=1, tempo=120, seed=1,
+              clock=lambda: clock["t"])
+    jam.run(ScriptedPort(), max_answers=1, idle_sleep=0)
+    when, timeline = answers[0]
+    assert 1.9 + 2.0 <= when <= 1.9 + 2.0 + 0.11  # last note-off at 1.9 s, then one bar (2 s) of silence
+    assert timeline.notes and all(0 <= n[0] < 2.5 for n in timeline.notes)  # about one bar, starting now
