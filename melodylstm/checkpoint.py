@@ -147,7 +147,7 @@ def pick_from_folder(folder: Path) -> Path:
 
 
 
-def export_checkpoint(src, dst, half: bool = True) -> Checkpoint:
+def export_checkpoint(src, dst, half: bool = True, extra_meta: dict | None = None) -> Checkpoint:
     """A compact, inference-only copy: weights (fp16 by default), configs and metadata; no
     optimizer state. This is how the bundled default model is made."""
     from safetensors.numpy import save_file
@@ -158,7 +158,7 @@ def export_checkpoint(src, dst, half: bool = True) -> Checkpoint:
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "model_config": json.dumps(ckpt.model_config.to_dict()), "tokenizer": ckpt.tokenizer.to_json(),
                 "train_state": "{}", "meta": json.dumps({**ckpt.meta, "exported_from": str(src),
-                                                         "weights": "fp16" if half else "fp32"})}
+                                                         "weights": "fp16" if half else "fp32", **(extra_meta or {})})}
     with atomic_path(dst) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return load_checkpoint(dst)

@@ -83,7 +83,7 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
     report = {"files": len(used), "files_skipped": skipped, "tokens": count, "notes": notes, "seconds": seconds,
               "lstm": figures(nats, count, notes, seconds, correct)}
 
-    train_folder = baseline_train or checkpoint.meta.get("corpus_path")
+    train_folder = baseline_train or resolve_corpus(checkpoint.meta.get("corpus_path"))
     if train_folder and Path(train_folder).exists():
         train_results = [r for r in tokenize_files(find_midi_files(train_folder)[0], tok, cache, jobs) if not r.reason]
         if not baseline_train:  # the checkpoint's own corpus: fit on its training split only
@@ -96,6 +96,16 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
         report["ngram"] = None
         report["note"] = "no n-gram baseline: pass --baseline-train DIR (the checkpoint records no corpus folder here)"
     return report
+
+
+def resolve_corpus(path):
+    """A recorded corpus folder, as given or relative to the project (for the bundled corpus)."""
+    if not path:
+        return None
+    for candidate in (Path(path), Path(__file__).resolve().parent.parent / path):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def format_report(report: dict) -> str:
