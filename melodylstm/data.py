@@ -361,6 +361,15 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
             cache_root.mkdir(parents=True, exist_ok=True)
         except OSError:
             cache_root = None
+    manifest = corpus_manifest(cache_root, files, skipped_entries, tokenizer, val_fraction) if cache_root else None
+    if manifest is not None and manifest.exists():  # nothing changed since the last run: no file is opened
+        try:
+            saved = json.loads(manifest.read_text())
+            report = {**saved["report"], "elapsed_s": round(time.perf_counter() - started, 3),
+                      "cache_hits": saved["report"]["files_found"]}
+            return report, TokenStore(cache_root / "corpora" / saved["store"]) if saved["store"] else None
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged manifest: rebuild
     results = tokenize_files(files, tokenizer, str(cache_root) if cache_root else None, jobs, progress)
     report = ingest_report(results, skipped_entries)
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
@@ -376,4 +385,24 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
     store = TokenStore.build(store_root, used, val_fraction, {"tokenizer": config_fingerprint(tokenizer)})
     report["train_files"] = len(store.meta["train_files"])
     report["val_files"] = len(store.meta["val_files"])
+    if manifest is not None:
+        try:
+            atomic_write_bytes(manifest, json.dumps({"report": report, "store": store.folder.name}).encode())
+        except OSError:
+            pass
     return report, store
+
+
+def corpus_manifest(cache_root: Path, files, skipped, tokenizer: Tokenizer, val_fraction: float) -> Path:
+    """Where the result of a whole corpus run is remembered, keyed by every file's path, size and
+    modification time (and the tokenizer): an unchanged folder is served without opening a file."""
+    entries = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            entries.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
+        except OSError:
+            entries.append((str(f), -1, -1))
+    key = hashlib.blake2b(json.dumps([config_fingerprint(tokenizer), val_fraction, entries, skipped]).encode(),
+                          digest_size=16).hexdigest()
+    return cache_root / "corpora" / "manifests" / f"{key}.json"

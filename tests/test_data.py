@@ -123,3 +123,18 @@ def test_symlink_loops_and_directories_named_mid_do_not_break_the_scan(tmp_path)
     files, skipped = find_midi_files(tmp_path)
     assert [f.name for f in files] == ["ok.mid"]
     assert skipped[0]["reason"] == "is a directory"
+
+
+def test_unchanged_folder_is_served_from_the_manifest_and_changes_are_seen(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        write_midi(scale_song(i, bars=2), corpus / f"s{i}.mid")
+    first, store1 = load_corpus(corpus, TOK, cache_dir=tmp_path / "cache", jobs=1)
+    second, store2 = load_corpus(corpus, TOK, cache_dir=tmp_path / "cache", jobs=1)
+    assert second["cache_hits"] == second["files_found"] == 6 and second["notes"] == first["notes"]
+    assert np.array_equal(store1.train, store2.train)
+    write_midi(scale_song(99, bars=8), corpus / "s0.mid")  # an edited file
+    os.utime(corpus / "s0.mid", ns=(1, 1))
+    third, _ = load_corpus(corpus, TOK, cache_dir=tmp_path / "cache", jobs=1)
+    assert third["notes"] != first["notes"] and third["cache_hits"] == 5
