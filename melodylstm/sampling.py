@@ -251,7 +251,7 @@ class Sampler:
         state: dict of per-row arrays last_token, last_type, time, bar_index, next_bar (from `start_state`).
         Returns a list of token lists (without the stopping token)."""
         tok, net = self.tok, self.net
-        out = [[] for _ in range(rows)]
+        history, kept = [], []  # one array per step (not per row): row r keeps the steps where it was alive
         done = np.zeros(rows, dtype=bool)
         shift_slice = slice(tok.shift0, tok.shift0 + tok.max_shift)
         grid = state["grid"]
@@ -270,15 +270,20 @@ class Sampler:
             kinds = tok.token_type[nxt]
             self._advance(state, nxt, kinds, grid)
             finished = stop(state, nxt, kinds) & ~done
-            for r in np.flatnonzero(~done & ~finished):
-                out[r].append(int(nxt[r]))
-                if on_token is not None:
+            alive = ~done & ~finished
+            history.append(nxt)
+            kept.append(alive)
+            if on_token is not None:
+                for r in np.flatnonzero(alive):
                     on_token(r, int(nxt[r]))
             done |= finished
             if done.all():
                 break
             current = nxt
-        return out
+        if not history:
+            return [[] for _ in range(rows)]
+        tokens, alive = np.stack(history), np.stack(kept)
+        return [tokens[alive[:, r], r].tolist() for r in range(rows)]
 
     def _advance(self, state, tokens, kinds, grid) -> None:
         state["last_type"] = kinds.astype(np.int64)
