@@ -265,13 +265,16 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json):
 @click.argument("generated", type=click.Path(exists=True))
 @click.argument("reference", type=click.Path(exists=True))
 @click.option("-o", "--out", default="stats.png", show_default=True, help="PNG report (one plot per feature).")
+@click.option("--reference-split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
+              help="With a training corpus as REFERENCE: only its held-out (val) or training files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
 @click.pass_context
-def stats(ctx, generated, reference, out, as_json):
+def stats(ctx, generated, reference, out, reference_split, as_json):
     """Compare GENERATED pieces with a REFERENCE folder on musical features (Yang & Lerch 2018)."""
     from . import stats as music_stats
 
-    rep = music_stats.report(generated, reference)
+    check_output(generated, out)
+    rep = music_stats.report(generated, reference, reference_split)
     music_stats.plot_report(rep, out)
     click.echo(json.dumps(music_stats.as_json(rep), indent=2) if as_json else music_stats.format_table(rep))
     info(ctx, f"wrote {out}")

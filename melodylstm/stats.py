@@ -114,11 +114,18 @@ def piece_features(song: Song) -> dict:
     return {name: np.atleast_1d(np.asarray(fn(notes, song.resolution), dtype=float)) for name, fn in FEATURES.items()}
 
 
-def load_set(path) -> tuple[list[dict], list[dict]]:
-    """Features of every readable MIDI file in a folder (or one file); plus skipped files."""
-    from .data import find_midi_files
+def load_set(path, split: str = "all", val_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """Features of every readable MIDI file in a folder (or one file); plus skipped files.
+    split 'val'/'train' keeps only that part of the content-hash split training uses."""
+    import hashlib
+
+    from .data import find_midi_files, is_validation
 
     files, skipped = find_midi_files(path)
+    if split != "all":
+        files = [f for f in files
+                 if is_validation(hashlib.blake2b(open(f, "rb").read(), digest_size=16).hexdigest(), val_fraction)
+                 == (split == "val")]
     features = []
     for f in files:
         try:
@@ -187,9 +194,9 @@ def compare(generated: list[dict], reference: list[dict], grid_points: int = 256
     return out
 
 
-def report(generated_path, reference_path) -> dict:
+def report(generated_path, reference_path, reference_split: str = "all") -> dict:
     gen, gen_skipped = load_set(generated_path)
-    ref, ref_skipped = load_set(reference_path)
+    ref, ref_skipped = load_set(reference_path, reference_split)
     results = compare(gen, ref)
     return {"generated": {"path": str(generated_path), "pieces": len(gen), "skipped": gen_skipped},
             "reference": {"path": str(reference_path), "pieces": len(ref), "skipped": ref_skipped},
