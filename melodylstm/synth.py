@@ -85,76 +85,64 @@ class NumpySynth:
         return not self.voices
 
 
-class TinySoundFontSynth:
+class SoundFontSynth:
+    """What FluidSynth and TinySoundFont share: both bindings name their calls alike."""
+
+    def _setup(self, engine, soundfont: str, **drum_flag):
+        self.engine, self.active = engine, set()
+        self.sfid = engine.sfload(soundfont)
+        for ch in range(16):
+            engine.program_select(ch, self.sfid, 128 if ch == DRUM_CHANNEL else 0, 0,
+                                  **(drum_flag if ch == DRUM_CHANNEL else {}))
+
+    def program(self, channel, program):
+        if channel != DRUM_CHANNEL:
+            self.engine.program_select(channel, self.sfid, 0, program)
+
+    def note_on(self, channel, pitch, velocity):
+        self.engine.noteon(channel, pitch, velocity)
+        self.active.add((channel, pitch))
+
+    def note_off(self, channel, pitch):
+        self.engine.noteoff(channel, pitch)
+        self.active.discard((channel, pitch))
+
+    def silent(self) -> bool:
+        return not self.active
+
+
+class TinySoundFontSynth(SoundFontSynth):
     name = "tinysoundfont"
 
     def __init__(self, soundfont: str, sample_rate=SAMPLE_RATE):
         import tinysoundfont
 
-        self.synth = tinysoundfont.Synth(gain=-3, samplerate=sample_rate)
-        self.sfid = self.synth.sfload(soundfont)
-        self.active = set()
-        for ch in range(16):
-            self.synth.program_select(ch, self.sfid, 128 if ch == DRUM_CHANNEL else 0, 0, is_drums=ch == DRUM_CHANNEL)
-
-    def program(self, channel, program):
-        if channel != DRUM_CHANNEL:
-            self.synth.program_select(channel, self.sfid, 0, program)
-
-    def note_on(self, channel, pitch, velocity):
-        self.synth.noteon(channel, pitch, velocity)
-        self.active.add((channel, pitch))
-
-    def note_off(self, channel, pitch):
-        self.synth.noteoff(channel, pitch)
-        self.active.discard((channel, pitch))
+        self._setup(tinysoundfont.Synth(gain=-3, samplerate=sample_rate), soundfont, is_drums=True)
 
     def all_off(self):
-        self.synth.notes_off()
+        self.engine.notes_off()
         self.active.clear()
 
     def render(self, frames: int) -> np.ndarray:
-        return np.frombuffer(self.synth.generate(frames), dtype=np.float32).reshape(frames, 2).copy()
-
-    def silent(self) -> bool:
-        return not self.active
+        return np.frombuffer(self.engine.generate(frames), dtype=np.float32).reshape(frames, 2).copy()
 
 
-class FluidSynthSynth:
+class FluidSynthSynth(SoundFontSynth):
     name = "fluidsynth"
 
     def __init__(self, soundfont: str, sample_rate=SAMPLE_RATE):
         import fluidsynth  # pyfluidsynth; needs the system libfluidsynth
 
-        self.fs = fluidsynth.Synth(samplerate=float(sample_rate))
-        self.sfid = self.fs.sfload(soundfont)
-        self.active = set()
-        for ch in range(16):
-            self.fs.program_select(ch, self.sfid, 128 if ch == DRUM_CHANNEL else 0, 0)
-
-    def program(self, channel, program):
-        if channel != DRUM_CHANNEL:
-            self.fs.program_select(channel, self.sfid, 0, program)
-
-    def note_on(self, channel, pitch, velocity):
-        self.fs.noteon(channel, pitch, velocity)
-        self.active.add((channel, pitch))
-
-    def note_off(self, channel, pitch):
-        self.fs.noteoff(channel, pitch)
-        self.active.discard((channel, pitch))
+        self._setup(fluidsynth.Synth(samplerate=float(sample_rate)), soundfont)
 
     def all_off(self):
         for ch in range(16):
-            self.fs.cc(ch, 123, 0)
+            self.engine.cc(ch, 123, 0)
         self.active.clear()
 
     def render(self, frames: int) -> np.ndarray:
-        samples = np.asarray(self.fs.get_samples(frames), dtype=np.float32) / 32768.0
+        samples = np.asarray(self.engine.get_samples(frames), dtype=np.float32) / 32768.0
         return samples.reshape(frames, 2)
-
-    def silent(self) -> bool:
-        return not self.active
 
 
 def make_synth(kind: str = "auto", soundfont=None, sample_rate=SAMPLE_RATE):

@@ -60,3 +60,20 @@ def bach_files():
 
 def shared_files(pattern: str):
     return sorted(SHARED_MIDI.glob(pattern)) if SHARED_MIDI.exists() else []
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """A small model with random weights: the grammar alone must keep its samples decodable."""
+    import torch
+
+    from melodylstm.checkpoint import save_checkpoint
+    from melodylstm.config import ModelConfig
+    from melodylstm.model import MelodyLSTM
+    from melodylstm.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer()
+    path = tmp_path_factory.mktemp("ck") / "untrained.safetensors"
+    save_checkpoint(path, MelodyLSTM(ModelConfig(len(tok), 16, 64, 2, 0.0)), tok)
+    return path

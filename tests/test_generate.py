@@ -20,14 +20,8 @@ TOK = Tokenizer()
 
 
 @pytest.fixture(scope="module")
-def random_ckpt(tmp_path_factory):
-    """Untrained weights: the grammar alone must keep every sample decodable."""
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "random.safetensors"
-    save_checkpoint(path, MelodyLSTM(ModelConfig(len(TOK), 16, 64, 2, 0.0)), TOK)
-    return path
+def random_ckpt(untrained_checkpoint):
+    return untrained_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -35,17 +35,8 @@ def hostile(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from melodylstm.checkpoint import save_checkpoint
-    from melodylstm.config import ModelConfig
-    from melodylstm.model import MelodyLSTM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "m.safetensors"
-    save_checkpoint(path, MelodyLSTM(ModelConfig(len(TOK), 8, 32, 1, 0.0)), TOK)
-    return path
+def checkpoint(untrained_checkpoint):
+    return untrained_checkpoint
 
 
 def invoke(*args):
