@@ -297,8 +297,8 @@ class TokenStore:
 
 class WindowSampler:
     """Random (input, target) windows from a token array, with optional transposition.
-    All randomness comes from one numpy Generator whose state can be saved and restored,
-    so a resumed run draws exactly the batches an uninterrupted run would."""
+    All randomness comes from `self.rng`; training re-seeds it from (seed, rank, step) before
+    every batch, so a resumed run draws exactly the batches an uninterrupted run would."""
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
                  seed: int = 0, transpose: int = 0):
@@ -316,12 +316,6 @@ class WindowSampler:
         if self.transpose:
             transpose_pitches(batch, self.tok, self.transpose, self.rng)
         return batch
-
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
 
 
 def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng) -> None:

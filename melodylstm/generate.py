@@ -18,8 +18,8 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .fileio import atomic_write_bytes
-from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, MidiError, Song, crop_song, midifile_bytes,
-                   read_midi, read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks, write_midi)
+from .midi import (DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
+                   read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
 from .sampling import FastLSTM, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"

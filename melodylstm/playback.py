@@ -17,7 +17,7 @@ import wave
 import numpy as np
 
 from .midi import DRUMS, Song
-from .synth import DRUM_CHANNEL, SAMPLE_RATE, make_synth
+from .synth import DRUM_CHANNEL, SAMPLE_RATE
 
 BLOCK = 1024  # frames per queued block: 23 ms at 44.1 kHz
 TAIL_SECONDS = 0.6  # let the last notes ring out
@@ -249,15 +249,11 @@ def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.slee
 # ---------------------------------------------------------------- live generation
 
 class LivePlayer:
-    """Receives notes from the sampler (another thread) and schedules them for playback.
-    `like` gives the tempo map; `lead_in` delays everything slightly so the first notes are
-    never late while the first blocks are queued."""
+    """Receives notes from the sampler (another thread) and schedules them for playback;
+    `like` gives the tempo map that turns grid steps into seconds."""
 
-    def __init__(self, like: Song, synth=None, lead_in: float = 0.05):
+    def __init__(self, like: Song):
         self.like, self.timeline = like, Timeline()
-        self.synth = synth
-        self.lead_in = lead_in
-        self.first_note_at = None
 
     def add_primer(self, song: Song):
         self.timeline.add_song(song, is_new=False)
@@ -265,8 +261,6 @@ class LivePlayer:
     def add_note(self, note):
         onset, dur, pitch, vel, prog = note
         start, end = self.like.seconds(np.array([onset, onset + dur], dtype=np.float64))
-        if self.first_note_at is None:
-            self.first_note_at = time.perf_counter()
         self.timeline.add_note(float(start), float(end), pitch, vel, prog, is_new=True)
 
     def close(self):

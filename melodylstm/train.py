@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import TokenStore, WindowSampler, load_corpus, validation_windows
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import WindowSampler, load_corpus, validation_windows
 from .config import ModelConfig
 from .model import MelodyLSTM
 from .tokenizer import PAD, Tokenizer
@@ -46,10 +46,6 @@ class TrainConfig:
     save_interval: float = 120.0  # seconds between safety checkpoints
     compile: bool = False
     log_every: int = 10
-
-
-class Stop(Exception):
-    pass
 
 
 # ---------------------------------------------------------------- devices and processes

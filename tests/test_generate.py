@@ -6,11 +6,8 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from melodylstm.checkpoint import save_checkpoint
-from melodylstm.config import ModelConfig
 from melodylstm.generate import Generator
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
-from melodylstm.model import MelodyLSTM
 from melodylstm.sampling import SCALES, parse_key
 from melodylstm.tokenizer import Tokenizer
 
@@ -60,8 +57,6 @@ def test_every_sample_from_random_weights_decodes(gen, tmp_path):
 
 
 def test_sampled_tokens_obey_the_grammar(gen):
-    seen = {}
-    gen.generate(tokens=400, num=4, seed=2, on_note=None)
     from melodylstm.sampling import Sampler, start_state
 
     gen.net.reset(4)

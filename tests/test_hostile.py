@@ -2,8 +2,6 @@
 and no partial output left behind."""
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 
 from melodylstm.midi import DRUMS, Song, write_midi
 from melodylstm.playback import Timeline, play_to_port
-from melodylstm.synth import NumpySynth, make_synth
+from melodylstm.synth import make_synth
 
 SR = 44100
 ENV = {**os.environ, "SDL_NO_SIGNAL_HANDLERS": "1", "PYGAME_HIDE_SUPPORT_PROMPT": "1", "SDL_VIDEODRIVER": "dummy"}
