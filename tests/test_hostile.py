@@ -59,11 +59,15 @@ def test_data_survives_a_hostile_folder(hostile, tmp_path):
 def test_single_file_commands_never_crash(hostile, checkpoint, tmp_path, name):
     path = hostile[1][name]
     for command in (["roundtrip", path, "-o", tmp_path / "rt.mid"],
-                    ["continue", path, "-o", tmp_path / "c.mid", "-c", checkpoint, "--bars", "1", "--seed", "0"]):
+                    ["continue", path, "-o", tmp_path / "c.mid", "-c", checkpoint, "--bars", "1", "--seed", "0"],
+                    ["show", path, "-o", tmp_path / "roll.png", "--width", "200", "--height", "100"],
+                    ["render", path, "-o", tmp_path / "a.wav", "--synth", "numpy"]):
         out = Path(command[3])
         result = invoke(*command)
-        if result.exit_code == 0:
+        if result.exit_code == 0 and out.suffix == ".mid":
             read_midi_bytes(out.read_bytes(), 12)  # what we write always reads back
+        elif result.exit_code == 0:
+            assert out.stat().st_size > 0
         else:
             assert result.exit_code == 1
             assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error:")
@@ -120,6 +124,15 @@ def test_regression_files_stay_fixed():
             TOK.tokenize(song)
         except MidiError:
             pass
+
+
+def test_evaluate_survives_a_hostile_folder(hostile, checkpoint):
+    result = invoke("evaluate", hostile[0], "-c", checkpoint, "--baseline-train", hostile[0], "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["files"] >= 10 and len(report["files_skipped"]) >= 6
 
 
 def test_output_path_is_never_an_input(hostile, tmp_path):
