@@ -264,3 +264,117 @@ def test_jam_answers_a_phrase_after_a_pause(tmp_path):
     when, timeline = answers[0]
     assert 1.9 + 2.0 <= when <= 1.9 + 2.0 + 0.11  # last note-off at 1.9 s, then one bar (2 s) of silence
     assert timeline.notes and all(0 <= n[0] < 2.5 for n in timeline.notes)  # about one bar, starting now
+
+
+WINDOW_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import pygame
+    from melodylstm import pianoroll
+    from melodylstm.cli import cli
+
+    folder, args = sys.argv[1], sys.argv[2:]
+    SHOTS, PAUSE_AT, PAUSE_FOR, ESC_AT = (0.5, 2.6), 0.9, 0.6, 3.0
+    log, frames, state = [], {}, {"paused_at": None, "resumed": False}
+    original = pianoroll.Window.draw
+
+    def key(k):
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=k))
+
+    def draw(self, timeline, now):  # the real draw, then a look at what is on screen
+        original(self, timeline, now)
+        wall = time.monotonic()
+        log.append((wall, now))
+        for shot in SHOTS:
+            if now >= shot and str(shot) not in frames:
+                pygame.image.save(self.screen, f"{folder}/frame-{shot}.png")
+                frames[str(shot)] = {"now": now, "span": self.span, "notes": [list(n) for n in timeline.notes]}
+        if state["paused_at"] is None and now >= PAUSE_AT:
+            key(pygame.K_SPACE)
+            state["paused_at"] = wall
+        elif state["paused_at"] and not state["resumed"] and wall - state["paused_at"] >= PAUSE_FOR:
+            key(pygame.K_SPACE)
+            state["resumed"] = True
+        if now >= ESC_AT:
+            key(pygame.K_ESCAPE)
+
+    pianoroll.Window.draw = draw
+    try:
+        cli.main(args, prog_name="melodylstm", standalone_mode=False)
+    finally:
+        with open(f"{folder}/log.json", "w") as f:
+            json.dump({"log": log, "frames": frames}, f)
+""")
+
+
+def test_live_window_scrolls_pauses_and_quits(tmp_path):
+    """`continue --play --window` under SDL's dummy video driver: frames show the primer in blue and
+    the continuation in orange where the notes are, a playhead at the playing time, the view scrolls;
+    space pauses the clock and Esc ends playback early, and the file is still written."""
+    import json
+
+    import pygame
+
+    from melodylstm.checkpoint import DEFAULT_CHECKPOINT
+    from melodylstm.midi import read_midi_tracks
+    from melodylstm.pianoroll import GENERATED, PLAYHEAD, PRIMER, geometry, pitch_bounds
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("no default model")
+    primer, out = tmp_path / "primer.mid", tmp_path / "out.mid"
+    # two bars of quarters at 240 bpm (one bar = 1 s); two generated bars make a 4 s piece
+    notes = [[i * 12, 12, 60 + [0, 2, 4, 5, 7, 5, 4, 2][i], 100, 0] for i in range(8)]
+    write_midi(Song(np.array(notes), 12, [(0, 250000)], [(0, 4, 4)]), primer)
+    env = {**ENV, "SDL_AUDIODRIVER": "disk", "SDL_DISKAUDIOFILE": str(tmp_path / "capture.raw")}
+    args = ["continue", str(primer), "-o", str(out), "--bars", "2", "--seed", "5", "--play", "--window",
+            "--synth", "numpy"]
+    result = subprocess.run([sys.executable, "-c", WINDOW_SCRIPT, str(tmp_path), *args], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "log.json").read_text())
+    assert out.exists()  # quitting the window early still writes the continuation
+
+    # the window shows exactly the notes of the written file, primer and continuation told apart
+    written = []
+    for name, part in read_midi_tracks(out, 96):
+        t = Timeline()
+        t.add_song(part)
+        written += [(round(s, 3), p, name.startswith("melodylstm")) for s, e, p, v, prog, new in t.notes]
+    last = record["frames"]["2.6"]
+    shown = [(round(n[0], 3), n[2], n[5]) for n in last["notes"]]
+    assert sorted(shown) == sorted(written) and any(n[2] for n in written)
+
+    def look(shot):
+        frame = record["frames"][str(shot)]
+        image = pygame.image.load(str(tmp_path / f"frame-{shot}.png"))
+        t0 = max(0.0, frame["now"] - frame["span"] * 0.25)
+        x_of, y_of, row = geometry(image, *pitch_bounds(frame["notes"]), t0, t0 + frame["span"])
+        return frame, image, x_of, y_of, row
+
+    for shot in (0.5, 2.6):
+        frame, image, x_of, y_of, row = look(shot)
+        # the playhead: a bright line at the playing time
+        x = int(x_of(frame["now"]))
+        column = [tuple(image.get_at((x, y)))[:3] for y in range(10, image.get_height() - 10, 7)]
+        assert column.count(PLAYHEAD) > 0.8 * len(column), shot
+        checked = 0
+        for start, end, pitch, velocity, program, is_new in frame["notes"]:
+            x0, x1 = max(40, x_of(start)), x_of(end)
+            if x1 - x0 < 6 or x1 > image.get_width() or abs((x0 + x1) / 2 - x) < 4:
+                continue  # off screen or under the playhead
+            r, g, b = tuple(image.get_at((int((x0 + x1) / 2), int(y_of(pitch) + row / 2))))[:3]
+            shade = 0.55 + 0.45 * velocity / 127
+            expected = GENERATED if is_new else PRIMER
+            assert (r, g, b) == tuple(int(c * shade) for c in expected), (shot, start, pitch, is_new)
+            checked += 1
+        assert checked >= 8, shot
+
+    # scrolling: at 0.5 s the view starts at 0; at 2.6 s it has moved on, and the first primer note is gone
+    first, later = look(0.5), look(2.6)
+    assert first[2](0.0) == 40 and later[2](0.0) < 40
+
+    # space froze the playing clock for the pause, and Esc ended playback before the piece's end (4 s)
+    log = np.array(record["log"])
+    frozen = log[(log[:, 1] > 0.9) & (log[:, 1] < 2.0)]
+    walls_at_same_time = [frozen[frozen[:, 1] == now][:, 0] for now in np.unique(frozen[:, 1])]
+    assert max(w.max() - w.min() for w in walls_at_same_time) >= 0.5
+    assert 3.0 <= log[-1, 1] < 3.5
