@@ -341,6 +341,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         assert numerator > 0 and denominator in (1, 2, 4, 8, 16, 32)
     except (ValueError, AssertionError):
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
+    play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -352,8 +353,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         from .midi import Song
 
         like = Song([], gen.tok.config.resolution, [(0, round(60e6 / tempo))], [(0, numerator, denominator)])
-        songs = play_while_generating(ctx, run, like, options={"window": window, "soundfont": soundfont,
-                                                                 "synth": synth, "midi_out": midi_out})
+        songs = play_while_generating(play_fn, run, like)
     else:
         songs = run()
     paths = output_paths(out, num)
@@ -379,6 +379,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         check_output(midi_in, path)
     if primer_bars is not None and primer_bars < 1:
         raise UserError("--primer-bars must be at least 1")
+    play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -390,9 +391,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         from .midi import read_midi
 
         primer = read_midi(midi_in, gen.tok.config.resolution)
-        results = play_while_generating(ctx, run, primer, primer=primer,
-                                        options={"window": window, "soundfont": soundfont, "synth": synth,
-                                                 "midi_out": midi_out})
+        results = play_while_generating(play_fn, run, primer, primer=primer)
     else:
         results = run()
     for result, path in zip(results, paths):
@@ -416,27 +415,46 @@ def playback_options(f):
 
 
 def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None):
-    """Play (or render) a timeline that may still be growing; returns when it has played out."""
-    from .playback import open_midi_output, play_to_device, play_to_port, render_wav
-    from .synth import make_synth
-
-    if midi_out:
-        return play_to_port(timeline, open_midi_output(midi_out))
-    engine = make_synth(synth, soundfont)
+    """Play (or render) a timeline; returns when it has played out."""
     if wav:
+        from .playback import render_wav
+        from .synth import make_synth
+
+        engine = make_synth(synth, soundfont)
         seconds = render_wav(timeline, engine, wav)
         info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name})")
         return None
+    return open_playback(ctx, soundfont, synth, midi_out, window)(timeline)
+
+
+def open_playback(ctx, soundfont=None, synth="auto", midi_out=None, window=False):
+    """Open the output (port, or synth + audio device + window) and return play(timeline, preroll).
+    Opened before a model loads, so sound can start as soon as the first note exists."""
+    from .playback import PygameOutput, open_midi_output, play_to_device, play_to_port
+    from .synth import make_synth
+
+    if midi_out:
+        port = open_midi_output(midi_out)
+        return lambda timeline, preroll=0.0: play_to_port(timeline, port, preroll=preroll)
+    engine = make_synth(synth, soundfont)
+    output = PygameOutput()
     view = None
     if window:
         from .pianoroll import Window
 
         view = Window()
-    info(ctx, f"playing (synth: {engine.name}; Ctrl-C stops)")
-    play_to_device(timeline, engine, view)
+
+    def play(timeline, preroll=0.0):
+        info(ctx, f"playing (synth: {engine.name}; Ctrl-C stops)")
+        play_to_device(timeline, engine, view, output=output, preroll=preroll)
+
+    return play
 
 
-def play_while_generating(ctx, generate_fn, like, primer=None, options=None):
+LIVE_PREROLL = 0.15  # seconds
+
+
+def play_while_generating(play, generate_fn, like, primer=None):
     """Sample in a worker thread while the main thread plays: notes sound as they are made."""
     import threading
 
@@ -458,7 +476,9 @@ def play_while_generating(ctx, generate_fn, like, primer=None, options=None):
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     try:
-        run_playback(ctx, player.timeline, **(options or {}))
+        # From scratch the first notes are due at once: start the clock a little early so a busy
+        # machine cannot make them late (measured by benchmarks/playback.py --load 2).
+        play(player.timeline, preroll=0.0 if primer is not None else LIVE_PREROLL)
     finally:
         worker.join()
     if "error" in outcome:

@@ -19,7 +19,9 @@ import numpy as np
 from .midi import DRUMS, Song
 from .synth import DRUM_CHANNEL, SAMPLE_RATE
 
-BLOCK = 1024  # frames per queued block: 23 ms at 44.1 kHz
+BLOCK = 1024  # frames per device buffer and rendering step: 23 ms at 44.1 kHz
+QUEUED_BLOCK = 2 * BLOCK  # frames per block queued on the mixer channel; two in flight = 93 ms of
+# cushion, enough for a busy 2-core machine (one-block cushions underran there under load)
 TAIL_SECONDS = 0.6  # let the last notes ring out
 
 
@@ -84,9 +86,9 @@ class Timeline:
 class BlockRenderer:
     """Renders the timeline block by block; an event inside a block splits it at its sample."""
 
-    def __init__(self, timeline: Timeline, synth, sample_rate=SAMPLE_RATE):
+    def __init__(self, timeline: Timeline, synth, sample_rate=SAMPLE_RATE, preroll: float = 0.0):
         self.timeline, self.synth, self.sr = timeline, synth, sample_rate
-        self.frame = 0  # frames rendered so far = the playback clock
+        self.frame = -round(preroll * sample_rate)  # the playback clock; starts early by `preroll` s of silence
 
     @property
     def now(self) -> float:
@@ -146,20 +148,22 @@ class PygameOutput:
         self.channel = self.pygame.mixer.Channel(0)
 
     def feed(self, renderer: BlockRenderer) -> None:
-        if not self.channel.get_busy():
-            self.channel.play(self.pygame.mixer.Sound(buffer=to_int16(renderer.render())))
-        if self.channel.get_queue() is None:
-            self.channel.queue(self.pygame.mixer.Sound(buffer=to_int16(renderer.render())))
+        # Only queue(), never play(): an idle channel plays a queued sound at once, while play()
+        # drops the sound already queued if the mixer is between two blocks (a lost block, heard
+        # as a skip; measured under load by benchmarks/playback.py).
+        while self.channel.get_queue() is None:
+            self.channel.queue(self.pygame.mixer.Sound(buffer=to_int16(renderer.render(QUEUED_BLOCK))))
 
     def close(self):
         self.channel.stop()
         self.pygame.mixer.quit()
 
 
-def play_to_device(timeline: Timeline, synth, window=None, output=None) -> None:
-    """Play until the timeline is closed and rung out (or Esc in the window)."""
+def play_to_device(timeline: Timeline, synth, window=None, output=None, preroll: float = 0.0) -> None:
+    """Play until the timeline is closed and rung out (or Esc in the window). `preroll` seconds
+    of silence come first: the head start a live sampler needs so no note arrives late."""
     output = output or PygameOutput()
-    renderer = BlockRenderer(timeline, synth)
+    renderer = BlockRenderer(timeline, synth, preroll=preroll)
     paused = False
     try:
         while not timeline.finished(renderer.now):
@@ -167,7 +171,7 @@ def play_to_device(timeline: Timeline, synth, window=None, output=None) -> None:
                 paused, quit_ = window.handle_events(paused)
                 if quit_:
                     break
-                window.draw(timeline, renderer.now - BLOCK * 2 / SAMPLE_RATE)
+                window.draw(timeline, renderer.now - (QUEUED_BLOCK * 2 + BLOCK) / SAMPLE_RATE)  # what is heard now
             if not paused:
                 output.feed(renderer)
             time.sleep(0.004)
@@ -218,12 +222,12 @@ def list_ports() -> dict:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
 
 
-def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep) -> None:
+def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep, preroll: float = 0.0) -> None:
     """Send events at their times, measured on a monotonic clock from the start (a late event
     is sent at once; the schedule never drifts with the time spent sending)."""
     import mido
 
-    start = clock()
+    start = clock() + preroll
     try:
         while True:
             now = clock() - start

@@ -158,7 +158,8 @@ def test_generate_play_streams_without_gaps(tmp_path):
         return best / 1000
 
     start = np.flatnonzero(np.abs(live) > 1e-4)[0]
-    assert start / SR < 0.15
+    # the audio stream starts before the model loads, so this bounds "model loaded -> first note"
+    assert start / SR < 0.5
     assert longest_silence(live[start:]) <= longest_silence(offline) + 0.03
 
 
