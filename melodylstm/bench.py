@@ -222,6 +222,36 @@ def sampler_rate(layers, hidden, embedding, n, batch=1) -> float:
     return n * batch / (time.perf_counter() - start)
 
 
+def matmul_ceiling(layers, hidden, embedding, n, batch=16) -> float:
+    """Tokens/s if a step did nothing but its matrix products (no gates, masks or sampling): the
+    most any fp32 sampler can reach at this batch size on this machine."""
+    from .config import ModelConfig
+    from .sampling import FastLSTM
+
+    config = ModelConfig(vocab_size=385, embedding=embedding, hidden=hidden, layers=layers, dropout=0.0)
+    rng = np.random.default_rng(0)
+    H = hidden
+    shapes = {"embed.weight": (385, embedding), "head.weight": (385, H), "head.bias": (385,)}
+    for k in range(layers):
+        shapes |= {f"lstm.weight_ih_l{k}": (4 * H, embedding if k == 0 else H), f"lstm.weight_hh_l{k}": (4 * H, H),
+                   f"lstm.bias_ih_l{k}": (4 * H,), f"lstm.bias_hh_l{k}": (4 * H,)}
+    net = FastLSTM({k: rng.standard_normal(v).astype(np.float32) * 0.05 for k, v in shapes.items()}, config)
+    net.reset(batch)
+    gates, logits = np.empty((batch, 4 * H), np.float32), np.empty((batch, net.vocab), np.float32)
+
+    def products():
+        np.matmul(net.xh[0][:, H:], net.w[0], out=gates)
+        for k in range(1, layers):
+            np.matmul(net.xh[k], net.w[k], out=gates)
+        np.matmul(net.xh[-1][:, H:], net.w_out, out=logits)
+
+    products()
+    start = time.perf_counter()
+    for _ in range(n):
+        products()
+    return n * batch / (time.perf_counter() - start)
+
+
 def bench_sampling(n=2000) -> list[dict]:
     from .tokenizer import Tokenizer
 
@@ -232,8 +262,9 @@ def bench_sampling(n=2000) -> list[dict]:
         refeed = refeed_rate(vocab, layers, hidden, embedding, max(20, n // 40))
         ours1 = sampler_rate(layers, hidden, embedding, n)
         ours16 = sampler_rate(layers, hidden, embedding, n // 4, batch=16)
+        ceiling16 = matmul_ceiling(layers, hidden, embedding, n // 4)
         rows.append({"model": f"{layers}x{hidden}", "plain_stepping": plain, "window_refeed": refeed,
-                     "melodylstm_batch1": ours1, "melodylstm_batch16": ours16,
+                     "melodylstm_batch1": ours1, "melodylstm_batch16": ours16, "batch16_matmul_ceiling": ceiling16,
                      "speedup_vs_plain": ours1 / plain, "batch16_vs_batch1": ours16 / ours1})
     return rows
 
@@ -292,12 +323,13 @@ def format_results(r: dict) -> str:
     lines += ["", "| training peak RSS | " + " | ".join(f"corpus x{n}" for n in m["copies"]) + " |",
               "|---|" + "---|" * len(m["copies"]),
               "| MB | " + " | ".join(f"{v:,.0f}" for v in m["peak_rss_mb"]) + " |"]
-    lines += ["", "| sampling tok/s | plain stepping (b=1) | window re-feed (b=1) | melodylstm b=1 | melodylstm b=16 (aggregate) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| sampling tok/s | plain stepping (b=1) | window re-feed (b=1) | melodylstm b=1 | "
+              "melodylstm b=16 (aggregate) | b=16 ceiling: matrix products only |", "|---|---|---|---|---|---|"]
     for row in r["sampling"]:
         lines.append(f"| {row['model']} | {row['plain_stepping']:,.0f} | {row['window_refeed']:,.0f} | "
                      f"**{row['melodylstm_batch1']:,.0f}** ({row['speedup_vs_plain']:.1f}x) | "
-                     f"**{row['melodylstm_batch16']:,.0f}** ({row['batch16_vs_batch1']:.1f}x b=1) |")
+                     f"**{row['melodylstm_batch16']:,.0f}** ({row['batch16_vs_batch1']:.1f}x b=1) | "
+                     f"{row['batch16_matmul_ceiling']:,.0f} ({row['batch16_matmul_ceiling'] / row['melodylstm_batch1']:.1f}x b=1) |")
     c = r["cli"]
     lines += ["", "| CLI, process start included | seconds |", "|---|---|",
               f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 (default model) | {c['continue_8_bars_s']:.2f} |"]
