@@ -549,28 +549,47 @@ def show(ctx, midi_file, out, width, height, new_from):
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
 @click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto")
+@click.option("--answers", type=click.IntRange(min=1), help="Stop after this many answers (for scripts; default: until Ctrl-C).")
+@click.option("--seed", type=int, help="Random seed: the same phrase gets the same answer.")
 @click.pass_context
-def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, soundfont, synth):
-    """Call and response: play a phrase on a MIDI keyboard, pause, and the model answers."""
+def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, soundfont, synth, answers, seed):
+    """Call and response: play a phrase on a MIDI keyboard, pause, and the model answers.
+
+    Ports come from mido + python-rtmidi; the MIDO_BACKEND environment variable picks the
+    MIDI API, e.g. MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK for JACK on Linux."""
+    import contextlib
+
     from .jam import Jam
+    from .playback import open_midi_output, play_to_port
 
-    try:
-        import mido
-
-        inport = mido.open_input(in_port[len("virtual:"):], virtual=True) if in_port.startswith("virtual:") \
-            else mido.open_input(in_port)
-    except ImportError:
-        raise UserError("jam needs python-rtmidi: pip install python-rtmidi") from None
-    except (OSError, IOError, RuntimeError) as exc:
-        raise UserError(f"cannot open MIDI input {in_port!r} ({exc}); `melodylstm ports` lists them") from None
+    # Load the model before opening any port: once jam's input port exists, jam is listening
+    # (notes played during the load would otherwise arrive at once and lose their timing).
     gen = load_generator(ctx, checkpoint)
+    with contextlib.ExitStack() as ports:
+        # One output port for the whole session, so a virtual port stays connected between answers.
+        outport = ports.enter_context(open_midi_output(out_port)) if out_port else None
+        try:
+            import mido
 
-    def respond(timeline):
-        run_playback(ctx, timeline, soundfont, synth, out_port)
+            inport = mido.open_input(in_port[len("virtual:"):], virtual=True) if in_port.startswith("virtual:") \
+                else mido.open_input(in_port)
+        except ImportError:
+            raise UserError("jam needs python-rtmidi: pip install python-rtmidi") from None
+        except (OSError, IOError, RuntimeError) as exc:
+            raise UserError(f"cannot open MIDI input {in_port!r} ({exc}); `melodylstm ports` lists them") from None
+        ports.enter_context(inport)
 
-    info(ctx, f"listening on {in_port}: play a phrase, then pause; Ctrl-C ends")
-    with inport:
-        Jam(gen, respond, bars, temperature, tempo, pause).run(inport)
+        def respond(timeline):
+            if outport is not None:
+                play_to_port(timeline, outport, close=False)  # ends with all-notes-off
+            else:
+                run_playback(ctx, timeline, soundfont, synth)
+
+        info(ctx, f"listening on {in_port}: play a phrase, then pause; Ctrl-C ends")
+        try:
+            Jam(gen, respond, bars, temperature, tempo, pause, seed=seed).run(inport, max_answers=answers)
+        except KeyboardInterrupt:  # the normal way to end a jam: no "Aborted!", exit status 0
+            info(ctx, "stopped")
 
 
 @cli.command()

@@ -17,7 +17,8 @@ class Jam:
                  clock=time.monotonic):
         self.gen, self.respond, self.clock = generator, respond, clock
         self.bars, self.temperature, self.tempo, self.seed = bars, temperature, tempo, seed
-        self.pause = pause if pause is not None else 4 * 60.0 / tempo  # one 4/4 bar of silence
+        self.bar_seconds = 4 * 60.0 / tempo  # one 4/4 bar
+        self.pause = pause if pause is not None else self.bar_seconds  # one bar of silence ends a phrase
         self.held = {}  # pitch -> (start seconds, velocity)
         self.phrase = []  # (start s, end s, pitch, velocity)
         self.last_event = None
@@ -34,7 +35,16 @@ class Jam:
         self.last_event = now
 
     def ready(self, now: float) -> bool:
+        self.release_stuck(now)
         return bool(self.phrase) and not self.held and now - self.last_event >= self.pause
+
+    def release_stuck(self, now: float) -> None:
+        """A note held over four bars of silence is taken as released: a lost note-off (MIDI drivers
+        drop events under load) must not stop the jam from ever answering."""
+        if self.held and now - self.last_event >= 4 * self.bar_seconds:
+            for pitch, (start, velocity) in list(self.held.items()):
+                self.phrase.append((start, self.last_event, pitch, velocity))
+            self.held.clear()
 
     def phrase_song(self) -> Song:
         res = self.gen.tok.config.resolution

@@ -222,9 +222,11 @@ def list_ports() -> dict:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
 
 
-def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep, preroll: float = 0.0) -> None:
+def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep, preroll: float = 0.0,
+                 close: bool = True) -> None:
     """Send events at their times, measured on a monotonic clock from the start (a late event
-    is sent at once; the schedule never drifts with the time spent sending)."""
+    is sent at once; the schedule never drifts with the time spent sending). `close=False`
+    leaves the port open for more (jam plays every answer through one port)."""
     import mido
 
     start = clock() + preroll
@@ -247,7 +249,8 @@ def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.slee
     finally:
         for channel in range(16):  # all notes off, whatever happened
             port.send(mido.Message("control_change", channel=channel, control=123, value=0))
-        port.close()
+        if close:
+            port.close()
 
 
 # ---------------------------------------------------------------- live generation

@@ -379,3 +379,18 @@ def test_live_window_scrolls_pauses_and_quits(tmp_path):
     walls_at_same_time = [frozen[frozen[:, 1] == now][:, 0] for now in np.unique(frozen[:, 1])]
     assert max(w.max() - w.min() for w in walls_at_same_time) >= 0.5
     assert 3.0 <= log[-1, 1] < 3.5
+
+
+def test_jam_answers_even_if_a_note_off_was_lost():
+    """A dropped note-off must not silence the jam for good: after four bars it counts as released."""
+    import mido
+
+    from melodylstm.jam import Jam
+
+    jam = Jam(generator=None, respond=None, tempo=120)  # one bar = 2 s
+    jam.feed(mido.Message("note_on", note=60, velocity=90), 0.0)
+    jam.feed(mido.Message("note_on", note=64, velocity=90), 0.5)
+    jam.feed(mido.Message("note_off", note=64), 1.0)  # the note-off of 60 never comes
+    assert not jam.ready(5.0)  # still held, and not yet four bars of silence
+    assert jam.ready(9.1)
+    assert sorted(p[2] for p in jam.phrase) == [60, 64]
