@@ -466,8 +466,13 @@ def play_while_generating(play, generate_fn, like, primer=None):
     outcome = {}
 
     def work():
+        from threadpoolctl import threadpool_limits
+
         try:
-            outcome["result"] = generate_fn(player.add_note)
+            # One BLAS thread: the audio thread needs a core, and a second BLAS thread spinning
+            # against it made sampling 2-4x slower on a busy 2-core machine (benchmarks/playback.py).
+            with threadpool_limits(1, user_api="blas"):
+                outcome["result"] = generate_fn(player.add_note)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = exc
         finally:
