@@ -135,8 +135,8 @@ def init_pygame_audio():
         pygame.mixer.pre_init(SAMPLE_RATE, -16, 2, BLOCK)
         pygame.mixer.init()
     except (pygame.error, AttributeError, NotImplementedError) as exc:
-        raise PlaybackError(f"no audio device ({exc}); write a file instead with --wav out.wav "
-                            f"or `melodylstm render FILE -o out.wav`") from None
+        raise PlaybackError(f"no audio device ({exc}); render to a file instead: `melodylstm render FILE "
+                            f"-o out.wav` (or `play FILE --wav out.wav`)") from None
     return pygame
 
 
