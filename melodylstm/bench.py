@@ -210,21 +210,29 @@ def refeed_rate(vocab, layers, hidden, embedding, n, window=256) -> float:
         return n / (time.perf_counter() - start)
 
 
-def sampler_rate(layers, hidden, embedding, n, batch=1) -> float:
-    from .config import ModelConfig
-    from .model import MelodyLSTM
-    from .sampling import FastLSTM, Sampler, start_state
-    from .midi import BarGrid
-    from .tokenizer import Tokenizer
-
+def random_fast_lstm(layers, hidden, embedding, batch):
+    """Our numpy sampler network with a freshly initialised model's weights, ready for `batch` rows."""
     import torch
 
-    tok = Tokenizer()
+    from .config import ModelConfig
+    from .model import MelodyLSTM
+    from .sampling import FastLSTM
+    from .tokenizer import Tokenizer
+
     torch.manual_seed(0)
-    config = ModelConfig(len(tok), embedding, hidden, layers, 0.0)
-    weights = {k: v.numpy() for k, v in MelodyLSTM(config).state_dict().items()}
-    net = FastLSTM(weights, config)
+    config = ModelConfig(len(Tokenizer()), embedding, hidden, layers, 0.0)
+    net = FastLSTM({k: v.numpy() for k, v in MelodyLSTM(config).state_dict().items()}, config)
     net.reset(batch)
+    return net
+
+
+def sampler_rate(layers, hidden, embedding, n, batch=1) -> float:
+    from .midi import BarGrid
+    from .sampling import Sampler, start_state
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    net = random_fast_lstm(layers, hidden, embedding, batch)
     state = start_state(tok, batch, BarGrid([(0, 4, 4)], 12))
     sampler = Sampler(net, tok, temperature=1.0)
     never = np.zeros(batch, dtype=bool)
@@ -237,18 +245,8 @@ def sampler_rate(layers, hidden, embedding, n, batch=1) -> float:
 def matmul_ceiling(layers, hidden, embedding, n, batch=16) -> float:
     """Tokens/s if a step did nothing but its matrix products (no gates, masks or sampling): the
     most any fp32 sampler can reach at this batch size on this machine."""
-    from .config import ModelConfig
-    from .sampling import FastLSTM
-
-    config = ModelConfig(vocab_size=385, embedding=embedding, hidden=hidden, layers=layers, dropout=0.0)
-    rng = np.random.default_rng(0)
+    net = random_fast_lstm(layers, hidden, embedding, batch)
     H = hidden
-    shapes = {"embed.weight": (385, embedding), "head.weight": (385, H), "head.bias": (385,)}
-    for k in range(layers):
-        shapes |= {f"lstm.weight_ih_l{k}": (4 * H, embedding if k == 0 else H), f"lstm.weight_hh_l{k}": (4 * H, H),
-                   f"lstm.bias_ih_l{k}": (4 * H,), f"lstm.bias_hh_l{k}": (4 * H,)}
-    net = FastLSTM({k: rng.standard_normal(v).astype(np.float32) * 0.05 for k, v in shapes.items()}, config)
-    net.reset(batch)
     gates, logits = np.empty((batch, 4 * H), np.float32), np.empty((batch, net.vocab), np.float32)
 
     def products():

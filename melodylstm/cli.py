@@ -565,7 +565,7 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
     import contextlib
 
     from .jam import Jam
-    from .playback import open_midi_output, play_to_port
+    from .playback import open_midi_input, open_midi_output, play_to_port
 
     # Load the model before opening any port: once jam's input port exists, jam is listening
     # (notes played during the load would otherwise arrive at once and lose their timing).
@@ -573,16 +573,7 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
     with contextlib.ExitStack() as ports:
         # One output port for the whole session, so a virtual port stays connected between answers.
         outport = ports.enter_context(open_midi_output(out_port)) if out_port else None
-        try:
-            import mido
-
-            inport = mido.open_input(in_port[len("virtual:"):], virtual=True) if in_port.startswith("virtual:") \
-                else mido.open_input(in_port)
-        except ImportError:
-            raise UserError("jam needs python-rtmidi: pip install python-rtmidi") from None
-        except (OSError, IOError, RuntimeError) as exc:
-            raise UserError(f"cannot open MIDI input {in_port!r} ({exc}); `melodylstm ports` lists them") from None
-        ports.enter_context(inport)
+        inport = ports.enter_context(open_midi_input(in_port))
 
         def respond(timeline):
             if outport is not None:

@@ -201,12 +201,21 @@ def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0) -> 
 # ---------------------------------------------------------------- MIDI ports
 
 def open_midi_output(name: str):
+    return _open_midi_port("open_output", name)
+
+
+def open_midi_input(name: str):
+    return _open_midi_port("open_input", name)
+
+
+def _open_midi_port(opener: str, name: str):
+    """A named port, or a new virtual one for `virtual:NAME` (Linux/macOS)."""
     try:
         import mido
 
         if name.startswith("virtual:"):
-            return mido.open_output(name[len("virtual:"):], virtual=True)
-        return mido.open_output(name)
+            return getattr(mido, opener)(name[len("virtual:"):], virtual=True)
+        return getattr(mido, opener)(name)
     except ImportError as exc:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
     except (OSError, IOError, RuntimeError, NotImplementedError) as exc:
