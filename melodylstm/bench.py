@@ -262,10 +262,27 @@ def matmul_ceiling(layers, hidden, embedding, n, batch=16) -> float:
     return n * batch / (time.perf_counter() - start)
 
 
+def peak_gemm_flops() -> float:
+    """FLOP/s of a large fp32 matrix product (512 rows, the best case for BLAS) on this machine."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((512, 1024), dtype=np.float32), rng.random((1024, 2048), dtype=np.float32)
+    out = np.empty((512, 2048), dtype=np.float32)
+    seconds = best_of(lambda: np.matmul(a, b, out=out), repeats=10)
+    return 2 * 512 * 1024 * 2048 / seconds
+
+
+def flops_per_token(layers, hidden, vocab) -> int:
+    """Multiply-adds x 2 of one sampling step per row: recurrent products and the output layer
+    (the first layer's input projection is a table lookup)."""
+    H = hidden
+    return 2 * (H * 4 * H + (layers - 1) * 2 * H * 4 * H + H * vocab)
+
+
 def bench_sampling(n=2000) -> list[dict]:
     from .tokenizer import Tokenizer
 
     vocab = len(Tokenizer())
+    peak = peak_gemm_flops()
     rows = []
     for layers, hidden, embedding in ((2, 256, 128), (3, 512, 256)):
         plain = plain_stepping_rate(vocab, layers, hidden, embedding, n // 2)
@@ -275,6 +292,7 @@ def bench_sampling(n=2000) -> list[dict]:
         ceiling16 = matmul_ceiling(layers, hidden, embedding, n // 4)
         rows.append({"model": f"{layers}x{hidden}", "plain_stepping": plain, "window_refeed": refeed,
                      "melodylstm_batch1": ours1, "melodylstm_batch16": ours16, "batch16_matmul_ceiling": ceiling16,
+                     "peak_gemm_gflops": peak / 1e9, "peak_bound": peak / flops_per_token(layers, hidden, vocab),
                      "speedup_vs_plain": ours1 / plain, "batch16_vs_batch1": ours16 / ours1})
     return rows
 
@@ -334,12 +352,16 @@ def format_results(r: dict) -> str:
               "|---|" + "---|" * len(m["copies"]),
               "| MB | " + " | ".join(f"{v:,.0f}" for v in m["peak_rss_mb"]) + " |"]
     lines += ["", "| sampling tok/s | plain stepping (b=1) | window re-feed (b=1) | melodylstm b=1 | "
-              "melodylstm b=16 (aggregate) | b=16 ceiling: matrix products only |", "|---|---|---|---|---|---|"]
+              "melodylstm b=16 (aggregate) | b=16 ceiling: matrix products only | "
+              "bound: products at peak fp32 rate |", "|---|---|---|---|---|---|---|"]
     for row in r["sampling"]:
         lines.append(f"| {row['model']} | {row['plain_stepping']:,.0f} | {row['window_refeed']:,.0f} | "
                      f"**{row['melodylstm_batch1']:,.0f}** ({row['speedup_vs_plain']:.1f}x) | "
                      f"**{row['melodylstm_batch16']:,.0f}** ({row['batch16_vs_batch1']:.1f}x b=1) | "
-                     f"{row['batch16_matmul_ceiling']:,.0f} ({row['batch16_matmul_ceiling'] / row['melodylstm_batch1']:.1f}x b=1) |")
+                     f"{row['batch16_matmul_ceiling']:,.0f} ({row['batch16_matmul_ceiling'] / row['melodylstm_batch1']:.1f}x b=1) | "
+                     f"{row['peak_bound']:,.0f} ({row['peak_bound'] / row['melodylstm_batch1']:.1f}x b=1) |")
+    if r["sampling"]:
+        lines.append(f"\npeak fp32 rate: {r['sampling'][0]['peak_gemm_gflops']:.0f} GFLOP/s (a 512-row matrix product)")
     c = r["cli"]
     lines += ["", "| CLI, process start included | seconds |", "|---|---|",
               f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 (default model) | {c['continue_8_bars_s']:.2f} |"]

@@ -8,6 +8,7 @@ import os
 import click
 
 from . import __version__
+from .config import DEFAULT_TEMPERATURE
 
 
 class UserError(click.ClickException):
@@ -286,7 +287,8 @@ def sampling_options(f):
         click.option("--seconds", type=float, help="Length in seconds of generated music."),
         click.option("--tokens", type=int, help="Length in tokens."),
         click.option("-n", "--num", default=1, show_default=True, help="Variations to write (sampled as one batch)."),
-        click.option("-t", "--temperature", default=1.0, show_default=True, help="Randomness; 0 = always the likeliest token."),
+        click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
+                     help="Randomness: 1 = the model as trained, lower = safer, 0 = always the likeliest token."),
         click.option("--top-k", default=0, show_default=True, help="Sample only from the k likeliest tokens (0: all)."),
         click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: smallest set with this probability."),
         click.option("--seed", type=int, help="Same seed, checkpoint and options give the same file."),
@@ -549,7 +551,7 @@ def show(ctx, midi_file, out, width, height, new_from):
 @click.option("--out", "out_port", help="MIDI output port for the answers (default: the speakers).")
 @click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint (default: the bundled model).")
 @click.option("--bars", default=2, show_default=True, help="Length of each answer.")
-@click.option("-t", "--temperature", default=1.0, show_default=True)
+@click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True)
 @click.option("--tempo", default=120.0, show_default=True, help="Beats per minute used to read your playing.")
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))

@@ -1,8 +1,13 @@
-"""Model hyperparameters, kept free of torch so that loading a checkpoint for sampling
+"""Model hyperparameters and the sampling default, kept free of torch so that loading a checkpoint for sampling
 (numpy only) never pays torch's import time."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+# Below 1 the sampler skips the model's least likely tokens. With the bundled model, 32 pieces at
+# 0.8 were closer to held-out chorales on all nine `stats` features together (mean overlap 0.82)
+# than at 0.9 (0.78) or 1.0 (0.68), chiefly in pitch range, pitch count and scale consistency.
+DEFAULT_TEMPERATURE = 0.8  # generate, continue, jam
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import load_checkpoint
+from .config import DEFAULT_TEMPERATURE
 from .fileio import atomic_write_bytes
 from .midi import (DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
@@ -99,7 +100,7 @@ class Generator:
 
     # ------------------------------------------------------------ public API
 
-    def generate(self, bars=None, seconds=None, tokens=None, num=1, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+    def generate(self, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0, seed=None,
                  key=None, pitch_range=None, tempo=120.0, time_signature=(4, 4), on_note=None) -> list[Song]:
         """New pieces from nothing. Returns `num` Songs."""
         if key == "auto":
@@ -112,7 +113,7 @@ class Generator:
                                 key, pitch_range, on_note)
         return songs
 
-    def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=1.0, top_k=0, top_p=1.0,
+    def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0,
                   seed=None, key=None, pitch_range=None, primer_bars=None, on_note=None) -> list[Continuation]:
         """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song)."""
         song, source = self._read_primer(primer)

@@ -38,18 +38,16 @@ def spawn(args, log: Path, death_signal=signal.SIGKILL, **kwargs) -> subprocess.
     """Start a process in its own session (so `stop` reaches all it starts) that gets
     `death_signal` if the test process dies first, even by SIGKILL: no orphans (Linux)."""
 
-    die_with_parent = None
+    preexec = None
     if sys.platform.startswith("linux"):
         import ctypes
 
         prctl = ctypes.CDLL(None).prctl  # looked up before the fork: the child only calls it
-
-        def die_with_parent():
-            prctl(1, int(death_signal))  # 1 = PR_SET_PDEATHSIG
+        preexec = lambda: prctl(1, int(death_signal))  # noqa: E731 - 1 = PR_SET_PDEATHSIG
 
     with open(log, "w") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent, **kwargs)  # noqa: PLW1509 - only calls prctl
+                                preexec_fn=preexec, **kwargs)  # noqa: PLW1509 - only calls prctl
 
 
 def stop(proc: subprocess.Popen, gently: float = 0.0) -> None:
