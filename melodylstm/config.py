@@ -1,5 +1,5 @@
-"""Model hyperparameters and the sampling default, kept free of torch so that loading a checkpoint for sampling
-(numpy only) never pays torch's import time."""
+"""Model hyperparameters and the sampling default, kept free of torch so that loading a
+checkpoint for sampling (numpy only) never pays torch's import time."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields

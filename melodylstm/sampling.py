@@ -2,9 +2,10 @@
 
 `FastLSTM` runs the trained weights in numpy with everything that does not change between steps
 done once up front: the first layer's input projection becomes a lookup table, each deeper
-layer's two mat-vecs become one over pre-packed [W_ih | W_hh] weights, all four gates come from one exp over pre-negated weights (sigmoid(x) = 1 / (1 + exp(-x)),
-and the candidate's tanh(x) = 2 * sigmoid(2x) - 1, the factors baked into the weights; exp is
-about twice as fast as tanh), and all buffers are allocated once. `Sampler` adds the grammar masks, musical
+layer's two mat-vecs become one over pre-packed [W_ih | W_hh] weights, all four gates come from
+one exp over pre-negated weights (sigmoid(x) = 1 / (1 + exp(-x)), and the candidate's
+tanh(x) = 2 * sigmoid(2x) - 1, the factors baked into the weights; exp is about twice as fast as
+tanh), and all buffers are allocated once. `Sampler` adds the grammar masks, musical
 constraints and the stopping rules on top.
 """
 from __future__ import annotations

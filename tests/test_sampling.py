@@ -50,5 +50,5 @@ def test_fast_lstm_continues_from_a_primed_state():
 
 def test_flop_count_matches_the_sampler_matrices():
     _, net = twin(3, False)
-    products = sum(w.size for w in net.w) + net.w_out.size
-    assert flops_per_token(3, 16, 40) == 2 * products
+    H, V = 16, 40  # recurrent h of layer 0, [x | h] of layers 1 and 2, the output layer
+    assert flops_per_token(net) == 2 * (H * 4 * H + 2 * (2 * H * 4 * H) + H * V)
