@@ -141,28 +141,31 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(exists=True))
+@click.argument("folders", nargs=-1, required=True)
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder (default: checkpoints/<FOLDER name>).")
 @tokenizer_options
-@click.option("--layers", default=2, show_default=True, help="LSTM layers.")
-@click.option("--hidden", default=256, show_default=True, help="LSTM hidden size.")
-@click.option("--embedding", default=128, show_default=True, help="Token embedding size.")
-@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--max-time", type=float, help="Budget in minutes: the schedule ends when it does.")
+@click.option("--max-steps", type=int, help="Budget in steps (with --max-time: whichever comes first).")
+@click.option("--epochs", type=float, help="Budget as passes over the training tokens (instead of --max-steps).")
+@click.option("--layers", type=int, help="LSTM layers (default: from the corpus size, printed at start).")
+@click.option("--hidden", type=int, help="LSTM hidden size (default: from the corpus size).")
+@click.option("--embedding", type=int, help="Token embedding size (default: from the corpus size).")
+@click.option("--dropout", type=float, help="Dropout (default: from the corpus size).")
 @click.option("--tie-weights", is_flag=True, help="Share embedding and output weights.")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--max-steps", default=0, help="Stop after this many steps (0: as many as --epochs take).")
-@click.option("--max-time", default=0.0, help="Stop after this many minutes (0: no limit).")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--seq-len", default=256, show_default=True, help="Tokens per training window.")
-@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--style", help="Style name of every file (default: first-level subfolder names; NAME=FOLDER names one folder).")
+@click.option("--no-controls", is_flag=True, help="Learn the tokens alone: no key, chord, density, position or style inputs.")
+@click.option("--batch-size", type=int, help="Windows per step (default: from the corpus size).")
+@click.option("--seq-len", type=int, help="Tokens per training window (default: from the corpus size).")
+@click.option("--lr", type=float, help="Peak learning rate (default: from the corpus size).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU.")
 @click.option("--compile", "use_compile", is_flag=True, help="Use torch.compile.")
-@click.option("--transpose", default=5, show_default=True, help="Augment: random transposition within +-N semitones.")
+@click.option("--transpose", type=int, help="Augment: random transposition within +-N semitones (default: from the corpus size).")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of files held out for validation.")
-@click.option("--patience", default=5, show_default=True, help="Early stopping: epochs without improvement (0: off).")
+@click.option("--evals", default=20, show_default=True, help="Validations over the budget.")
+@click.option("--patience", default=5, show_default=True, help="Early stopping: validations without improvement (0: off).")
 @click.option("--save-interval", default=120.0, show_default=True, help="Seconds between safety checkpoints.")
 @click.option("--log-every", default=10, show_default=True, help="Steps between lines in metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -171,43 +174,57 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 @click.option("--no-cache", is_flag=True)
 @click.pass_context
-def train(ctx, folder, out, resolution, programs, drums, no_bars, layers, hidden, embedding, dropout, tie_weights,
-          epochs, max_steps, max_time, batch_size, seq_len, lr, seed, device, precision, use_compile, transpose,
-          val_fraction, patience, save_interval, log_every, resume, init_from, jobs, cache_dir, no_cache):
-    """Train a model on the MIDI files in FOLDER (searched recursively).
+def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max_steps, epochs, layers, hidden, embedding,
+          dropout, tie_weights, style, no_controls, batch_size, seq_len, lr, seed, device, precision, use_compile, transpose,
+          val_fraction, evals, patience, save_interval, log_every, resume, init_from, jobs, cache_dir, no_cache):
+    """Train a model on the MIDI files in FOLDERS (searched recursively).
 
-    Run on several GPUs or machines with torchrun:
+    Styles: each first-level subfolder is a style (./midi/jigs/a.mid -> jigs), or name a whole
+    folder with NAME=FOLDER (several folders: chorale=./bach tune=./tunes) or --style NAME.
+
+    Give a budget (--max-time minutes and/or --max-steps); without one, the number of steps
+    follows from the corpus size. Model size, window, batch and learning rate default to a
+    recipe picked from the corpus size (printed at start). Run on several GPUs or machines with torchrun:
     torchrun --nproc_per_node 4 -m melodylstm train FOLDER
     """
     from pathlib import Path
 
-    from .model import ModelConfig
     from .train import Run, TrainConfig
 
-    out = out or str(Path("checkpoints") / (Path(folder).resolve().name or "model"))
+    for name, value in (("--max-time", max_time), ("--max-steps", max_steps), ("--epochs", epochs)):
+        if value is not None and value <= 0:
+            raise UserError(f"{name} must be positive")
+    if max_steps and epochs:
+        raise UserError("give --max-steps or --epochs, not both")
+    from .data import parse_sources
+
+    sources = parse_sources(folders, style)
+    folder = folders[0] if len(folders) == 1 else list(folders)
+    out = out or str(Path("checkpoints") / ("+".join((name or p.resolve().name) for p, name in sources) or "model"))
     tok = make_tokenizer(resolution, programs, drums, no_bars)
-    model_config = ModelConfig(len(tok), embedding, hidden, layers, dropout, tie_weights)
-    cfg = TrainConfig(out=out, epochs=epochs, max_steps=max_steps, max_time=max_time * 60, batch_size=batch_size,
-                      seq_len=seq_len, lr=lr, seed=seed, device=device, precision=precision, transpose=transpose,
-                      val_fraction=val_fraction, patience=patience, save_interval=save_interval, compile=use_compile,
-                      log_every=log_every)
+    model_options = {"embedding": embedding, "hidden": hidden, "layers": layers, "dropout": dropout,
+                     "tie_weights": tie_weights}
+    cfg = TrainConfig(out=out, epochs=epochs or 0.0, max_steps=max_steps or 0, max_time=(max_time or 0.0) * 60,
+                      batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed, device=device, precision=precision,
+                      transpose=transpose, val_fraction=val_fraction, controls=not no_controls, style=style,
+                      evals=evals, patience=patience,
+                      save_interval=save_interval, compile=use_compile, log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
-    run = Run(folder, tok, model_config, cfg, resume=out if resume else None, init_from=init_from,
+    run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
               data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
               log=log, progress=not ctx.obj["quiet"])
     if run.dist.main:
         r = run.report
         log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "
             f"{run.store.meta['train_tokens']:,} training / {run.store.meta['val_tokens']:,} validation tokens")
-        log(f"model: {layers}x{hidden} LSTM, {run.model.num_parameters():,} parameters, on {run.device}; "
-            f"{run.total_steps:,} steps ({run.steps_per_epoch:,} per epoch)"
-            + (f", resuming at step {run.step:,}" if resume else ""))
+        log(run.describe_plan() + (f"; resuming at step {run.step:,}" if resume else ""))
     status = run.train()
     if run.dist.main:
         best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
-        log(f"{status} at step {run.step:,}: {best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
+        log(f"{status} at step {run.step:,} ({run.epochs_done:.1f} epochs, {run.elapsed / 60:.1f} min): "
+            f"{best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
         if status == "interrupted":
-            log(f"resume with: melodylstm train {folder} -o {out} --resume")
+            log(f"resume with: melodylstm train {' '.join(folders)} -o {out} --resume")
     if status == "interrupted":
         ctx.exit(130)
 
@@ -292,7 +309,15 @@ def sampling_options(f):
         click.option("--top-k", default=0, show_default=True, help="Sample only from the k likeliest tokens (0: all)."),
         click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: smallest set with this probability."),
         click.option("--seed", type=int, help="Same seed, checkpoint and options give the same file."),
-        click.option("--key", help="Keep pitches in a scale: D:minor, F#, Bb:dorian, or auto (estimated from the primer)."),
+        click.option("--key", help="Key to write in: D:minor, F#, Bb:major (continue: the primer's by default; "
+                                   "auto: the primer's, as a scale mask with --strict-key)."),
+        click.option("--strict-key", is_flag=True, help="Also forbid pitches outside the key's scale (any scale: Bb:dorian, A:blues)."),
+        click.option("--style", help="Style the model learned (see `melodylstm info`); generate picks one when not given, "
+                                     "continue the one under which the primer is most likely."),
+        click.option("--chords", help='Chord progression, one chord per bar, repeated: "Dm7 G7 Cmaj7 Cmaj7".'),
+        click.option("--chords-file", type=click.Path(exists=True, dir_okay=False),
+                     help="Progression file: one bar per line; several chords on a line share the bar (e.g. one per beat)."),
+        click.option("--density", help="Notes per beat: low, medium, high, or a number (e.g. 2)."),
         click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
         click.option("--play", is_flag=True, help="Play the notes while they are generated."),
         click.option("--window", is_flag=True, help="With --play: show a scrolling piano roll."),
@@ -304,6 +329,37 @@ def sampling_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def read_progression(chords, chords_file):
+    """--chords text (one chord per bar) or --chords-file (one bar per line) -> bars of chords."""
+    from . import controls
+
+    if chords and chords_file:
+        raise UserError("give --chords or --chords-file, not both")
+    if chords_file:
+        with open(chords_file, encoding="utf-8", errors="replace") as fh:
+            return controls.parse_chords_file(fh.read())
+    return [[c] for c in controls.parse_progression(chords)] if chords is not None else None
+
+
+def controls_summary(report: dict) -> str:
+    """One line of what conditioned the music: '; key D:minor (primer), style tune (most likely)...'."""
+    if not report or not report.get("controls"):
+        return (f"; scale {report['scale_mask']}" if report and report.get("scale_mask") else "")
+    parts = []
+    if report.get("key"):
+        parts.append(f"key {report['key']}" + (" (the primer's)" if report.get("key_source") == "primer" else ""))
+    if report.get("style"):
+        source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)"}.get(report.get("style_source"), "")
+        parts.append(f"style {report['style']}{source}")
+    if report.get("density"):
+        parts.append(f"density {report['density']}" + (" (the primer's)" if report.get("density_source") == "primer" else ""))
+    if report.get("chords"):
+        parts.append(f"chords {report['chords']}")
+    if report.get("scale_mask"):
+        parts.append(f"scale mask {report['scale_mask']}")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def output_paths(out: str, num: int) -> list[str]:
@@ -333,8 +389,8 @@ def load_generator(ctx, checkpoint):
 @click.option("--tempo", default=120.0, show_default=True, help="Beats per minute.")
 @click.option("--time-signature", default="4/4", show_default=True)
 @click.pass_context
-def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, pitch_range,
-             play, window, soundfont, synth, midi_out, tempo, time_signature):
+def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, strict_key, style,
+             chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out, tempo, time_signature):
     """Write new music from scratch."""
     from .midi import write_midi
 
@@ -343,13 +399,15 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         assert numerator > 0 and denominator in (1, 2, 4, 8, 16, 32)
     except (ValueError, AssertionError):
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
+    progression = read_progression(chords, chords_file)
     play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
         return gen.generate(bars=bars, seconds=seconds, tokens=tokens, num=num, temperature=temperature, top_k=top_k,
                             top_p=top_p, seed=seed, key=key, pitch_range=pitch_range, tempo=tempo,
-                            time_signature=(numerator, denominator), on_note=on_note)
+                            time_signature=(numerator, denominator), on_note=on_note, style=style,
+                            chords=progression, density=density, strict_key=strict_key)
 
     if play or window:
         from .midi import Song
@@ -361,7 +419,8 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     paths = output_paths(out, num)
     for song, path in zip(songs, paths):
         write_midi(song, path)
-    info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})")
+    info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
+              + controls_summary(gen.last_controls))
 
 
 @cli.command("continue")
@@ -369,25 +428,34 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
 @click.option("-o", "--out", required=True, help="Output file (or folder).")
 @sampling_options
 @click.option("--only-new", is_flag=True, help="Write the continuation alone, without the input.")
-@click.option("--primer-bars", type=int, help="Use only the last N bars of the input as primer.")
+@click.option("--primer-bars", default="64", show_default=True,
+              help="Prime the model with the last N bars of the input (all: the whole file).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was estimated and used (key, style, ...) as JSON.")
 @click.pass_context
 def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key,
-                 pitch_range, play, window, soundfont, synth, midi_out, only_new, primer_bars):
+                 strict_key, style, chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out,
+                 only_new, primer_bars, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes
 
     paths = output_paths(out, num)
     for path in paths:
         check_output(midi_in, path)
-    if primer_bars is not None and primer_bars < 1:
-        raise UserError("--primer-bars must be at least 1")
+    if primer_bars.strip().lower() == "all":
+        primer_bars = None
+    elif not primer_bars.strip().isdigit() or int(primer_bars) < 1:
+        raise UserError("--primer-bars must be a number of bars (at least 1) or all")
+    else:
+        primer_bars = int(primer_bars)
+    progression = read_progression(chords, chords_file)
     play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
         return gen.continue_(midi_in, bars=bars, seconds=seconds, tokens=tokens, num=num, temperature=temperature,
                              top_k=top_k, top_p=top_p, seed=seed, key=key, pitch_range=pitch_range,
-                             primer_bars=primer_bars, on_note=on_note)
+                             primer_bars=primer_bars, on_note=on_note, style=style, chords=progression,
+                             density=density, strict_key=strict_key)
 
     if play or window:
         from .midi import read_midi
@@ -398,8 +466,15 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         results = run()
     for result, path in zip(results, paths):
         atomic_write_bytes(path, result.midi_bytes(only_new))
+    report = results[0].controls or {}
+    if as_json:
+        click.echo(json.dumps({"outputs": paths, "new_notes": [len(r.notes.notes) for r in results],
+                               "seed": gen.last_seed, **report}, indent=2))
+    if report.get("primer_bars"):
+        info(ctx, f"primed from the last {report['primer_bars']} bars of {midi_in} (--primer-bars all: the whole file)")
     key_text = f", key {results[0].key}" if results[0].key else ""
-    info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, seed {gen.last_seed})")
+    info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
+              f"seed {gen.last_seed})" + controls_summary(report))
 
 
 # ---------------------------------------------------------------- playback

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, fields
 # than at 0.9 (0.78) or 1.0 (0.68), chiefly in pitch range, pitch count and scale consistency.
 DEFAULT_TEMPERATURE = 0.8  # generate, continue, jam
 
+# Embedding size of each control input (controls.py); small next to the token embedding, since
+# each control has few values. The LSTM sees them concatenated with the token embedding.
+CONTROL_DIMS = {"key": 16, "chord": 24, "density": 8, "position": 16, "style": 8}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -18,15 +22,32 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.2
     tie_weights: bool = False  # share the embedding with the output layer (fewer parameters)
+    # control inputs (controls.py): (name, number of values incl. "unknown", embedding size) each;
+    # empty for a model without controls (checkpoints from before they existed)
+    controls: tuple = ()
+    styles: tuple = ()  # style names, in id order
 
     def __post_init__(self):
         if not (self.vocab_size > 3 and self.embedding > 0 and self.hidden > 0 and self.layers > 0):
             raise ValueError("model sizes must be positive")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
+        object.__setattr__(self, "controls", tuple((str(n), int(v), int(d)) for n, v, d in self.controls))
+        object.__setattr__(self, "styles", tuple(str(s) for s in self.styles))
+
+    @property
+    def control_names(self) -> list:
+        return [name for name, _, _ in self.controls]
+
+    @property
+    def input_size(self) -> int:
+        """The first LSTM layer's input: token embedding and control embeddings side by side."""
+        return self.embedding + sum(dim for _, _, dim in self.controls)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["controls"], data["styles"] = [list(c) for c in self.controls], list(self.styles)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -39,8 +60,10 @@ class ModelConfig:
         """Name -> shape of every tensor a checkpoint of this model holds (tied head excluded)."""
         V, E, H = self.vocab_size, self.embedding, self.hidden
         shapes = {"embed.weight": (V, E)}
+        for name, values, dim in self.controls:
+            shapes[f"control_embed.{name}.weight"] = (values, dim)
         for k in range(self.layers):
-            shapes.update({f"lstm.weight_ih_l{k}": (4 * H, E if k == 0 else H), f"lstm.weight_hh_l{k}": (4 * H, H),
+            shapes.update({f"lstm.weight_ih_l{k}": (4 * H, self.input_size if k == 0 else H), f"lstm.weight_hh_l{k}": (4 * H, H),
                            f"lstm.bias_ih_l{k}": (4 * H,), f"lstm.bias_hh_l{k}": (4 * H,)})
         if self.tie_weights:
             shapes.update({"bottleneck.weight": (E, H), "bottleneck.bias": (E,), "head.bias": (V,)})

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import controls as ctl
 from .fileio import atomic_path, atomic_write_bytes
 from .midi import MidiError, read_midi_bytes, MAX_FILE_BYTES
 from .tokenizer import Tokenizer
 
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 MIN_NOTES = 8  # fewer notes than this teach nothing: the file is skipped as "too short"
-CACHE_MAGIC = b"MLTK1"
+CACHE_MAGIC = b"MLTK2"  # tokens, then their controls (key, chord, density, position)
+N_FILE_CONTROLS = 4  # computed per file; style, the fifth, comes from the folder
 
 
 def default_cache_dir() -> Path:
@@ -63,6 +65,7 @@ class FileResult:
     path: str
     content_hash: str = ""
     tokens: np.ndarray | None = None
+    controls: np.ndarray | None = None  # (len(tokens), 4) uint8, see controls.py
     reason: str = ""  # why the file was skipped; empty when used
     notes: int = 0
     seconds: float = 0.0
@@ -71,7 +74,8 @@ class FileResult:
 
 
 def config_fingerprint(tokenizer: Tokenizer) -> str:
-    return hashlib.blake2b(tokenizer.to_json().encode(), digest_size=8).hexdigest()
+    key = tokenizer.to_json() + f"controls{ctl.CONTROLS_VERSION}"
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 def tokenize_bytes(data: bytes, tokenizer: Tokenizer, path: str) -> FileResult:
@@ -90,6 +94,7 @@ def tokenize_bytes(data: bytes, tokenizer: Tokenizer, path: str) -> FileResult:
         result.reason = f"too short ({result.notes} notes, need {MIN_NOTES})"
         return result
     result.tokens = tokens
+    result.controls = ctl.controls_for(kept, tokens, tokenizer)
     result.seconds = float(kept.seconds())
     return result
 
@@ -118,7 +123,10 @@ class TokenCache:
             result = FileResult(path, content_hash, reason=meta["reason"], notes=meta["notes"],
                                 seconds=meta["seconds"], lost=meta["lost"], cached=True)
             if not result.reason:
-                result.tokens = np.frombuffer(raw, dtype=np.uint16, offset=start + size)
+                body = raw[start + size:]
+                n = len(body) // (2 + N_FILE_CONTROLS)
+                result.tokens = np.frombuffer(body, dtype=np.uint16, count=n)
+                result.controls = np.frombuffer(body, dtype=np.uint8, offset=2 * n).reshape(n, N_FILE_CONTROLS)
             return result
         except (ValueError, KeyError, struct.error):
             return None  # a damaged entry is simply recomputed
@@ -126,7 +134,8 @@ class TokenCache:
     def put(self, result: FileResult) -> None:
         meta = json.dumps({"reason": result.reason, "notes": result.notes,
                            "seconds": result.seconds, "lost": result.lost}).encode()
-        body = result.tokens.astype("<u2").tobytes() if result.tokens is not None else b""
+        body = (result.tokens.astype("<u2").tobytes() + result.controls.astype(np.uint8).tobytes()
+                if result.tokens is not None else b"")
         try:
             atomic_write_bytes(self._path(result.content_hash),
                                CACHE_MAGIC + struct.pack("<I", len(meta)) + meta + body)
@@ -254,26 +263,36 @@ def split_results(used, val_fraction: float):
 
 
 class TokenStore:
-    """A corpus split as two flat uint16 arrays (documents concatenated, each BOS ... EOS),
-    memory-mapped from disk so memory does not grow with the corpus."""
+    """A corpus split as flat arrays (documents concatenated, each BOS ... EOS): uint16 tokens and
+    uint8 controls (key, chord, density, position, style per token), memory-mapped from disk so
+    memory does not grow with the corpus."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "meta.json").read_text())
-        self.train = self._open("train")
-        self.val = self._open("val")
+        self.styles = self.meta.get("styles", [])
+        self.train, self.train_controls = self._open("train")
+        self.val, self.val_controls = self._open("val")
 
     def _open(self, name):
         path = self.folder / f"{name}.u16"
         if path.stat().st_size == 0:
-            return np.zeros(0, dtype=np.uint16)
-        return np.memmap(path, dtype=np.uint16, mode="r")
+            return np.zeros(0, dtype=np.uint16), np.zeros((0, len(ctl.COLUMNS)), dtype=np.uint8)
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
+        controls = np.memmap(self.folder / f"{name}.ctl", dtype=np.uint8, mode="r").reshape(len(tokens), len(ctl.COLUMNS))
+        return tokens, controls
 
     @classmethod
-    def build(cls, folder, used, val_fraction: float, extra_meta: dict | None = None) -> "TokenStore":
+    def build(cls, folder, used, val_fraction: float, extra_meta: dict | None = None,
+              file_styles: dict | None = None, styles=()) -> "TokenStore":
+        """file_styles: path -> style name (None: no style); styles: the names, in id order."""
         folder = Path(folder)
+        file_styles = file_styles or {}
+        style_id = {name: i for i, name in enumerate(styles)}
+        unknown_style = len(styles)
         train, val = split_results(sorted(used, key=lambda r: r.content_hash), val_fraction)
         key = hashlib.blake2b(json.dumps([[r.content_hash for r in train], [r.content_hash for r in val],
+                                          [file_styles.get(r.path) for r in train + val], list(styles),
                                           extra_meta or {}]).encode(), digest_size=12).hexdigest()
         target = folder / key
         if (target / "meta.json").exists():
@@ -284,43 +303,65 @@ class TokenStore:
                 with open(tmp, "wb") as fh:
                     for r in part:
                         fh.write(r.tokens.astype("<u2").tobytes())
+            with atomic_path(target / f"{name}.ctl") as tmp:
+                with open(tmp, "wb") as fh:
+                    for r in part:
+                        style = style_id.get(file_styles.get(r.path), unknown_style)
+                        column = np.full((len(r.tokens), 1), style, dtype=np.uint8)
+                        fh.write(np.concatenate([r.controls.astype(np.uint8), column], axis=1).tobytes())
         meta = {"train_files": [r.path for r in train], "val_files": [r.path for r in val],
                 "train_tokens": int(sum(len(r.tokens) for r in train)),
                 "val_tokens": int(sum(len(r.tokens) for r in val)),
                 "train_notes": sum(r.notes for r in train), "val_notes": sum(r.notes for r in val),
-                "val_seconds": sum(r.seconds for r in val), **(extra_meta or {})}
+                "val_seconds": sum(r.seconds for r in val), "styles": list(styles),
+                "style_files": {name: sum(file_styles.get(r.path) == name for r in train + val) for name in styles},
+                **(extra_meta or {})}
         atomic_write_bytes(target / "meta.json", json.dumps(meta).encode())
         return cls(target)
 
 
 # ---------------------------------------------------------------- training windows
 
+HIDE_PROBABILITY = 0.2  # each control of each training window is hidden ("unknown") this often
+
+
 class WindowSampler:
-    """Random (input, target) windows from a token array, with optional transposition.
+    """Random (input, target) windows from a token array and its controls, with optional
+    transposition (which moves the key and chord labels too) and randomly hidden controls.
     All randomness comes from `self.rng`; training re-seeds it from (seed, rank, step) before
     every batch, so a resumed run draws exactly the batches an uninterrupted run would."""
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
-                 seed: int = 0, transpose: int = 0):
+                 seed: int = 0, transpose: int = 0, controls: np.ndarray | None = None,
+                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY):
         if len(tokens) < 2:
             raise ValueError("not enough training tokens")
-        self.tokens, self.tok = tokens, tokenizer
+        self.tokens, self.tok, self.controls = tokens, tokenizer, controls
+        self.unknown, self.hide = unknown, hide
         self.seq_len = min(seq_len, len(tokens) - 1)
         self.batch_size, self.transpose = batch_size, transpose
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.offsets = np.arange(self.seq_len + 1)
 
-    def next_batch(self) -> np.ndarray:
+    def next_batch(self):
+        """tokens (B, T+1) int64, or (tokens, controls (B, T+1, C) int64) with controls."""
         starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
-        batch = self.tokens[starts[:, None] + self.offsets].astype(np.int64)
-        if self.transpose:
-            transpose_pitches(batch, self.tok, self.transpose, self.rng)
-        return batch
+        index = starts[:, None] + self.offsets
+        batch = self.tokens[index].astype(np.int64)
+        shift = transpose_pitches(batch, self.tok, self.transpose, self.rng) if self.transpose else None
+        if self.controls is None:
+            return batch
+        controls = self.controls[index].astype(np.int64)
+        if shift is not None:
+            ctl.transpose(controls, shift)
+        if self.hide:
+            ctl.hide(controls, self.rng, self.hide, self.unknown)
+        return batch, controls
 
 
-def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng) -> None:
+def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng) -> np.ndarray:
     """Shift every pitched note of each row by one random interval that keeps the row in range
-    (in place). Drum tokens are separate, so drums are never transposed."""
+    (in place; returns the shifts). Drum tokens are separate, so drums are never transposed."""
     n_pitches = tok.config.pitch_high - tok.config.pitch_low + 1
     offset = batch - tok.pitch0
     is_pitch = (offset >= 0) & (offset < n_pitches)
@@ -330,24 +371,70 @@ def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng
     up = np.minimum(max_semitones, np.where(highest >= 0, n_pitches - 1 - highest, max_semitones))
     shift = np.floor(rng.random(len(batch)) * (down + up + 1)).astype(np.int64) - down
     batch += np.where(is_pitch, shift[:, None], 0)
+    return shift
 
 
-def validation_windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
-    """Non-overlapping windows covering the validation tokens (deterministic)."""
-    n = (len(tokens) - 1) // seq_len
-    if n == 0:
+def validation_index(n_tokens: int, seq_len: int, max_tokens: int = 0) -> np.ndarray:
+    """Positions of non-overlapping windows covering the validation tokens (deterministic);
+    with `max_tokens`, an evenly spaced subset of them. (windows, seq_len + 1)."""
+    n = (n_tokens - 1) // seq_len
+    if n <= 0:
         return np.zeros((0, seq_len + 1), dtype=np.int64)
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
-    return tokens[idx].astype(np.int64)
+    starts = np.arange(n)
+    if max_tokens and n * seq_len > max_tokens:
+        starts = np.unique(np.linspace(0, n - 1, max(1, max_tokens // seq_len)).astype(np.int64))
+    return starts[:, None] * seq_len + np.arange(seq_len + 1)
+
+
+def validation_windows(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> np.ndarray:
+    return tokens[validation_index(len(tokens), seq_len, max_tokens)].astype(np.int64)
 
 
 # ---------------------------------------------------------------- all together
 
+def parse_sources(paths, style: str | None = None) -> list[tuple[Path, str | None]]:
+    """Training folders as (folder, style): 'NAME=FOLDER' names a folder's style, `style` names
+    every plain folder's; otherwise styles are the first-level subfolders (None: no style)."""
+    sources = []
+    for item in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        text = str(item)
+        name, sep, folder = text.partition("=")
+        if sep and name and not Path(text).exists():
+            sources.append((Path(folder), name))
+        else:
+            sources.append((Path(text), style))
+    for folder, _ in sources:
+        if not folder.exists():
+            raise FileNotFoundError(f"no such file or folder: {folder}")
+    return sources
+
+
+def style_of(path: Path, root: Path, fixed: str | None) -> str | None:
+    """The style of a file: the folder's given style, else its first-level subfolder's name."""
+    if fixed:
+        return fixed
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 else None
+
+
 def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = True, jobs: int = 0,
-                progress: bool = False, val_fraction: float = 0.1):
-    """Scan, tokenize (cached) and store a corpus. Returns (report, TokenStore or None)."""
+                progress: bool = False, val_fraction: float = 0.1, style: str | None = None, styles=None):
+    """Scan, tokenize (cached) and store a corpus. Returns (report, TokenStore or None).
+
+    path: a folder, or several (see parse_sources for 'NAME=FOLDER'); styles: the style names
+    in id order (a resumed or fine-tuned model's), default: those found, sorted."""
     started = time.perf_counter()
-    files, skipped_entries = find_midi_files(path)
+    sources = parse_sources(path, style)
+    files, skipped_entries, file_styles = [], [], {}
+    for root, fixed in sources:
+        found, skipped = find_midi_files(root)
+        files += found
+        skipped_entries += skipped
+        file_styles.update({str(f): style_of(f, root, fixed) for f in found})
+    names = list(styles) if styles is not None else sorted({s for s in file_styles.values() if s})
     cache_root = None
     if use_cache:
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -355,7 +442,8 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
             cache_root.mkdir(parents=True, exist_ok=True)
         except OSError:
             cache_root = None
-    manifest = corpus_manifest(cache_root, files, skipped_entries, tokenizer, val_fraction) if cache_root else None
+    manifest = corpus_manifest(cache_root, files, skipped_entries, tokenizer, val_fraction,
+                               [file_styles, names]) if cache_root else None
     if manifest is not None and manifest.exists():  # nothing changed since the last run: no file is opened
         try:
             saved = json.loads(manifest.read_text())
@@ -376,9 +464,11 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
         store_root = Path(tempfile.mkdtemp(prefix="melodylstm-corpus-"))
     else:
         store_root = cache_root / "corpora"
-    store = TokenStore.build(store_root, used, val_fraction, {"tokenizer": config_fingerprint(tokenizer)})
+    store = TokenStore.build(store_root, used, val_fraction, {"tokenizer": config_fingerprint(tokenizer)},
+                             file_styles, names)
     report["train_files"] = len(store.meta["train_files"])
     report["val_files"] = len(store.meta["val_files"])
+    report["styles"] = store.meta["style_files"]
     if manifest is not None:
         try:
             atomic_write_bytes(manifest, json.dumps({"report": report, "store": store.folder.name}).encode())
@@ -387,7 +477,7 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
     return report, store
 
 
-def corpus_manifest(cache_root: Path, files, skipped, tokenizer: Tokenizer, val_fraction: float) -> Path:
+def corpus_manifest(cache_root: Path, files, skipped, tokenizer: Tokenizer, val_fraction: float, extra=None) -> Path:
     """Where the result of a whole corpus run is remembered, keyed by every file's path, size and
     modification time (and the tokenizer): an unchanged folder is served without opening a file."""
     entries = []
@@ -397,6 +487,6 @@ def corpus_manifest(cache_root: Path, files, skipped, tokenizer: Tokenizer, val_
             entries.append((os.path.abspath(f), st.st_size, st.st_mtime_ns))
         except OSError:
             entries.append((str(f), -1, -1))
-    key = hashlib.blake2b(json.dumps([config_fingerprint(tokenizer), val_fraction, entries, skipped]).encode(),
+    key = hashlib.blake2b(json.dumps([config_fingerprint(tokenizer), val_fraction, entries, skipped, extra]).encode(),
                           digest_size=16).hexdigest()
     return cache_root / "corpora" / "manifests" / f"{key}.json"

@@ -21,9 +21,11 @@ from .config import DEFAULT_TEMPERATURE
 from .fileio import atomic_write_bytes
 from .midi import (DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
+from . import controls as ctl
 from .sampling import FastLSTM, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
+DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Continuation:
     source: bytes | None  # the input file's bytes, copied unchanged into the output
     start: int  # step where generation began (end of the primer)
     key: str | None = None
+    controls: dict | None = None  # what conditioned the answer, and what was estimated from the primer
 
     def midi_bytes(self, only_new: bool = False) -> bytes:
         if only_new or self.source is None:
@@ -100,40 +103,66 @@ class Generator:
 
     # ------------------------------------------------------------ public API
 
+    @property
+    def styles(self) -> list:
+        return list(self.checkpoint.model_config.styles)
+
     def generate(self, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0, seed=None,
-                 key=None, pitch_range=None, tempo=120.0, time_signature=(4, 4), on_note=None) -> list[Song]:
-        """New pieces from nothing. Returns `num` Songs."""
+                 key=None, pitch_range=None, tempo=120.0, time_signature=(4, 4), on_note=None,
+                 style=None, chords=None, density=None, strict_key=False) -> list[Song]:
+        """New pieces from nothing. Returns `num` Songs.
+
+        Controls (for a model trained with them): key ('D:minor'), style (a name the model knows;
+        None: one is picked by the seed), chords ('Dm7 G7 Cmaj7', one per bar, or a list of bars
+        of chords), density ('low' | 'medium' | 'high' | onsets per beat). strict_key also forbids
+        pitches outside the key's scale. `self.last_controls` says what was used."""
         if key == "auto":
             raise ValueError("--key auto needs a primer to listen to; name a key (e.g. D:minor) for generate")
         if not 20 <= tempo <= 400:
             raise ValueError("--tempo must be between 20 and 400 bpm")
         like = Song(np.zeros((0, 5)), self.tok.config.resolution, [(0, round(60e6 / tempo))],
                     [(0, int(time_signature[0]), int(time_signature[1]))], {})
+        seed = self._seed(seed)
+        if style is None and self.styles and "style" in self.checkpoint.model_config.control_names:
+            style = self.styles[seed % len(self.styles)]
+            picked = True
+        else:
+            picked = False
+        request = self._control_request(key, style, chords, density, strict_key)
+        request["style_picked"] = picked
         songs, _ = self._sample(like, None, Length(bars, seconds, tokens), num, temperature, top_k, top_p, seed,
-                                key, pitch_range, on_note)
+                                request, pitch_range, on_note)
         return songs
 
     def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0,
-                  seed=None, key=None, pitch_range=None, primer_bars=None, on_note=None) -> list[Continuation]:
-        """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song)."""
+                  seed=None, key=None, pitch_range=None, primer_bars=DEFAULT_PRIMER_BARS, on_note=None,
+                  style=None, chords=None, density=None, strict_key=False) -> list[Continuation]:
+        """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song) from its last
+        `primer_bars` bars (None: all of it). Controls as for `generate`; by default the primer's
+        key and density are kept, its style is the one under which it is most likely, and the
+        model chooses the chords."""
         song, source = self._read_primer(primer)
         kept, _ = self.tok.normalize(song)
         if len(kept.notes) == 0:
             raise ValueError("the primer has no notes the model can read" if len(song.notes) else "the primer has no notes")
-        offset = 0
+        offset, total_bars = 0, None
         if primer_bars:
             grid = kept.bar_grid()
-            offset = grid.start(max(0, grid.index_at_or_after(kept.end) - primer_bars))
+            total_bars = grid.index_at_or_after(kept.end)
+            offset = grid.start(max(0, total_bars - primer_bars))
             kept = crop_song(kept, offset)
             if len(kept.notes) == 0:
                 raise ValueError(f"the last {primer_bars} bars of the primer hold no notes")
+        request = self._control_request(None if key == "auto" else key, style, chords, density, strict_key,
+                                        auto_key=key == "auto")
+        request["primer_bars"] = primer_bars if total_bars is not None and total_bars > primer_bars else None
         songs, used_key = self._sample(kept, kept, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
-                                       seed, key, pitch_range, on_note, offset)
+                                       self._seed(seed), request, pitch_range, on_note, offset)
         results = []
         for new in songs:
             new.notes[:, ONSET] += offset
             timeline = Song(new.notes, song.resolution, song.tempos, song.time_signatures, new.names)
-            results.append(Continuation(timeline, song, source, kept.end + offset, used_key))
+            results.append(Continuation(timeline, song, source, kept.end + offset, used_key, dict(self.last_controls)))
         return results
 
     # ------------------------------------------------------------ internals
@@ -162,40 +191,114 @@ class Generator:
             data = None
         return song, data
 
+    def _seed(self, seed) -> int:
+        seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        self.last_seed = seed
+        return seed
+
+    def _control_request(self, key, style, chords, density, strict_key, auto_key=False) -> dict:
+        """Check the user's controls against what the model learned; one-line errors otherwise."""
+        names = self.checkpoint.model_config.control_names
+        req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
+               "strict_key": strict_key, "auto_key": auto_key}
+        if key:
+            tonic, scale = parse_key(key)
+            if strict_key:
+                req["mask_key"] = (tonic, scale)
+            if "key" in names and scale in ctl.MODES:
+                req["key"] = ctl.key_index(tonic, scale)
+            elif "key" in names and not strict_key:
+                raise ValueError(f"--key {key}: the model is told major and minor keys only; "
+                                 f"for {scale} add --strict-key (a hard scale mask)")
+            elif not strict_key:
+                raise ValueError("this checkpoint was trained without controls: --key works with it only as "
+                                 "a hard scale mask (add --strict-key)")
+        elif strict_key and not auto_key:
+            raise ValueError("--strict-key needs --key (a key name, or auto for continue)")
+        if style is not None:
+            if "style" not in names:
+                raise ValueError("this checkpoint knows no styles (it was trained on a folder without style "
+                                 "subfolders, or without controls)")
+            if style not in self.styles:
+                raise ValueError(f"unknown style {style!r}: this model knows {', '.join(self.styles)}")
+            req["style"] = self.styles.index(style)
+        if chords is not None:
+            if "chord" not in names:
+                raise ValueError("this checkpoint was trained without the chord control: --chords cannot be used with it")
+            req["progression"] = [[c] for c in ctl.parse_progression(chords)] if isinstance(chords, str) else chords
+        if density is not None:
+            if "density" not in names:
+                raise ValueError("this checkpoint was trained without the density control: --density cannot be used with it")
+            req["density"] = ctl.parse_density(density)
+        return req
+
     def _sample(self, like: Song, primer: Song | None, length: Length, num, temperature, top_k, top_p, seed,
-                key, pitch_range, on_note, offset=0):
-        tok = self.tok
+                request, pitch_range, on_note, offset=0):
+        tok, config = self.tok, self.checkpoint.model_config
         if num < 1 or num > 1024:
             raise ValueError("--num must be 1..1024")
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
-        key_value = None
-        if key:
-            key_value = estimate_key(primer.notes) if key == "auto" else parse_key(key)
+        names = config.control_names
+        estimated = ctl.estimate_key_index(primer.notes) if primer is not None else ctl.KEY_UNKNOWN
+        key_value = request["mask_key"]
+        if key_value is None and request["auto_key"] and (request["strict_key"] or "key" not in names):
+            key_value = estimate_key(primer.notes)  # --key auto: the primer's scale as a hard mask
         prange = parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
-        seed = secrets.randbelow(2**31) if seed is None else int(seed)
-        self.last_seed = seed
         rng = np.random.Generator(np.random.PCG64(seed))
         grid = like.bar_grid()
+        report = {"controls": names, "strict_key": bool(key_value)}
 
+        cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
+        density = request["density"]
         decoder = tok.decoder(like)
+        earlier_chords = None
         if primer is None:
             self.net.reset(num)
             state = start_state(tok, num, grid)
             start_time = 0
+            style = request["style"]
         else:
-            prefix = tok.encode_normalized(primer)[:-1]  # drop EOS: the piece goes on
+            full = tok.encode_normalized(primer)
+            prefix = full[:-1]  # drop EOS: the piece goes on
             for t in prefix.tolist():
                 decoder.push(t)
-            h, c = self.net.prime(prefix[:-1])  # the LSTM state carries the whole primer
+            primer_controls = ctl.controls_for(primer, full, tok)[:-1] if names else None
+            if primer_controls is not None:
+                res = tok.config.resolution
+                earlier_chords = ctl.estimate_chords(primer.notes, primer.end // res + 2, res)
+                if density is None and "density" in names:  # keep the primer's pace
+                    beats = max(1.0, primer.end / res)
+                    density = ctl.density_bucket(len(np.unique(primer.notes[:, ONSET])) / beats)
+            style, h, c = self._prime(prefix, primer_controls, request["style"], report)
             self.net.reset(num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
             state = start_state(tok, num, grid, decoder, int(prefix[-1]))
             start_time = primer.end
+        plan = None
+        if names:
+            plan = ctl.ControlPlan(config, tok.config.resolution, grid, cond_key if "key" in names else None,
+                                   style, density if "density" in names else None, request["progression"], start_time,
+                                   earlier_chords)
+        report.update({
+            "key": ctl.key_label(cond_key) if cond_key is not None and "key" in names else None,
+            "key_source": "given" if request["key"] is not None else ("primer" if cond_key is not None and "key" in names else None),
+            "primer_key": ctl.key_label(estimated) if primer is not None else None,
+            "scale_mask": key_name(*key_value) if key_value else None,
+            "style": self.styles[style] if style is not None and style < len(self.styles) else None,
+            "style_source": report.get("style_source") or ("picked" if request.get("style_picked") else
+                                                           "given" if request["style"] is not None else None),
+            "density": density_label(density), "density_source": "given" if request["density"] is not None else
+            ("primer" if density is not None else None),
+            "chords": " ".join("/".join(ctl.chord_label(c) for c in bar) for bar in request["progression"])
+            if request["progression"] else ("the model's" if "chord" in names else None),
+            "primer_bars": request.get("primer_bars"),
+        })
+        self.last_controls = report
 
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
-        sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint)
+        sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan)
         rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
         for generated in rows:
@@ -206,7 +309,37 @@ class Generator:
             notes = np.array(dec.notes[skip:], dtype=np.int64).reshape(-1, 5)
             notes = clip_notes(notes, end)
             songs.append(Song(notes, like.resolution, like.tempos, like.time_signatures, dict(like.names)))
-        return songs, key_name(*key_value) if key_value else None
+        used_key = report["scale_mask"] or report["key"]
+        return songs, used_key
+
+    def _prime(self, prefix, primer_controls, style, report):
+        """Run the primer through the network: (style id or None, h, c). Without a given style,
+        the primer is run once per style (as rows of one batch) and the style under which it is
+        most likely wins."""
+        config = self.checkpoint.model_config
+        if primer_controls is None:
+            h, c = self.net.prime(prefix[:-1])
+            return None, h, c
+        columns = ctl.columns_of(config)
+        full = np.concatenate([primer_controls, np.zeros((len(primer_controls), 1), np.uint8)], axis=1).astype(np.int64)
+        if "style" not in config.control_names:
+            (h, c) = self.net.prime(prefix[:-1], full[:-1][:, columns])
+            return None, h, c
+        candidates = [style] if style is not None else list(range(len(self.styles)))
+        rows = np.repeat(full[None, :-1], len(candidates), axis=0)
+        rows[:, :, ctl.STYLE] = np.array(candidates)[:, None]
+        (h, c), logits = self.net.prime(prefix[:-1], rows[..., columns], rows=len(candidates), want_logits=True)
+        best = 0
+        if len(candidates) > 1:
+            logits = logits[:, :-1].astype(np.float64)  # logits[t] predicts prefix[t + 1]
+            log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+            target = prefix[1:-1]
+            score = (np.take_along_axis(logits, np.broadcast_to(target[None, :, None], logits.shape[:2] + (1,)), -1)[..., 0]
+                     - log_z).sum(1)
+            best = int(score.argmax())
+            report["style_source"] = "primer"
+            report["style_scores"] = {self.styles[s]: round(float(v), 1) for s, v in zip(candidates, score)}
+        return candidates[best], h[:, best:best + 1], c[:, best:best + 1]
 
     def _stopping(self, length: Length, like: Song, grid, start_time: int, rows: int):
         """(end step or None, stop(state, tokens, kinds) -> bool per row, token budget)."""
@@ -245,6 +378,15 @@ class Generator:
                 on_note((onset + offset, dur, pitch, vel, prog))
 
         return on_token
+
+
+def density_label(bucket) -> str | None:
+    if bucket is None:
+        return None
+    names = {v: k for k, v in ctl.DENSITY_NAMES.items()}
+    edges = (0.0,) + ctl.DENSITY_EDGES
+    low = edges[bucket] if bucket < len(edges) else edges[-1]
+    return names.get(bucket, "very low" if bucket == 0 else "very high") + f" ({low:g}+ notes/beat)"
 
 
 def clip_notes(notes: np.ndarray, end: int | None) -> np.ndarray:

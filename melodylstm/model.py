@@ -12,7 +12,9 @@ class MelodyLSTM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding)
-        self.lstm = nn.LSTM(c.embedding, c.hidden, c.layers, batch_first=True,
+        # one small embedding per control, concatenated with the token embedding (Performance RNN's way)
+        self.control_embed = nn.ModuleDict({name: nn.Embedding(values, dim) for name, values, dim in c.controls})
+        self.lstm = nn.LSTM(c.input_size, c.hidden, c.layers, batch_first=True,
                             dropout=c.dropout if c.layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
         # with tied weights the LSTM output is first projected down to the embedding size
@@ -21,9 +23,15 @@ class MelodyLSTM(nn.Module):
         if c.tie_weights:
             self.head.weight = self.embed.weight
 
-    def forward(self, tokens: torch.Tensor, state=None):
-        """tokens (batch, time) -> logits (batch, time, vocab), (h, c)."""
-        x = self.drop(self.embed(tokens))
+    def forward(self, tokens: torch.Tensor, controls: torch.Tensor | None = None, state=None):
+        """tokens (batch, time), controls (batch, time, n controls) in the config's order
+        -> logits (batch, time, vocab), (h, c)."""
+        x = self.embed(tokens)
+        if self.config.controls:
+            if controls is None:
+                raise ValueError("this model needs its control inputs (use unknown values to leave them out)")
+            x = torch.cat([x] + [emb(controls[..., i]) for i, emb in enumerate(self.control_embed.values())], dim=-1)
+        x = self.drop(x)
         if x.device.type == "cpu" and cpu_autocast_enabled():
             # oneDNN has no reduced-precision LSTM on most CPUs: the recurrence stays fp32 there,
             # embedding and output layer still run under autocast

@@ -37,7 +37,13 @@ class FastLSTM:
             return w_ih * scale[:, None], w_hh * scale[:, None], bias
 
         w_ih0, w_hh0, b0 = packed(0)
-        self.table = (sd["embed.weight"] @ w_ih0.T + b0).astype(dtype)  # (vocab, 4H): layer 0 input, bias included
+        E = sd["embed.weight"].shape[1]
+        self.table = (sd["embed.weight"] @ w_ih0[:, :E].T + b0).astype(dtype)  # (vocab, 4H): layer 0 input, bias included
+        # each control input is a lookup table too: its share of layer 0's input projection
+        self.control_tables, col = [], E
+        for name, _, dim in getattr(c, "controls", ()):
+            self.control_tables.append((sd[f"control_embed.{name}.weight"] @ w_ih0[:, col:col + dim].T).astype(dtype))
+            col += dim
         self.w = [np.ascontiguousarray(w_hh0.T, dtype=dtype)]  # (H, 4H)
         self.b = [None]
         for k in range(1, c.layers):
@@ -71,14 +77,17 @@ class FastLSTM:
                     self.xh[k + 1][:, :H] = h[k]
             self.c[:] = c
 
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed one token per row; returns logits (batch, vocab), valid until the next call."""
+    def step(self, tokens: np.ndarray, controls: np.ndarray | None = None) -> np.ndarray:
+        """Feed one token per row (and its control values, (batch, controls)); returns logits
+        (batch, vocab), valid until the next call."""
         H, g, tmp = self.hidden, self.gates, self.tmp
         for k in range(self.layers):
             xh = self.xh[k]
             if k == 0:
                 np.matmul(xh[:, H:], self.w[0], out=g)
                 g += self.table[tokens]
+                for i, table in enumerate(self.control_tables):
+                    g += table[controls[:, i]]
             else:
                 np.matmul(xh, self.w[k], out=g)
                 g += self.b[k]
@@ -105,14 +114,47 @@ class FastLSTM:
         H = self.hidden
         return np.stack([x[:, H:] for x in self.xh]), self.c.copy()
 
-    def prime(self, tokens) -> tuple[np.ndarray, np.ndarray]:
-        """Run a primer through one row; returns (h, c) of shape (layers, 1, H)."""
-        self.reset(1)
-        column = np.zeros(1, dtype=np.int64)
-        for t in np.asarray(tokens).tolist():
-            column[0] = t
-            self.step(column)
-        return self.state()
+    def prime(self, tokens, controls=None, rows: int = 1, want_logits: bool = False):
+        """Run a primer through `rows` rows at once (controls (T, C) shared, or (rows, T, C));
+        returns (h, c) of shape (layers, rows, H), plus the logits after every token
+        ((rows, T, vocab)) with `want_logits`.
+
+        Layer by layer over the whole sequence: each layer's input projection for all steps is one
+        large matrix product, and only the recurrent half runs step by step."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        T, H = len(tokens), self.hidden
+        self.reset(rows)
+        if T == 0:
+            return (self.state(), np.zeros((rows, 0, self.vocab), np.float32)) if want_logits else self.state()
+        x = np.broadcast_to(self.table[tokens], (rows, T, 4 * H)).astype(np.float32)  # layer 0 input projection
+        if self.control_tables:
+            controls = np.asarray(controls, dtype=np.int64)
+            controls = np.broadcast_to(controls, (rows,) + controls.shape[-2:])
+            for i, table in enumerate(self.control_tables):
+                x = x + table[controls[:, :, i]]
+        outputs = np.empty((rows, T, H), dtype=np.float32)
+        for k in range(self.layers):
+            w_hh = self.w[k] if k == 0 else self.w[k][H:]
+            if k > 0:  # the input half of the packed weights, for every step at once
+                x = outputs @ self.w[k][:H] + self.b[k]
+            h, c = self.xh[k][:, H:], self.c[k]
+            for t in range(T):
+                g = x[:, t] + h @ w_hh
+                with np.errstate(over="ignore"):
+                    np.exp(g, out=g)
+                g += 1.0
+                np.reciprocal(g, out=g)
+                cand = g[:, 3 * H:] * 2.0 - 1.0
+                c *= g[:, H: 2 * H]
+                c += g[:, :H] * cand
+                h[:] = g[:, 2 * H: 3 * H] * np.tanh(c)
+                outputs[:, t] = h
+            if k + 1 < self.layers:
+                self.xh[k + 1][:, :H] = h
+        state = self.state()
+        if want_logits:
+            return state, outputs @ self.w_out + self.b_out
+        return state
 
 
 # ---------------------------------------------------------------- musical constraints
@@ -125,10 +167,7 @@ SCALES = {
     "mixolydian": [0, 2, 4, 5, 7, 9, 10], "locrian": [0, 1, 3, 5, 6, 8, 10],
     "major-pentatonic": [0, 2, 4, 7, 9], "minor-pentatonic": [0, 3, 5, 7, 10], "blues": [0, 3, 5, 6, 7, 10],
 }
-# Krumhansl-Kessler key profiles, for --key auto
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-TONIC_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+from .controls import TONIC_NAMES  # noqa: E402
 
 
 def parse_pitch(text: str) -> int:
@@ -183,21 +222,13 @@ def key_name(tonic: int, scale: str) -> str:
 
 
 def estimate_key(notes: np.ndarray) -> tuple[int, str]:
-    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
-    24 rotated major/minor profiles and take the best."""
-    from .midi import DRUMS, DURATION, PITCH, PROGRAM
+    """Krumhansl-Schmuckler estimate of the key of some notes (controls.estimate_key)."""
+    from .controls import estimate_key as ks
 
-    pitched = notes[notes[:, PROGRAM] != DRUMS]
-    if len(pitched) == 0:
-        raise ValueError("--key auto: the primer has no pitched notes to estimate a key from")
-    hist = np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
-    best, best_key = -2.0, (0, "major")
-    for scale, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
-            if np.isfinite(r) and r > best:
-                best, best_key = r, (tonic, scale)
-    return best_key
+    try:
+        return ks(notes)
+    except ValueError:
+        raise ValueError("--key auto: the primer has no pitched notes to estimate a key from") from None
 
 
 def pitch_mask(tok: Tokenizer, key: tuple[int, str] | None, pitch_range: tuple[int, int] | None) -> np.ndarray:
@@ -230,8 +261,10 @@ class Sampler:
     MAX_CHORD = 16  # notes starting together before time must move on: no runaway chords
 
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
-                 constraint: np.ndarray | None = None):
-        self.net, self.tok = net, tok
+                 constraint: np.ndarray | None = None, plan=None):
+        """plan: a controls.ControlPlan giving the control inputs at each step (None: a model
+        without controls)."""
+        self.net, self.tok, self.plan = net, tok, plan
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
         follow[:, EOS] = NEG_INF  # length is set by the options, not by the model stopping early
@@ -258,8 +291,9 @@ class Sampler:
         grid = state["grid"]
         current = state["last_token"].copy()
         for _ in range(max_tokens):
+            controls = self.plan.values(state["time"]) if self.plan is not None else None
             with np.errstate(over="ignore"):  # exp(+large) = inf is the intended sigmoid(-large) = 0
-                logits = net.step(current)
+                logits = net.step(current, controls)
             logits += self.follow[state["last_type"]]
             if tok.config.bar_tokens:
                 room = np.clip(state["next_bar"] - state["time"], 0, tok.max_shift + 1)

@@ -1,5 +1,8 @@
 """Training: `melodylstm train FOLDER`.
 
+A run is planned by a budget (steps, time, or both: whichever binds first), not by epochs: the
+learning rate warms up, then decays on a cosine that ends exactly when the budget ends, and
+validation runs a fixed number of times per budget (early stopping counts evaluations).
 Data order and dropout noise are pure functions of (seed, rank, step), so a resumed run repeats
 exactly what an uninterrupted one would do, with no random state to save. Multi-GPU and
 multi-node runs use torchrun + DistributedDataParallel."""
@@ -10,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,33 +22,42 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import WindowSampler, load_corpus, validation_windows
+from . import controls as ctl
+from .config import CONTROL_DIMS
+from .data import WindowSampler, load_corpus, validation_index
 from .config import ModelConfig
 from .model import MelodyLSTM
+from .recipe import recipe_for
 from .tokenizer import PAD, Tokenizer
 
 
 @dataclass
 class TrainConfig:
     out: str
-    epochs: int = 30
-    max_steps: int = 0  # 0: as many as `epochs` take
-    max_time: float = 0.0  # seconds; 0: no limit
-    batch_size: int = 32
-    seq_len: int = 256
-    lr: float = 3e-3
+    max_steps: int = 0  # budget in steps (0: none)
+    max_time: float = 0.0  # budget in seconds (0: none); with neither, the recipe's default steps
+    epochs: float = 0.0  # another way to give a step budget: this many passes over the training tokens
+    batch_size: int | None = None  # None: the recipe's value for this corpus (recipe.py)
+    seq_len: int | None = None
+    lr: float | None = None
     weight_decay: float = 0.01
-    warmup: int = 100  # steps of linear warm-up, then cosine decay to lr/10
+    warmup: int = 100  # steps of linear warm-up (at most a tenth of a step budget)
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    transpose: int = 5  # augmentation: random transposition within +-N semitones
+    transpose: int | None = None  # augmentation: random transposition within +-N semitones
     val_fraction: float = 0.1
-    patience: int = 5  # epochs without validation improvement before stopping
+    controls: bool = True  # learn the control inputs (key, chord, density, position, style)
+    style: str | None = None  # the style of every file (default: first-level subfolder names)
+    evals: int = 20  # validations per budget
+    patience: int = 5  # validations without improvement before stopping (0: never stop early)
     save_interval: float = 120.0  # seconds between safety checkpoints
     compile: bool = False
     log_every: int = 10
+
+
+MAX_VAL_TOKENS = 131_072  # an evenly spread subset of a big validation split: 20 validations stay cheap
 
 
 # ---------------------------------------------------------------- devices and processes
@@ -111,26 +123,49 @@ def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 
 # ---------------------------------------------------------------- schedule, step, validation
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass(frozen=True)
+class Budget:
+    """What a run may spend: steps, seconds, or both (whichever runs out first ends it)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.steps <= 0 and self.seconds <= 0:
+            raise ValueError("a training budget needs steps or time")
+
+    def progress(self, step: int, elapsed: float) -> float:
+        """0 at the start, 1 when the budget is spent."""
+        done = max(step / self.steps if self.steps else 0.0, elapsed / self.seconds if self.seconds else 0.0)
+        return min(1.0, done)
+
+    def describe(self) -> str:
+        parts = ([f"{self.steps:,} steps"] if self.steps else []) + ([f"{self.seconds / 60:g} minutes"] if self.seconds else [])
+        return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
 
 
-def batch_for_step(sampler: WindowSampler, seed: int, rank: int, step: int) -> np.ndarray:
+def lr_at(step: int, progress: float, cfg: TrainConfig, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, times a cosine from 1 to 0.1 over the budget's progress:
+    the decay ends exactly when the budget does, whether time or steps bind."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def batch_for_step(sampler: WindowSampler, seed: int, rank: int, step: int):
+    """(tokens (B, T+1), controls (B, T+1, C) or None) for this step: a pure function of its arguments."""
     sampler.rng = np.random.Generator(np.random.PCG64([seed, rank, step]))
-    return sampler.next_batch()
+    batch = sampler.next_batch()
+    return batch if isinstance(batch, tuple) else (batch, None)
 
 
-def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    logits, _ = model(batch[:, :-1])
+def lm_loss(model, batch: torch.Tensor, controls: torch.Tensor | None = None) -> torch.Tensor:
+    logits, _ = model(batch[:, :-1], None if controls is None else controls[:, :-1])
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), ignore_index=PAD)
 
 
-def train_step(model, optimizer, batch, autocast, scaler, grad_clip: float) -> torch.Tensor:
+def train_step(model, optimizer, batch, controls, autocast, scaler, grad_clip: float) -> torch.Tensor:
     with autocast():
-        loss = lm_loss(model, batch)
+        loss = lm_loss(model, batch, controls)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -146,16 +181,17 @@ def train_step(model, optimizer, batch, autocast, scaler, grad_clip: float) -> t
 
 
 @torch.no_grad()
-def validation_nll(model, windows: np.ndarray, device, autocast, batch_size: int = 32) -> float:
-    """Mean NLL in nats per token over fixed validation windows."""
+def validation_nll(model, windows: np.ndarray, device, autocast, batch_size: int = 32, controls=None) -> float:
+    """Mean NLL in nats per token over fixed validation windows (controls given, none hidden)."""
     if len(windows) == 0:
         return float("nan")
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         batch = to_device(windows[i:i + batch_size], device)
+        ctl = None if controls is None else to_device(controls[i:i + batch_size, :-1], device)
         with autocast():
-            logits, _ = model(batch[:, :-1])
+            logits, _ = model(batch[:, :-1], ctl)
         targets = batch[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                               ignore_index=PAD, reduction="sum")
@@ -190,14 +226,16 @@ def optimizer_from_tensors(optimizer, tensors: dict, param_groups: list) -> None
 class Run:
     """Everything one training run owns: model, optimizer, data, counters, output folder."""
 
-    def __init__(self, corpus, tokenizer: Tokenizer, model_config: ModelConfig, cfg: TrainConfig,
+    def __init__(self, corpus, tokenizer: Tokenizer, model_config: ModelConfig | dict | None, cfg: TrainConfig,
                  resume=None, init_from=None, data_options=None, log=print, progress=True):
-        self.cfg, self.log, self.corpus = cfg, log, str(corpus)
+        """model_config: a ModelConfig, or a dict of model settings (None values: the recipe's)."""
+        self.cfg, self.log = cfg, log
+        self.corpus = [str(c) for c in corpus] if isinstance(corpus, (list, tuple)) else str(corpus)
         self.dist = setup_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         self.out = Path(cfg.out)
         self.progress = progress and self.dist.main
-        self.step, self.epoch, self.best_val, self.bad_epochs, self.elapsed = 0, 0, float("inf"), 0, 0.0
+        self.step, self.evals_done, self.best_val, self.bad_evals, self.elapsed = 0, 0, float("inf"), 0, 0.0
         self.history = []
 
         start = None
@@ -210,9 +248,25 @@ class Run:
         elif (self.out / "last.safetensors").exists():
             raise ValueError(f"{self.out} already holds a training run: add --resume to continue it, "
                              f"or choose another folder with -o")
-        self.tok, self.model_config = tokenizer, model_config
-
-        self.report, self.store = self._load_data(corpus, data_options or {})
+        self.tok = tokenizer
+        known_styles = model_config.styles if isinstance(model_config, ModelConfig) and (resume or init_from) else None
+        self.report, self.store = self._load_data(corpus, {**(data_options or {}), "style": cfg.style,
+                                                           "styles": known_styles})
+        self.recipe = recipe_for(len(self.store.train))
+        if start is not None:  # a resumed run keeps its own recipe and budget, so its schedule is unchanged
+            saved = start.train_state.get("train_config", {})
+            keep = ("out", "device", "precision", "compile", "save_interval", "log_every")
+            cfg = self.cfg = replace(cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)})
+        cfg = self.cfg = replace(cfg, **{k: getattr(self.recipe, k) for k in ("batch_size", "seq_len", "lr", "transpose")
+                                         if getattr(cfg, k) is None})
+        if not isinstance(model_config, ModelConfig):
+            chosen = {k: v for k, v in (model_config or {}).items() if v is not None}
+            styles = self.store.styles
+            controls = ctl.model_controls(tokenizer.config.resolution, styles, CONTROL_DIMS, cfg.controls)
+            model_config = ModelConfig(len(tokenizer), **{**{k: getattr(self.recipe, k) for k in
+                                                             ("embedding", "hidden", "layers", "dropout")}, **chosen},
+                                       controls=controls, styles=tuple(styles) if controls else ())
+        self.model_config = model_config
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
         fused = self.device.type == "cuda"
@@ -229,11 +283,56 @@ class Run:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
-        self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose)
-        self.val_windows = validation_windows(self.store.val, self.sampler.seq_len)
-        tokens_per_step = cfg.batch_size * self.sampler.seq_len * self.dist.world
-        self.steps_per_epoch = max(1, math.ceil(len(self.store.train) / tokens_per_step))
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        columns = ctl.columns_of(model_config)
+        train_controls = self.store.train_controls[:, columns] if columns else None
+        self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
+                                     train_controls, ctl.unknown_of(model_config))
+        index = validation_index(len(self.store.val), self.sampler.seq_len, MAX_VAL_TOKENS)
+        self.val_windows = self.store.val[index].astype(np.int64)
+        self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None
+        self.tokens_per_step = cfg.batch_size * self.sampler.seq_len * self.dist.world
+        self.steps_per_epoch = max(1, math.ceil(len(self.store.train) / self.tokens_per_step))
+        self.budget = self._plan_budget()
+        self.warmup = min(cfg.warmup, max(1, self.budget.steps // 10)) if self.budget.steps else cfg.warmup
+        self.next_eval = self._eval_after(self.step, self.budget.progress(self.step, self.elapsed))
+
+    def _plan_budget(self) -> Budget:
+        """The user's budget (steps and/or time, or epochs as steps), else the recipe's default."""
+        from .recipe import default_steps
+
+        cfg = self.cfg
+        steps = cfg.max_steps or (math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs else 0)
+        if not steps and not cfg.max_time:
+            steps = default_steps(len(self.store.train), self.tokens_per_step)
+        return Budget(steps, cfg.max_time)
+
+    def _eval_after(self, step: int, progress: float) -> float:
+        """Progress at which the next validation runs: `evals` evenly spread over the budget."""
+        gap = 1.0 / max(1, self.cfg.evals)
+        return min(1.0, (math.floor(progress / gap + 1e-9) + 1) * gap)
+
+    def describe_plan(self) -> str:
+        """What the run will do and why, for the user (printed at start)."""
+        c, m, r = self.cfg, self.model_config, self.recipe
+        by_hand = " (some values set by hand)" if (c.batch_size, c.seq_len, c.lr, c.transpose, m.layers, m.hidden) != (
+            r.batch_size, r.seq_len, r.lr, r.transpose, r.layers, r.hidden) else ""
+        budget = self.budget.describe()
+        if self.budget.steps:
+            budget += f" (= {self.budget.steps / self.steps_per_epoch:.1f} epochs)"
+        styles = self.report.get("styles") or {}
+        controls = ", ".join(m.control_names) or "none"
+        return (f"recipe: {r.size} corpus{by_hand}: {r.reason}\n"
+                + (f"styles: {', '.join(f'{k} ({v} files)' for k, v in styles.items())}\n" if styles else "")
+                + f"controls: {controls}\n"
+                f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}, dropout {m.dropout}), "
+                f"{self.model.num_parameters():,} parameters, on {self.device}; windows {c.batch_size}x{self.sampler.seq_len}, "
+                f"lr {c.lr:g}, transposition +-{c.transpose}\n"
+                f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
+                f"{c.evals} validations, early stop after {c.patience} without improvement")
+
+    @property
+    def epochs_done(self) -> float:
+        return self.step * self.tokens_per_step / max(1, len(self.store.train))
 
     def _resume_path(self, resume) -> Path:
         path = Path(resume) if isinstance(resume, (str, Path)) and str(resume) not in ("", "True") else self.out
@@ -255,9 +354,9 @@ class Run:
         self.model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ckpt.float_weights().items()})
         state = ckpt.train_state
         optimizer_from_tensors(self.optimizer, ckpt.train_tensors_torch(), state["param_groups"])
-        self.step, self.epoch = state["step"], state["epoch"]
+        self.step, self.evals_done = state["step"], state.get("evals", 0)
         self.best_val = state.get("best_val") or float("inf")
-        self.bad_epochs, self.elapsed = state.get("bad_epochs", 0), state.get("elapsed", 0.0)
+        self.bad_evals, self.elapsed = state.get("bad_evals", 0), state.get("elapsed", 0.0)
 
     # -------------------------------------------------------- checkpoints and logs
 
@@ -265,8 +364,8 @@ class Run:
         if not self.dist.main:
             return
         tensors, groups = optimizer_to_tensors(self.optimizer)
-        state = {"step": self.step, "epoch": self.epoch, "best_val": self._finite(self.best_val),
-                 "bad_epochs": self.bad_epochs, "elapsed": self.elapsed, "param_groups": groups,
+        state = {"step": self.step, "evals": self.evals_done, "best_val": self._finite(self.best_val),
+                 "bad_evals": self.bad_evals, "elapsed": self.elapsed, "param_groups": groups,
                  "train_config": asdict(self.cfg)}
         meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "corpus": {k: self.report[k] for k in ("files_used", "notes", "tokens", "seconds")},
@@ -296,89 +395,103 @@ class Run:
     def validate(self) -> float:
         nll = float("nan")
         if self.dist.main:
-            nll = validation_nll(self.model, self.val_windows, self.device, self.autocast)
+            nll = validation_nll(self.model, self.val_windows, self.device, self.autocast, controls=self.val_controls)
         if self.dist.world > 1:
             value = torch.tensor([nll], dtype=torch.float64)
             torch.distributed.broadcast(value, 0)
             nll = float(value)
         return nll
 
-    def end_epoch(self) -> bool:
+    def evaluate_and_save(self) -> bool:
         """Validate, keep the best checkpoint; True when early stopping says enough."""
-        self.epoch += 1
+        self.evals_done += 1
         nll = self.validate()
-        record = {"step": self.step, "epoch": self.epoch, "val_nll": self._finite(nll),
-                  "val_bits_per_note": self._bits_per_note(nll)}
+        record = {"step": self.step, "epoch": round(self.epochs_done, 3), "val_nll": self._finite(nll),
+                  "val_bits_per_note": self._bits_per_note(nll), "elapsed_s": round(self.elapsed, 2)}
         self.log_metrics(record)
         if not math.isfinite(nll):  # no validation files: keep the latest as best
             self.save("best.safetensors")
         elif nll < self.best_val - 1e-4:
-            self.best_val, self.bad_epochs = nll, 0
+            self.best_val, self.bad_evals = nll, 0
             self.save("best.safetensors", nll)
         else:
-            self.bad_epochs += 1
+            self.bad_evals += 1
         self.save("last.safetensors")
         if self.dist.main:
-            self.log(f"epoch {self.epoch}: validation {nll:.4f} nats/token"
+            self.log(f"step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
+                     f"validation {nll:.4f} nats/token"
                      + (f", {record['val_bits_per_note']:.2f} bits/note" if record["val_bits_per_note"] else ""))
-        return self.cfg.patience > 0 and self.bad_epochs >= self.cfg.patience
+        return self.cfg.patience > 0 and self.bad_evals >= self.cfg.patience
 
-    def train(self) -> str:
-        """Run to the end; returns 'done', 'early-stopped', 'time-limit' or 'interrupted'."""
+    def train(self, clock=time.perf_counter) -> str:
+        """Run until the budget is spent; returns 'done', 'early-stopped' or 'interrupted'.
+        `clock` is read once per step (tests pass a fake one)."""
         from tqdm import tqdm
 
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
             (self.out / "ingest.json").write_text(json.dumps(self.report, indent=2))
-        cfg, model = self.cfg, self.train_model
+        cfg, model, budget = self.cfg, self.train_model, self.budget
         model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, unit="step",
-                   dynamic_ncols=True, leave=False)
-        tokens_per_step = cfg.batch_size * self.sampler.seq_len * self.dist.world
-        started, last_save, status = time.perf_counter() - self.elapsed, time.perf_counter(), "done"
-        window_start, window_steps, running = time.perf_counter(), 0, None
+        bar = tqdm(total=1000, initial=round(1000 * budget.progress(self.step, self.elapsed)), disable=not self.progress,
+                   unit="‰", dynamic_ncols=True, leave=False, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+        started, status = clock() - self.elapsed, "done"
+        last_save = window_start = clock()
+        window_steps, running, evaluated_at = 0, None, -1
+        progress = budget.progress(self.step, self.elapsed)
         try:
-            while self.step < self.total_steps:
+            while progress < 1.0:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr_at(self.step, self.total_steps, cfg)
+                    group["lr"] = lr_at(self.step, progress, cfg, self.warmup)
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.dist.rank)  # dropout noise
-                batch = to_device(batch_for_step(self.sampler, cfg.seed, self.dist.rank, self.step), self.device)
-                loss = train_step(model, self.optimizer, batch, self.autocast, self.scaler, cfg.grad_clip)
+                batch, controls = batch_for_step(self.sampler, cfg.seed, self.dist.rank, self.step)
+                batch = to_device(batch, self.device)
+                controls = None if controls is None else to_device(controls, self.device)
+                loss = train_step(model, self.optimizer, batch, controls, self.autocast, self.scaler, cfg.grad_clip)
                 self.step += 1
                 window_steps += 1
-                self.elapsed = time.perf_counter() - started
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                now = clock()
+                self.elapsed = self._agree(now - started)
+                progress = budget.progress(self.step, self.elapsed)
+                if self.step % cfg.log_every == 0 or progress >= 1.0:
                     value = float(loss)  # one device sync per log interval, not per step
-                    rate = window_steps * tokens_per_step / max(1e-9, time.perf_counter() - window_start)
+                    rate = window_steps * self.tokens_per_step / max(1e-9, now - window_start)
                     running = value if running is None else 0.9 * running + 0.1 * value
-                    self.log_metrics({"step": self.step, "epoch": self.epoch, "loss": value,
-                                      "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": round(rate),
-                                      "elapsed_s": round(self.elapsed, 2)})
-                    bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{rate:,.0f}")
-                    window_start, window_steps = time.perf_counter(), 0
-                bar.update(1)
-                if self.step % self.steps_per_epoch == 0 and self.end_epoch():
-                    status = "early-stopped"
-                    break
-                if cfg.max_time and self.elapsed >= cfg.max_time:
-                    status = "time-limit"
-                    break
-                if time.perf_counter() - last_save > cfg.save_interval:
+                    self.log_metrics({"step": self.step, "loss": value, "lr": self.optimizer.param_groups[0]["lr"],
+                                      "tokens_per_s": round(rate), "elapsed_s": round(self.elapsed, 2)})
+                    bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{rate:,.0f}", step=self.step)
+                    window_start, window_steps = now, 0
+                bar.update(round(1000 * progress) - bar.n)
+                if progress >= self.next_eval:
+                    self.next_eval = self._eval_after(self.step, progress)
+                    evaluated_at = self.step
+                    if self.evaluate_and_save():
+                        status = "early-stopped"
+                        break
+                    last_save = now
+                if now - last_save > cfg.save_interval:
                     self.save("last.safetensors")
-                    last_save = time.perf_counter()
+                    last_save = now
         except KeyboardInterrupt:
             status = "interrupted"
         finally:
             bar.close()
-        if status != "early-stopped" and self.step % self.steps_per_epoch != 0:
-            if status == "interrupted":
-                self.save("last.safetensors")
-            else:
-                self.end_epoch()
+        if status == "interrupted":
+            self.save("last.safetensors")
+        elif evaluated_at != self.step:
+            self.evaluate_and_save()
         if self.dist.main:
             self.write_loss_curve()
         self.check_ranks_in_sync()
         return status
+
+    def _agree(self, elapsed: float) -> float:
+        """All ranks must see the same clock, or a time budget would end them at different steps."""
+        if self.dist.world <= 1 or not self.budget.seconds:
+            return elapsed
+        value = torch.tensor([elapsed], dtype=torch.float64)
+        torch.distributed.broadcast(value, 0)
+        return float(value)
 
     def check_ranks_in_sync(self) -> None:
         if self.dist.world <= 1:

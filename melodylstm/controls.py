@@ -1,0 +1,418 @@
+"""Controls: what the model is told at every step besides the tokens, so it can hold a key, a
+style, a chord progression, a note density and its place in the bar.
+
+Each control is computed from the notes during ingest (cached with the tokens), moves with the
+notes under transposition, and has an "unknown" value: training hides each control at random,
+so every control is optional when generating. Per token, a control describes the moment right
+after that token (the time at which the next note would start).
+
+* key      24 keys (12 tonics x major/minor) per piece, Krumhansl-Schmuckler estimate
+* chord    per beat: 12 roots x 7 qualities or "no chord", by template matching (below)
+* density  per bar: note onsets per beat, in 5 buckets
+* position steps since the bar line (the sampler knows it exactly)
+* style    the piece's style (first-level subfolder of the training folder), per piece
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, BarGrid
+
+CONTROLS_VERSION = 1  # part of the token cache key: bump when any estimate below changes
+
+# ---------------------------------------------------------------- keys
+
+TONIC_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+MODES = ("major", "minor")
+KEY_UNKNOWN = 24
+N_KEYS = 25
+# Krumhansl-Kessler key profiles
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+SCALE_STEPS = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}
+
+
+def key_index(tonic: int, mode: str) -> int:
+    return tonic % 12 + (12 if mode == "minor" else 0)
+
+
+def key_of_index(index: int) -> tuple[int, str]:
+    return index % 12, MODES[index // 12]
+
+
+def key_label(index: int) -> str:
+    if index == KEY_UNKNOWN:
+        return "unknown"
+    tonic, mode = key_of_index(index)
+    return f"{TONIC_NAMES[tonic]}:{mode}"
+
+
+def estimate_key(notes: np.ndarray) -> tuple[int, str]:
+    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
+    24 rotated major/minor profiles and take the best."""
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    if len(pitched) == 0:
+        raise ValueError("no pitched notes to estimate a key from")
+    hist = np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
+    best, best_key = -2.0, (0, "major")
+    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
+        for tonic in range(12):
+            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
+            if np.isfinite(r) and r > best:
+                best, best_key = r, (tonic, mode)
+    return best_key
+
+
+def estimate_key_index(notes: np.ndarray) -> int:
+    try:
+        return key_index(*estimate_key(notes))
+    except ValueError:
+        return KEY_UNKNOWN
+
+
+def in_key_rate(notes: np.ndarray, key: tuple[int, str]) -> float:
+    """Share of pitched notes whose pitch class is in the key's (natural) scale."""
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    if len(pitched) == 0:
+        return float("nan")
+    tonic, mode = key
+    return float(np.isin((pitched[:, PITCH] - tonic) % 12, SCALE_STEPS[mode]).mean())
+
+
+# ---------------------------------------------------------------- chords
+
+QUALITIES = {"": (0, 4, 7), "m": (0, 3, 7), "dim": (0, 3, 6), "aug": (0, 4, 8),
+             "7": (0, 4, 7, 10), "maj7": (0, 4, 7, 11), "m7": (0, 3, 7, 10)}
+QUALITY_NAMES = list(QUALITIES)
+NO_CHORD = 12 * len(QUALITIES)
+CHORD_UNKNOWN = NO_CHORD + 1
+N_CHORDS = NO_CHORD + 2
+QUALITY_ALIASES = {"": "", "maj": "", "M": "", "m": "m", "min": "m", "-": "m", "dim": "dim", "o": "dim",
+                   "aug": "aug", "+": "aug", "7": "7", "dom7": "7", "maj7": "maj7", "M7": "maj7", "m7": "m7",
+                   "min7": "m7", "-7": "m7"}
+# one row per chord: its pitch classes, unit length (cosine similarity with a histogram)
+TEMPLATES = np.zeros((NO_CHORD, 12))
+for _q, _intervals in enumerate(QUALITIES.values()):
+    for _root in range(12):
+        TEMPLATES[_root * len(QUALITIES) + _q, [(_root + i) % 12 for i in _intervals]] = 1.0
+TEMPLATES /= np.linalg.norm(TEMPLATES, axis=1, keepdims=True)
+KEEP_PREVIOUS = 0.9  # a beat keeps the previous chord unless another fits clearly better
+
+
+def chord_index(root: int, quality: str) -> int:
+    return (root % 12) * len(QUALITIES) + QUALITY_NAMES.index(quality)
+
+
+def chord_pitch_classes(index: int) -> tuple[int, ...]:
+    if index >= NO_CHORD:
+        return ()
+    root, q = divmod(index, len(QUALITIES))
+    return tuple((root + i) % 12 for i in QUALITIES[QUALITY_NAMES[q]])
+
+
+def chord_label(index: int) -> str:
+    if index == NO_CHORD:
+        return "N.C."
+    if index == CHORD_UNKNOWN:
+        return "?"
+    root, q = divmod(index, len(QUALITIES))
+    return TONIC_NAMES[root] + QUALITY_NAMES[q]
+
+
+def parse_chord(text: str) -> int:
+    """'C', 'Dm7', 'F#dim', 'Bbmaj7', 'G7', 'N.C.' -> chord index."""
+    t = text.strip()
+    if t.upper().replace(".", "") in ("N", "NC"):
+        return NO_CHORD
+    accepted = "a root C..B with # or b, then one of: major (nothing), m, dim, aug, 7, maj7, m7; or N.C."
+    if not t or t[0].upper() not in "CDEFGAB":
+        raise ValueError(f"unparseable chord {text!r}: use {accepted}")
+    root = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[t[0].upper()]
+    rest = t[1:]
+    while rest[:1] in ("#", "b"):  # no quality name starts with b, so b is always a flat
+        root += 1 if rest[0] == "#" else -1
+        rest = rest[1:]
+    if rest not in QUALITY_ALIASES:
+        raise ValueError(f"unparseable chord {text!r}: use {accepted}")
+    return chord_index(root, QUALITY_ALIASES[rest])
+
+
+def parse_progression(text: str) -> list[int]:
+    chords = [parse_chord(c) for c in text.replace(",", " ").replace("|", " ").split()]
+    if not chords:
+        raise ValueError("--chords: give at least one chord, e.g. \"Dm7 G7 Cmaj7 Cmaj7\"")
+    return chords
+
+
+def beat_histograms(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndarray:
+    """(n_beats, 12): how long each pitch class sounds within each beat (drums excluded)."""
+    hist = np.zeros((n_beats, 12))
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    if len(pitched) == 0 or n_beats == 0:
+        return hist
+    onset, end = pitched[:, ONSET].astype(np.int64), (pitched[:, ONSET] + pitched[:, DURATION]).astype(np.int64)
+    pc = pitched[:, PITCH] % 12
+    first = onset // resolution
+    span = int(((end - 1) // resolution - first).max()) + 1
+    for k in range(span):  # a note's k-th beat: how much of it falls in that beat
+        beat = first + k
+        overlap = np.minimum(end, (beat + 1) * resolution) - np.maximum(onset, beat * resolution)
+        ok = (overlap > 0) & (beat < n_beats)
+        np.add.at(hist, (beat[ok], pc[ok]), overlap[ok])
+    return hist
+
+
+def estimate_chords(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndarray:
+    """One chord per beat by template matching: the cosine similarity of the beat's pitch-class
+    durations with each chord's pitch classes; the previous chord is kept unless another scores
+    clearly higher (a lone passing note does not change the harmony); silence is "no chord"."""
+    hist = beat_histograms(notes, n_beats, resolution)
+    norms = np.linalg.norm(hist, axis=1, keepdims=True)
+    scores = np.divide(hist, norms, out=np.zeros_like(hist), where=norms > 0) @ TEMPLATES.T
+    out = np.full(n_beats, NO_CHORD, dtype=np.int64)
+    previous = NO_CHORD
+    for b in range(n_beats):
+        if norms[b, 0] == 0:
+            previous = NO_CHORD
+            continue
+        best = int(scores[b].argmax())
+        if previous < NO_CHORD and scores[b, previous] >= KEEP_PREVIOUS * scores[b, best]:
+            best = previous
+        out[b] = previous = best
+    return out
+
+
+def chord_tone_rate(notes: np.ndarray, chords_per_beat, resolution: int, strong_every: int = 2) -> float:
+    """Share of the pitched notes sounding at strong beats (every `strong_every`-th beat: 1 and 3
+    in 4/4) whose pitch class belongs to that beat's chord. Beats without a chord are skipped."""
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    hits = total = 0
+    for b in range(0, len(chords_per_beat), strong_every):
+        tones = chord_pitch_classes(int(chords_per_beat[b]))
+        if not tones:
+            continue
+        t = b * resolution
+        sounding = pitched[(pitched[:, ONSET] <= t) & (pitched[:, ONSET] + pitched[:, DURATION] > t)]
+        hits += int(np.isin(sounding[:, PITCH] % 12, tones).sum())
+        total += len(sounding)
+    return hits / total if total else float("nan")
+
+
+# ---------------------------------------------------------------- density
+
+DENSITY_EDGES = (1.0, 1.75, 2.5, 3.5)  # note onsets per beat
+DENSITY_UNKNOWN = len(DENSITY_EDGES) + 1
+N_DENSITY = DENSITY_UNKNOWN + 1
+DENSITY_NAMES = {"low": 1, "medium": 2, "high": 3}
+
+
+def density_bucket(onsets_per_beat: float) -> int:
+    return int(np.searchsorted(DENSITY_EDGES, onsets_per_beat, side="right"))
+
+
+def parse_density(text) -> int:
+    """'low' | 'medium' | 'high' | a number of note onsets per beat -> bucket."""
+    t = str(text).strip().lower()
+    if t in DENSITY_NAMES:
+        return DENSITY_NAMES[t]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"unknown density {text!r}: use low, medium, high or note onsets per beat (e.g. 2)") from None
+    if not 0 <= value <= 48:
+        raise ValueError("--density: note onsets per beat must be between 0 and 48")
+    return density_bucket(value)
+
+
+def bar_densities(notes: np.ndarray, grid: BarGrid, n_bars: int, resolution: int) -> np.ndarray:
+    """Bucket of each bar's distinct note onsets per beat."""
+    out = np.zeros(n_bars, dtype=np.int64)
+    onsets = np.unique(notes[:, ONSET]) if len(notes) else np.zeros(0, dtype=np.int64)
+    starts = np.array([grid.start(i) for i in range(n_bars + 1)])
+    counts = np.diff(np.searchsorted(onsets, starts))
+    beats = np.diff(starts) / resolution
+    for i in range(n_bars):
+        out[i] = density_bucket(counts[i] / max(beats[i], 1e-9))
+    return out
+
+
+# ---------------------------------------------------------------- per token
+
+COLUMNS = ("key", "chord", "density", "position", "style")
+KEY, CHORD, DENSITY, POSITION, STYLE = range(len(COLUMNS))
+POSITION_BEATS = 8  # positions are told exactly up to 8 beats into a bar, then "unknown"
+
+
+def sizes(resolution: int, n_styles: int) -> dict:
+    """Number of values of each control, "unknown" included (the last value)."""
+    return {"key": N_KEYS, "chord": N_CHORDS, "density": N_DENSITY,
+            "position": POSITION_BEATS * resolution + 1, "style": n_styles + 1}
+
+
+def unknown_values(resolution: int, n_styles: int) -> np.ndarray:
+    return np.array([n - 1 for n in sizes(resolution, n_styles).values()], dtype=np.int64)
+
+
+def bar_at(grid: BarGrid, times: np.ndarray) -> np.ndarray:
+    """Index of the bar each time lies in (vectorized BarGrid lookup)."""
+    times = np.asarray(times, dtype=np.int64)
+    head = np.asarray(grid.head, dtype=np.int64)
+    in_head = np.searchsorted(head, times, side="right") - 1
+    tail = len(head) + (times - grid.tail_start) // grid.tail_length
+    return np.where((times < grid.tail_start) & (len(head) > 0), in_head, np.maximum(tail, 0))
+
+
+def bar_start(grid: BarGrid, bars: np.ndarray) -> np.ndarray:
+    """Start step of each bar index (vectorized BarGrid.start)."""
+    bars = np.asarray(bars, dtype=np.int64)
+    head = np.asarray(grid.head, dtype=np.int64)
+    tail = grid.tail_start + (bars - len(head)) * grid.tail_length
+    if len(head) == 0:
+        return tail
+    return np.where(bars < len(head), head[np.clip(bars, 0, len(head) - 1)], tail)
+
+
+def position_in_bar(grid: BarGrid, times: np.ndarray, resolution: int) -> np.ndarray:
+    """Steps since the bar line, capped: the value past the cap means "unknown"."""
+    times = np.asarray(times, dtype=np.int64)
+    return np.minimum(times - bar_start(grid, bar_at(grid, times)), POSITION_BEATS * resolution)
+
+
+def token_times(tokens, tok, grid: BarGrid) -> np.ndarray:
+    """Time (in steps) right after each token, following the decoder's rules."""
+    from .tokenizer import BAR, SHIFT
+
+    kinds, values = tok.token_type, tok.token_value
+    out = np.zeros(len(tokens), dtype=np.int64)
+    time, bar = 0, -1
+    for i, t in enumerate(np.asarray(tokens).tolist()):
+        kind = kinds[t]
+        if kind == SHIFT:
+            time += int(values[t])
+        elif kind == BAR:
+            bar += 1
+            if grid.start(bar) < time:
+                bar = grid.index_at_or_after(time)
+            time = grid.start(bar)
+        out[i] = time
+    return out
+
+
+def controls_for(song, tokens, tok) -> np.ndarray:
+    """(len(tokens), 4) uint8: key, chord, density, position after each token of `song`'s
+    encoding (style is added per file when the corpus is stored)."""
+    res = tok.config.resolution
+    grid = song.bar_grid()
+    times = token_times(tokens, tok, grid)
+    last = int(max(times.max() if len(times) else 0, song.end)) + 1
+    n_beats = last // res + 1
+    n_bars = int(bar_at(grid, np.array([last]))[0]) + 2
+    out = np.empty((len(tokens), 4), dtype=np.uint8)
+    out[:, KEY] = estimate_key_index(song.notes)
+    out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[times // res]
+    out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bar_at(grid, times)]
+    out[:, POSITION] = position_in_bar(grid, times, res)
+    return out
+
+
+def transpose(controls: np.ndarray, shift: np.ndarray) -> None:
+    """Move key and chord labels by `shift` semitones per row (in place; controls (B, T, C))."""
+    s = np.asarray(shift, dtype=np.int64)[:, None]
+    key = controls[..., KEY].astype(np.int64)
+    known = key < 24
+    controls[..., KEY] = np.where(known, (key // 12) * 12 + (key % 12 + s) % 12, key)
+    chord = controls[..., CHORD].astype(np.int64)
+    q = len(QUALITIES)
+    known = chord < NO_CHORD
+    controls[..., CHORD] = np.where(known, ((chord // q + s) % 12) * q + chord % q, chord)
+
+
+def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray) -> None:
+    """Set each control of each row to "unknown" with `probability` (in place; (B, T, C)):
+    the model learns to do without any of them."""
+    hidden = rng.random((controls.shape[0], controls.shape[2])) < probability
+    controls[:] = np.where(hidden[:, None, :], unknown[None, None, :controls.shape[2]], controls)
+
+
+def model_controls(resolution: int, styles, dims: dict, use_controls: bool = True) -> tuple:
+    """The (name, values, dim) control inputs of a new model: every control, style only when the
+    corpus has styles."""
+    if not use_controls:
+        return ()
+    n = sizes(resolution, len(styles))
+    return tuple((name, n[name], dims[name]) for name in COLUMNS if name != "style" or styles)
+
+
+def columns_of(model_config) -> list:
+    """Which stored control columns a model reads, in its input order."""
+    return [COLUMNS.index(name) for name in model_config.control_names]
+
+
+def unknown_of(model_config) -> np.ndarray:
+    return np.array([values - 1 for _, values, _ in model_config.controls], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- at generation time
+
+class ControlPlan:
+    """What the sampler tells the model at each step: fixed key, style and density (or
+    "unknown"), a chord progression laid over the bars from `start` on (or "unknown"), and the
+    exact position in the bar, computed from each row's time."""
+
+    def __init__(self, model_config, resolution: int, grid: BarGrid, key: int | None = None,
+                 style: int | None = None, density: int | None = None, progression=None, start: int = 0,
+                 earlier_chords=None):
+        """progression: bars, each a list of chord indices sharing the bar equally (one per bar,
+        or one per beat); repeated to any length; applies from step `start` on. Before `start`
+        (the primer), `earlier_chords` (one per beat, as estimated) are told."""
+        self.earlier_chords = earlier_chords
+        self.names = model_config.control_names
+        self.unknown = unknown_of(model_config)
+        self.res, self.grid, self.start = resolution, grid, start
+        self.progression = progression
+        self.fixed = {"key": key, "style": style, "density": density}
+        self.start_bar = int(bar_at(grid, np.array([start]))[0])
+
+    def chords_at(self, times: np.ndarray) -> np.ndarray:
+        bars = bar_at(self.grid, times)
+        starts = bar_start(self.grid, bars)
+        lengths = bar_start(self.grid, bars + 1) - starts
+        out = np.full(len(times), CHORD_UNKNOWN, dtype=np.int64)
+        for r in range(len(times)):
+            if times[r] < self.start:
+                beat = times[r] // self.res
+                if self.earlier_chords is not None and beat < len(self.earlier_chords):
+                    out[r] = self.earlier_chords[beat]
+                continue
+            if not self.progression:
+                continue
+            bar = self.progression[(bars[r] - self.start_bar) % len(self.progression)]
+            out[r] = bar[min(len(bar) - 1, (times[r] - starts[r]) * len(bar) // max(1, lengths[r]))]
+        return out
+
+    def values(self, times: np.ndarray) -> np.ndarray:
+        """(rows, controls) for rows whose next note would start at `times`."""
+        times = np.asarray(times, dtype=np.int64)
+        out = np.empty((len(times), len(self.names)), dtype=np.int64)
+        for i, name in enumerate(self.names):
+            if name == "position":
+                out[:, i] = position_in_bar(self.grid, times, self.res)
+            elif name == "chord":
+                out[:, i] = self.chords_at(times)
+            else:
+                value = self.fixed[name]
+                out[:, i] = self.unknown[i] if value is None else value
+        return out
+
+
+def parse_chords_file(text: str) -> list:
+    """One bar per line; several chords on a line share the bar equally (per beat in 4/4 when
+    there are four). Blank lines and text after # are ignored."""
+    bars = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            bars.append([parse_chord(c) for c in line.replace("|", " ").split()])
+    if not bars:
+        raise ValueError("--chords-file holds no chords")
+    return bars
