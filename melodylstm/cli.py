@@ -267,10 +267,31 @@ def export(ctx, checkpoint, out, fp32):
               help="Fit the n-gram baseline on this folder (default: the checkpoint's training corpus).")
 @click.option("--order", default=5, show_default=True, help="n-gram order of the baseline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+@click.option("--continuation", is_flag=True,
+              help="Instead: cut each piece after --primer-bars, continue it for --bars and compare with the real next bars.")
+@click.option("--primer-bars", default=4, show_default=True, help="With --continuation: bars given to the model.")
+@click.option("--bars", default=4, show_default=True, help="With --continuation: bars continued and compared.")
+@click.option("-n", "--pieces", type=int, help="With --continuation: use at most N pieces.")
+@click.option("--samples", default=1, show_default=True, help="With --continuation: answers per piece.")
+@click.option("--seed", default=0, show_default=True, help="With --continuation: seed of the first piece (then +1 each).")
+@click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True, help="With --continuation: sampling temperature.")
+@click.option("--track", help="With --continuation: only the tracks whose name contains this (e.g. melody).")
 @click.pass_context
-def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json):
-    """Likelihood of the MIDI in FOLDER under a model, next to an n-gram baseline."""
+def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, continuation, primer_bars, bars, pieces,
+             samples, seed, temperature, track):
+    """Likelihood of the MIDI in FOLDER under a model, next to an n-gram baseline.
+
+    With --continuation: how the model's continuations of held-out pieces compare with the real
+    continuations and with repeating the primer's last bars (key, polyphony, register, density, rhythm)."""
     from .checkpoint import load_checkpoint
+
+    if continuation:
+        from .continuation import evaluate_continuation, format_continuation
+
+        report = evaluate_continuation(load_checkpoint(checkpoint), folder, split, primer_bars, bars, pieces, samples,
+                                       seed, temperature, track, progress=not ctx.obj["quiet"])
+        click.echo(json.dumps(report, indent=2) if as_json else format_continuation(report))
+        return
     from .evaluate import evaluate_folder, format_report
 
     report = evaluate_folder(load_checkpoint(checkpoint), folder, split, baseline_train, order,

@@ -43,6 +43,11 @@ def select_split(results, split: str, val_fraction: float):
     return [r for r in results if is_validation(r.content_hash, val_fraction) == want_val]
 
 
+def checkpoint_val_fraction(checkpoint) -> float:
+    """The share of its corpus a checkpoint held out (for --split val / train)."""
+    return checkpoint.train_state.get("train_config", {}).get("val_fraction") or checkpoint.meta.get("val_fraction", 0.1)
+
+
 def figures(nats: float, tokens: int, notes: int, seconds: float, correct: int | None = None) -> dict:
     out = {"nats_per_token": nats / tokens, "perplexity": math.exp(nats / tokens),
            "bits_per_note": nats / LN2 / notes if notes else None,
@@ -63,8 +68,7 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
     from tqdm import tqdm
 
     tok = checkpoint.tokenizer
-    val_fraction = checkpoint.train_state.get("train_config", {}).get("val_fraction") or \
-        checkpoint.meta.get("val_fraction", 0.1)
+    val_fraction = checkpoint_val_fraction(checkpoint)
     cache = str(default_cache_dir())
     files, skipped_entries = find_midi_files(folder)
     results = tokenize_files(files, tok, cache, jobs, progress)

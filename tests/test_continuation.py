@@ -1,0 +1,152 @@
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from melodylstm import continuation as cont
+from melodylstm.checkpoint import load_checkpoint
+from melodylstm.generate import Generator
+from melodylstm.midi import DURATION, ONSET, Song
+from melodylstm.stats import LENGTH_CLASSES
+from melodylstm.tokenizer import Tokenizer
+
+TOK = Tokenizer()
+RES = 12
+
+
+def notes(rows):
+    return np.array(rows, dtype=np.int64).reshape(-1, 5)
+
+
+C_MAJOR = notes([[i * 12, 12, p, 80, 0] for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])])
+
+
+def test_features_of_a_c_major_scale():
+    f = cont.note_features(C_MAJOR, RES, (0, "major"), steps=96)  # 8 quarter notes in 8 beats
+    assert f["in_key"] == 1.0
+    assert f["polyphony"] == 1.0
+    assert f["mean_pitch"] == pytest.approx(66.25)
+    assert f["pitch_range"] == 12
+    assert f["notes_per_beat"] == 1.0
+    quarter = list(LENGTH_CLASSES).index(1)
+    assert f["note_length_hist"][quarter] == 1.0 and f["inter_onset_hist"][quarter] == 1.0
+    assert cont.note_features(C_MAJOR, RES, (2, "major"), 96)["in_key"] == 5 / 8  # C (twice) and F are not in D major
+    assert cont.note_features(C_MAJOR, RES, (0, "major"), 192)["notes_per_beat"] == 0.5
+
+
+def test_polyphony_counts_held_notes_and_overlap_is_shared_area():
+    held = notes([[0, 24, 48, 80, 0], [0, 12, 60, 80, 0], [12, 12, 62, 80, 0]])
+    assert cont.polyphony_at_onsets(held) == 2.0  # onset 0: two notes; onset 12: the held 48 and 62
+    assert math.isnan(cont.polyphony_at_onsets(notes([])))
+    assert cont.histogram_overlap(np.array([1, 1, 0]), np.array([2, 2, 0])) == 1.0
+    assert cont.histogram_overlap(np.array([1, 0]), np.array([0, 3])) == 0.0
+    assert cont.histogram_overlap(np.array([3, 1]), np.array([1, 1])) == pytest.approx(0.75)
+    assert math.isnan(cont.histogram_overlap(np.zeros(3), np.zeros(3)))
+
+
+def test_cut_at_bar_is_exact_across_a_metre_change():
+    # 3/4 for two bars, then 4/4: bar lines at 0, 36, 72, 120, 168, 216; notes ring across bar lines
+    sigs = [(0, 3, 4), (72, 4, 4)]
+    song = Song(notes([[t, 18, 60 + t % 12, 80, 0] for t in range(0, 240, 6)]), RES, [(0, 500000)], sigs)
+    c = cont.cut_piece(song, 2, 2, TOK)
+    assert (c.cut, c.end) == (72, 168)
+    assert cont.bar_count(song) == 6
+    p, r = c.primer.notes, c.real
+    assert (p[:, ONSET] < 72).all() and (p[:, ONSET] + p[:, DURATION] <= 72).all()
+    assert (r[:, ONSET] >= 72).all() and (r[:, ONSET] < 168).all() and (r[:, ONSET] + r[:, DURATION] <= 168).all()
+    kept = song.notes[song.notes[:, ONSET] < 168]
+    assert len(p) + len(r) == len(kept)
+    assert np.array_equal(np.concatenate([p, r])[:, [0, 2]], kept[:, [0, 2]])  # nothing lost, nothing moved
+    assert p[-1, DURATION] == 6 and r[-1, DURATION] == 6  # cut at the bar lines
+    assert set(np.concatenate([p, r])[:, DURATION].tolist()) <= set(TOK.durations)
+    assert c.primer.time_signatures == sigs
+    # a primer whose last bar is silent: generate one bar more so the answer still ends at bar line P + B
+    quiet = Song(song.notes[song.notes[:, ONSET] < 24], RES, [(0, 500000)], sigs)
+    primer = cont.cut_piece(quiet, 2, 2, TOK).primer
+    assert cont.bars_to_generate(primer, 2, 2) == 3
+    assert cont.bars_to_generate(c.primer, 2, 2) == 2
+
+
+def repeating_song(bars=8, ring=True):
+    pattern = [[0, 12, 60, 80, 0], [0, 24, 48, 80, 0], [12, 6, 64, 80, 0], [18, 6, 65, 80, 0],
+               [24, 12, 67, 80, 0], [36, 18 if ring else 12, 72, 80, 0]]  # the last note rings into the next bar
+    rows = [[on + 48 * b, d, p, v, g] for b in range(bars) for on, d, p, v, g in pattern]
+    return Song(notes(rows), RES, [(0, 500000)], [(0, 4, 4)])
+
+
+@pytest.mark.parametrize("primer_bars,bars", [(4, 4), (3, 2)])
+def test_repeat_baseline_on_a_repeating_piece_matches_the_real_continuation(untrained_checkpoint, primer_bars, bars):
+    ckpt = load_checkpoint(untrained_checkpoint)
+    c = cont.cut_piece(repeating_song(), primer_bars, bars, TOK)
+    assert np.array_equal(cont.repeat_baseline(c.primer, primer_bars, bars, TOK), c.real)
+    record = cont.score_piece(Generator(ckpt), ckpt.build_model().eval(), c, primer_bars, bars, 2, 0, 1.0)
+    summary = cont.summarize([record])
+    for name, row in summary["features"].items():
+        assert row["repeat_diff"] == 0 and row["repeat_error"] == 0, name
+    assert record["real"]["note_length_overlap"] == 1.0 and record["real"]["in_key"] == 1.0
+    assert record["primer_polyphony"] > 1
+    assert len(record["model"]) == 2
+
+
+def test_repeat_baseline_loops_a_primer_shorter_than_the_continuation():
+    c = cont.cut_piece(repeating_song(ring=False), 2, 5, TOK)
+    assert np.array_equal(cont.repeat_baseline(c.primer, 2, 5, TOK), c.real)
+    # notes held over the cut are cut in the primer, so the loop repeats them cut
+    c = cont.cut_piece(repeating_song(), 1, 2, TOK)
+    looped = cont.repeat_baseline(c.primer, 1, 2, TOK)
+    assert np.array_equal(looped[:, [0, 2]], c.real[:, [0, 2]]) and looped[5, DURATION] == 12
+
+
+def test_continuation_bits_match_the_numpy_sampler_network(untrained_checkpoint):
+    ckpt = load_checkpoint(untrained_checkpoint)
+    c = cont.cut_piece(repeating_song(), 2, 2, TOK)
+    nats, tokens = cont.continuation_nll(ckpt.build_model().eval(), TOK, c.primer, c.real)
+    prefix = TOK.encode_normalized(c.primer)[:-1]
+    joint = TOK.encode_normalized(Song(np.concatenate([c.primer.notes, c.real]), RES))
+    assert tokens == len(joint) - 1 - len(prefix)
+    net = Generator(ckpt).net  # the independent numpy implementation, one step at a time
+    net.reset(1)
+    expected = 0.0
+    for i, t in enumerate(joint[:-2].tolist()):
+        logits = net.step(np.array([t])).astype(np.float64)[0]
+        if i + 1 >= len(prefix):
+            expected += np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[joint[i + 1]]
+    assert nats == pytest.approx(expected, rel=1e-4)
+    assert nats / tokens == pytest.approx(np.log(len(TOK)), rel=0.1)  # an untrained model is near uniform
+
+
+def test_track_selection(untrained_checkpoint, tiny_corpus):
+    ckpt = load_checkpoint(untrained_checkpoint)
+    report = cont.evaluate_continuation(ckpt, tiny_corpus, primer_bars=2, bars=2, pieces=2, track="MELODY")
+    assert report["pieces"] == 2 and report["track"] == "MELODY"
+    with pytest.raises(ValueError, match="no piece"):
+        cont.evaluate_continuation(ckpt, tiny_corpus, primer_bars=2, bars=2, pieces=2, track="violin")
+    with pytest.raises(ValueError, match="no piece"):  # every piece is 8 bars long
+        cont.evaluate_continuation(ckpt, tiny_corpus, primer_bars=6, bars=4)
+
+
+def test_cli_evaluate_continuation_json(untrained_checkpoint, tiny_corpus):
+    out = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(tiny_corpus), "-c", str(untrained_checkpoint),
+                          "--continuation", "--primer-bars", "2", "--bars", "2", "-n", "3", "--samples", "2",
+                          "--seed", "5", "-t", "0.9", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+    def no_nan(text):
+        raise ValueError(f"{text} in JSON")
+
+    report = json.loads(out.stdout, parse_constant=no_nan)
+    assert report["pieces"] == 3 and len(report["per_piece"]) == 3
+    assert (report["primer_bars"], report["bars"], report["samples"], report["seed"], report["temperature"]) == (2, 2, 2, 5, 0.9)
+    assert set(report["features"]) == set(cont.FEATURES)
+    for row in report["features"].values():
+        assert set(row) == {"real", "model", "repeat", "model_diff", "repeat_diff", "model_error", "repeat_error"}
+    assert report["features"]["in_key"]["real"] == 1.0  # the corpus melodies are all in C major
+    assert report["real_continuation_likelihood"]["bits_per_note"] > 0
+    assert set(report["goals"]) == {"monophonic_polyphony", "in_key_diff", "mean_pitch_diff", "density_relative_diff",
+                                    "note_length_overlap", "in_key_vs_repeat"}
+    assert any(s["reason"] for s in report["skipped"])  # the broken files are listed, not fatal
+    table = cont.format_continuation(report)
+    assert "notes sounding together" in table and "bits/note" in table and "goals" in table
