@@ -276,9 +276,11 @@ def export(ctx, checkpoint, out, fp32):
 @click.option("--seed", default=0, show_default=True, help="With --continuation: seed of the first piece (then +1 each).")
 @click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True, help="With --continuation: sampling temperature.")
 @click.option("--track", help="With --continuation: only the tracks whose name contains this (e.g. melody).")
+@click.option("--style", help="Style to tell the model (default: the style the files' folder had in training).")
+@click.option("--hide", default="", help="Controls to hide from the model, comma-separated (e.g. key,chord), or all.")
 @click.pass_context
 def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, continuation, primer_bars, bars, pieces,
-             samples, seed, temperature, track):
+             samples, seed, temperature, track, style, hide):
     """Likelihood of the MIDI in FOLDER under a model, next to an n-gram baseline.
 
     With --continuation: how the model's continuations of held-out pieces compare with the real
@@ -294,8 +296,10 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, con
         return
     from .evaluate import evaluate_folder, format_report
 
-    report = evaluate_folder(load_checkpoint(checkpoint), folder, split, baseline_train, order,
-                             progress=not ctx.obj["quiet"])
+    ckpt = load_checkpoint(checkpoint)
+    hidden = ckpt.model_config.control_names if hide.strip() == "all" else [h.strip() for h in hide.split(",") if h.strip()]
+    report = evaluate_folder(ckpt, folder, split, baseline_train, order, progress=not ctx.obj["quiet"],
+                             style=style, hide=hidden)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 

@@ -151,10 +151,11 @@ def against(real: dict, answer: dict) -> dict:
 
 # ---------------------------------------------------------------- likelihood
 
-def continuation_nll(model, tok, primer: Song, real: np.ndarray) -> tuple[float, int]:
+def continuation_nll(model, tok, primer: Song, real: np.ndarray, style: int | None = None) -> tuple[float, int]:
     """(nats, tokens) of the real continuation's tokens given the primer: one LSTM pass over
     primer + continuation, counting only the tokens after the primer's (the closing EOS, which
-    only marks where the cut was, is not counted)."""
+    only marks where the cut was, is not counted). A model with controls is told what `continue`
+    would tell it: the primer's key and density, its chords only within the primer, `style`."""
     import torch
     import torch.nn.functional as F
 
@@ -167,8 +168,20 @@ def continuation_nll(model, tok, primer: Song, real: np.ndarray) -> tuple[float,
     if last <= first:
         return 0.0, 0
     tokens = torch.from_numpy(joint[:last].astype(np.int64))
+    controls = None
+    if model.config.controls:
+        from . import controls as ctl
+        from .evaluate import model_controls
+
+        song = Song(np.concatenate([primer.notes, real]), primer.resolution, primer.tempos, primer.time_signatures)
+        file_controls = ctl.controls_for(song, joint, tok).astype(np.int64)
+        primer_part = ctl.controls_for(primer, tok.encode_normalized(primer), tok)
+        file_controls[:, ctl.KEY] = primer_part[0, ctl.KEY]
+        file_controls[first:, ctl.CHORD] = ctl.CHORD_UNKNOWN
+        file_controls[first:, ctl.DENSITY] = primer_part[-1, ctl.DENSITY]
+        controls = torch.from_numpy(model_controls(model.config, file_controls, style)[:last - 1])[None]
     with torch.inference_mode():
-        logits, _ = model(tokens[None, :-1])  # logits[k] predicts tokens[k + 1]
+        logits, _ = model(tokens[None, :-1], controls=controls)  # logits[k] predicts tokens[k + 1]
         losses = F.cross_entropy(logits[0].float(), tokens[1:], reduction="none")
     return float(losses[first - 1:].sum()), last - first
 
@@ -270,7 +283,8 @@ def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int,
         notes = clip_durations(notes[(notes[:, ONSET] >= cut.cut) & (notes[:, ONSET] < cut.end)], cut.end, gen.tok)
         model_rows.append(against(real, note_features(notes, res, key, span)))
     repeat = against(real, note_features(repeat_baseline(primer, primer_bars, bars, gen.tok), res, key, span))
-    nats, tokens = continuation_nll(model, gen.tok, primer, cut.real)
+    chosen = (gen.last_controls or {}).get("style")
+    nats, tokens = continuation_nll(model, gen.tok, primer, cut.real, gen.styles.index(chosen) if chosen in gen.styles else None)
     primer_features = note_features(primer.notes, res, key, cut.cut)
     return {"path": path, "key": key_name(*key), "primer_polyphony": primer_features["polyphony"],
             "model": model_rows, "model_notes_before_cut": early, "repeat": repeat, "real": against(real, real),

@@ -11,25 +11,43 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import default_cache_dir, find_midi_files, is_validation, tokenize_files
+from . import controls as ctl
+from .data import default_cache_dir, find_midi_files, is_validation, style_of, tokenize_files
 from .ngram import NGramModel
 
 LN2 = math.log(2)
 
 
-def lstm_file_nll(model, tokens: np.ndarray, chunk: int = 2048) -> tuple[float, int, int]:
+def model_controls(config, file_controls: np.ndarray | None, style: int | None, hide=()) -> np.ndarray | None:
+    """The control inputs a model reads for one file: (T, C) int64, hidden ones set to unknown."""
+    if not config.controls or file_controls is None:
+        return None
+    unknown_style = len(config.styles)
+    full = np.concatenate([file_controls.astype(np.int64),
+                           np.full((len(file_controls), 1), unknown_style if style is None else style)], axis=1)
+    out = full[:, ctl.columns_of(config)]
+    unknown = ctl.unknown_of(config)
+    for i, name in enumerate(config.control_names):
+        if name in hide:
+            out[:, i] = unknown[i]
+    return out
+
+
+def lstm_file_nll(model, tokens: np.ndarray, controls: np.ndarray | None = None, chunk: int = 2048) -> tuple[float, int, int]:
     """(total nats, predicted tokens, correct argmax predictions) for one token sequence."""
     import torch
     import torch.nn.functional as F
 
     total, correct, state = 0.0, 0, None
     x = torch.from_numpy(tokens.astype(np.int64))[None]
+    c = None if controls is None else torch.from_numpy(controls)[None]
     with torch.inference_mode():
         for start in range(0, len(tokens) - 1, chunk):
             inputs = x[:, start: start + chunk]
             targets = x[:, start + 1: start + chunk + 1]
             inputs = inputs[:, : targets.shape[1]]
-            logits, state = model(inputs, state)
+            ctl_in = None if c is None else c[:, start: start + inputs.shape[1]]
+            logits, state = model(inputs, state, ctl_in)
             logits = logits[0].float()
             total += float(F.cross_entropy(logits, targets[0], reduction="sum"))
             correct += int((logits.argmax(-1) == targets[0]).sum())
@@ -57,8 +75,24 @@ def figures(nats: float, tokens: int, notes: int, seconds: float, correct: int |
     return out
 
 
+def file_style(checkpoint, folder, path, style: str | None) -> int | None:
+    """Style id for a file: the given one, else the style its folder had in training (a
+    NAME=FOLDER source, or the first-level subfolder), else unknown (None)."""
+    styles = list(checkpoint.model_config.styles)
+    if style is not None:
+        if style not in styles:
+            raise ValueError(f"unknown style {style!r}: this model knows {', '.join(styles) or 'no styles'}")
+        return styles.index(style)
+    for source, name in checkpoint.meta.get("sources", []):
+        root = resolve_corpus(source)
+        if name and root is not None and Path(path).resolve().is_relative_to(root.resolve()):
+            return styles.index(name) if name in styles else None
+    name = style_of(Path(path), Path(folder), None)
+    return styles.index(name) if name in styles else None
+
+
 def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None, order: int = 5,
-                    progress: bool = False, jobs: int = 0) -> dict:
+                    progress: bool = False, jobs: int = 0, style: str | None = None, hide=()) -> dict:
     """Figures for the LSTM and an n-gram baseline on the same files.
 
     split: 'val' / 'train' keep only the files the checkpoint's content-hash split put there
@@ -79,17 +113,25 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
 
     model = checkpoint.build_model().eval()
     nats = correct = count = 0
+    unknown = set(hide) - set(checkpoint.model_config.control_names)
+    if unknown:
+        raise ValueError(f"--hide {', '.join(sorted(unknown))}: this model's controls are "
+                         f"{', '.join(checkpoint.model_config.control_names) or 'none'}")
     for r in tqdm(used, disable=not progress, unit="file", leave=False):
-        n, c, k = lstm_file_nll(model, r.tokens)
+        controls = model_controls(checkpoint.model_config, r.controls, file_style(checkpoint, folder, r.path, style), hide)
+        n, c, k = lstm_file_nll(model, r.tokens, controls)
         nats, count, correct = nats + n, count + c, correct + k
     notes = sum(r.notes for r in used)
     seconds = sum(r.seconds for r in used)
     report = {"files": len(used), "files_skipped": skipped, "tokens": count, "notes": notes, "seconds": seconds,
               "lstm": figures(nats, count, notes, seconds, correct)}
 
-    train_folder = baseline_train or resolve_corpus(checkpoint.meta.get("corpus_path"))
-    if train_folder and Path(train_folder).exists():
-        train_results = [r for r in tokenize_files(find_midi_files(train_folder)[0], tok, cache, jobs) if not r.reason]
+    report["hidden_controls"] = sorted(hide)
+    recorded = [p for p, _ in checkpoint.meta.get("sources", [])] or [checkpoint.meta.get("corpus_path")]
+    train_folders = [baseline_train] if baseline_train else [f for f in map(resolve_corpus, recorded) if f]
+    if train_folders:
+        train_files = [f for folder in train_folders for f in find_midi_files(folder)[0]]
+        train_results = [r for r in tokenize_files(train_files, tok, cache, jobs) if not r.reason]
         if not baseline_train:  # the checkpoint's own corpus: fit on its training split only
             train_results = select_split(train_results, "train", val_fraction)
         held = {r.content_hash for r in used}
@@ -104,7 +146,7 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
 
 def resolve_corpus(path):
     """A recorded corpus folder, as given or relative to the project (for the bundled corpus)."""
-    if not path:
+    if not path or not isinstance(path, str):
         return None
     for candidate in (Path(path), Path(__file__).resolve().parent.parent / path):
         if candidate.is_dir():

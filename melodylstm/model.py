@@ -23,7 +23,7 @@ class MelodyLSTM(nn.Module):
         if c.tie_weights:
             self.head.weight = self.embed.weight
 
-    def forward(self, tokens: torch.Tensor, controls: torch.Tensor | None = None, state=None):
+    def forward(self, tokens: torch.Tensor, state=None, controls: torch.Tensor | None = None):
         """tokens (batch, time), controls (batch, time, n controls) in the config's order
         -> logits (batch, time, vocab), (h, c)."""
         x = self.embed(tokens)

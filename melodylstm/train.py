@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, save_checkpoint
 from . import controls as ctl
 from .config import CONTROL_DIMS
-from .data import WindowSampler, load_corpus, validation_index
+from .data import WindowSampler, load_corpus, parse_sources, validation_index
 from .config import ModelConfig
 from .model import MelodyLSTM
 from .recipe import recipe_for
@@ -159,7 +159,7 @@ def batch_for_step(sampler: WindowSampler, seed: int, rank: int, step: int):
 
 
 def lm_loss(model, batch: torch.Tensor, controls: torch.Tensor | None = None) -> torch.Tensor:
-    logits, _ = model(batch[:, :-1], None if controls is None else controls[:, :-1])
+    logits, _ = model(batch[:, :-1], controls=None if controls is None else controls[:, :-1])
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), ignore_index=PAD)
 
 
@@ -191,7 +191,7 @@ def validation_nll(model, windows: np.ndarray, device, autocast, batch_size: int
         batch = to_device(windows[i:i + batch_size], device)
         ctl = None if controls is None else to_device(controls[i:i + batch_size, :-1], device)
         with autocast():
-            logits, _ = model(batch[:, :-1], ctl)
+            logits, _ = model(batch[:, :-1], controls=ctl)
         targets = batch[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                               ignore_index=PAD, reduction="sum")
@@ -371,7 +371,9 @@ class Run:
                 "corpus": {k: self.report[k] for k in ("files_used", "notes", "tokens", "seconds")},
                 "val_nll": self._finite(val_nll if val_nll is not None else self.best_val),
                 "val_bits_per_note": self._bits_per_note(val_nll if val_nll is not None else self.best_val),
-                "step": self.step, "corpus_path": self.corpus, "val_fraction": self.cfg.val_fraction}
+                "step": self.step, "corpus_path": self.corpus, "val_fraction": self.cfg.val_fraction,
+                "sources": [[str(folder), name] for folder, name in parse_sources(self.corpus, self.cfg.style)],
+                "epochs": round(self.epochs_done, 2), "elapsed_s": round(self.elapsed, 1)}
         save_checkpoint(self.out / name, self.model, self.tok, state, tensors if name == "last.safetensors" else {}, meta)
 
     @staticmethod

@@ -127,7 +127,7 @@ def test_polyphonic_multitrack_primer_with_drums(gen, tmp_path):
 def test_key_mask_keeps_every_new_pitch_in_the_scale(gen):
     for key in ("D:minor", "F#:major-pentatonic"):
         tonic, scale = parse_key(key)
-        song = gen.generate(bars=4, seed=3, key=key, temperature=2.0)[0]
+        song = gen.generate(bars=4, seed=3, key=key, temperature=2.0, strict_key=True)[0]
         pitched = song.notes[song.notes[:, 4] != DRUMS]
         assert len(pitched) and set(((pitched[:, 2] - tonic) % 12).tolist()) <= set(SCALES[scale])
     song = gen.generate(bars=4, seed=3, pitch_range="C4-C5")[0]
@@ -162,7 +162,12 @@ def test_only_new_and_primer_bars(gen, tmp_path):
     (["--key", "H:major"], "unknown key"),
     (["--bars", "4", "--seconds", "3"], "only one of"),
     (["--pitch-range", "90-80"], "LOW is above HIGH"),
-    (["--key", "C", "--pitch-range", "61-61"], "no pitch is left"),
+    (["--key", "C", "--strict-key", "--pitch-range", "61-61"], "no pitch is left"),
+    (["--key", "C"], "trained without controls"),
+    (["--style", "jigs"], "knows no styles"),
+    (["--chords", "C G"], "without the chord control"),
+    (["--strict-key"], "needs --key"),
+    (["--primer-bars", "0"], "--primer-bars"),
     (["--temperature", "-1"], "temperature"),
 ])
 def test_bad_options_give_one_line_errors_and_write_nothing(random_ckpt, tmp_path, args, message):

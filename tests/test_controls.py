@@ -1,0 +1,165 @@
+"""Controls: key and chord estimation, transposition, hiding, and the model/sampler paths that
+read them (numpy sampler against PyTorch, every control optional, every sample decodable)."""
+import numpy as np
+import pytest
+import torch
+
+from melodylstm import controls as ctl
+from melodylstm.config import CONTROL_DIMS, ModelConfig
+from melodylstm.data import WindowSampler
+from melodylstm.midi import Song
+from melodylstm.model import MelodyLSTM
+from melodylstm.sampling import FastLSTM
+from melodylstm.tokenizer import Tokenizer
+
+TOK = Tokenizer()
+RES = 12
+
+
+def song_of(notes, ts=(4, 4)):
+    return Song(np.array(notes), RES, [(0, 500000)], [(0, *ts)])
+
+
+def cadence(tonic: int, minor: bool = False):
+    """I-IV-V-I (i-iv-V-i in minor), one half-note chord each, root position around middle C."""
+    third = 3 if minor else 4
+    chords = [(0, third, 7), (5, 5 + third, 12), (7, 11, 14), (0, third, 7)]
+    notes = []
+    for i, chord in enumerate(chords):
+        notes.append((i * 24, 24, 36 + tonic + chord[0], 80, 0))  # bass
+        notes += [(i * 24, 24, 60 + tonic + p, 80, 0) for p in chord]
+    return notes
+
+
+def test_key_of_a_c_major_scale_and_a_minor_piece():
+    scale = [(i * 12, 12, p, 80, 0) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 67, 64, 60])]
+    assert ctl.key_label(ctl.estimate_key_index(np.array(scale))) == "C:major"
+    a_minor = [(i * 12, 12, p, 80, 0) for i, p in enumerate([57, 59, 60, 62, 64, 65, 68, 69, 64, 60, 57, 56, 57])]
+    assert ctl.key_label(ctl.estimate_key_index(np.array(a_minor))) == "A:minor"
+    assert ctl.estimate_key_index(np.array([(0, 12, 36, 80, 128)])) == ctl.KEY_UNKNOWN  # drums only
+
+
+@pytest.mark.parametrize("tonic", [0, 2, 7, 10])
+def test_cadence_chords_in_several_keys(tonic):
+    chords = ctl.estimate_chords(np.array(cadence(tonic)), 8, RES)
+    expected = [ctl.chord_index(tonic + step, "") for step in (0, 5, 7, 0)]
+    assert chords.tolist() == [c for c in expected for _ in range(2)]
+    minor = ctl.estimate_chords(np.array(cadence(tonic, minor=True)), 8, RES)
+    assert [ctl.chord_label(c) for c in minor[::2]] == [ctl.chord_label(ctl.chord_index(tonic + s, q))
+                                                       for s, q in ((0, "m"), (5, "m"), (7, ""), (0, "m"))]
+
+
+def test_silence_is_no_chord_and_parsing_names():
+    assert ctl.estimate_chords(np.array([(0, 12, 60, 80, 0)]), 3, RES).tolist()[1:] == [ctl.NO_CHORD] * 2
+    assert [ctl.chord_label(ctl.parse_chord(c)) for c in ("Dm7", "G7", "Cmaj7", "F#dim", "Bbm", "N.C.")] == \
+        ["Dm7", "G7", "Cmaj7", "F#dim", "Bbm", "N.C."]
+    for bad in ("H7", "Cxyz", ""):
+        with pytest.raises(ValueError, match="chord"):
+            ctl.parse_chord(bad)
+    assert ctl.parse_density("low") == 1 and ctl.parse_density("2") == ctl.density_bucket(2.0)
+    with pytest.raises(ValueError, match="low, medium, high"):
+        ctl.parse_density("loud")
+
+
+def test_per_token_controls_follow_the_music():
+    song = song_of(cadence(2) + [(96 + i * 3, 3, 74, 80, 0) for i in range(16)])  # D major, then a bar of 16ths
+    kept, _ = TOK.normalize(song)
+    tokens = TOK.encode_normalized(kept)
+    c = ctl.controls_for(kept, tokens, TOK)
+    assert c.shape == (len(tokens), 4)
+    assert set(c[:, ctl.KEY]) == {ctl.key_index(2, "major")}
+    times = ctl.token_times(tokens, TOK, kept.bar_grid())
+    assert np.array_equal(c[:, ctl.POSITION], times % 48)  # 4/4 bars of 48 steps
+    assert c[times < 24, ctl.CHORD].tolist() == [ctl.chord_index(2, "")] * int((times < 24).sum())
+    assert set(c[(times >= 48) & (times < 96), ctl.DENSITY]) == {ctl.density_bucket(0.5)}  # 2 chords in 4 beats
+    assert set(c[times >= 96, ctl.DENSITY]) == {ctl.density_bucket(4.0)}
+
+
+def test_transposition_moves_key_and_chords_with_the_notes():
+    controls = np.zeros((2, 3, 5), dtype=np.int64)
+    controls[..., ctl.KEY] = [[ctl.key_index(11, "major")] * 3, [ctl.key_index(0, "minor")] * 3]
+    controls[..., ctl.CHORD] = [[ctl.chord_index(11, "7"), ctl.NO_CHORD, ctl.CHORD_UNKNOWN]] * 2
+    ctl.transpose(controls, np.array([2, -3]))
+    assert ctl.key_label(controls[0, 0, ctl.KEY]) == "C#:major" and ctl.key_label(controls[1, 0, ctl.KEY]) == "A:minor"
+    assert ctl.chord_label(controls[0, 0, ctl.CHORD]) == "C#7" and ctl.chord_label(controls[1, 0, ctl.CHORD]) == "Ab7"
+    assert controls[0, 1, ctl.CHORD] == ctl.NO_CHORD and controls[0, 2, ctl.CHORD] == ctl.CHORD_UNKNOWN
+
+
+def test_window_sampler_transposes_labels_and_hides_each_control():
+    song = song_of(cadence(0) * 1)
+    kept, _ = TOK.normalize(song)
+    tokens = np.tile(TOK.encode_normalized(kept), 20)
+    controls = np.tile(np.concatenate([ctl.controls_for(kept, TOK.encode_normalized(kept), TOK),
+                                       np.zeros((len(TOK.encode_normalized(kept)), 1), np.uint8)], axis=1), (20, 1))
+    unknown = ctl.unknown_values(RES, 1)
+    sampler = WindowSampler(tokens, TOK, 16, 64, seed=1, transpose=5, controls=controls, unknown=unknown, hide=0.5)
+    batch, c = sampler.next_batch()
+    starts = np.random.Generator(np.random.PCG64(1)).integers(0, len(tokens) - 16, size=64)  # the sampler's first draw
+    original = tokens[starts[:, None] + np.arange(17)].astype(np.int64)
+    checked = 0
+    for row in range(64):
+        moved = np.unique(batch[row] - original[row])
+        keys = set(c[row, :, ctl.KEY].tolist())
+        if keys != {unknown[ctl.KEY]} and len(moved) == 2:  # 0 (other tokens) and the row's shift
+            shift = int(moved[moved != 0][0])
+            assert keys == {ctl.key_index(shift % 12, "major")}
+            checked += 1
+    assert checked > 10
+    hidden = (c == unknown[None, None]).all(axis=1)  # per row and control: hidden for the whole window
+    assert 0.3 < hidden.mean() < 0.7 and hidden.any(axis=0).all()
+
+
+def controlled_model(styles=("chorale", "tune"), seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(len(TOK), 16, 32, 2, 0.0, controls=ctl.model_controls(RES, styles, CONTROL_DIMS), styles=styles)
+    model = MelodyLSTM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def test_numpy_sampler_and_layer_by_layer_priming_match_pytorch_with_controls():
+    model = controlled_model()
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    net = FastLSTM(weights, model.config)
+    rng = np.random.default_rng(0)
+    T = 30
+    tokens = rng.integers(0, len(TOK), T)
+    sizes = [v for _, v, _ in model.config.controls]
+    controls = np.stack([rng.integers(0, n, T) for n in sizes], axis=1)
+    with torch.no_grad():
+        expected, (h, c) = model(torch.from_numpy(tokens[None]), controls=torch.from_numpy(controls[None]))
+    net.reset(1)
+    stepped = np.stack([net.step(tokens[t:t + 1], controls[t:t + 1]).copy()[0] for t in range(T)])
+    np.testing.assert_allclose(stepped, expected[0].numpy(), atol=2e-5, rtol=1e-4)
+    (h2, c2), logits = net.prime(tokens, controls, rows=1, want_logits=True)
+    np.testing.assert_allclose(logits[0], expected[0].numpy(), atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(h2, h.numpy(), atol=2e-5)
+    np.testing.assert_allclose(c2, c.numpy(), atol=2e-5)
+
+
+def test_every_control_can_be_hidden_and_controlled_samples_always_decode(tmp_path):
+    from melodylstm.checkpoint import save_checkpoint
+    from melodylstm.generate import Generator
+
+    path = tmp_path / "ctl.safetensors"
+    save_checkpoint(path, controlled_model(), TOK)
+    gen = Generator.load(path)
+    plain = gen.generate(bars=2, seed=1, num=2)  # nothing given: key, chords, density unknown
+    told = gen.generate(bars=4, seed=1, num=2, key="D:minor", style="tune", chords="Dm7 G7 Cmaj7 Cmaj7", density="high",
+                        temperature=1.5)
+    assert gen.last_controls["chords"] == "Dm7 G7 Cmaj7 Cmaj7" and gen.last_controls["style"] == "tune"
+    for song in plain + told:
+        assert len(song.notes) > 0 and song.notes[:, 0].max() < 4 * 48
+    primer = song_of(cadence(0))
+    result = gen.continue_(primer, bars=2, seed=2)[0]
+    assert result.controls["key"] == "C:major" and result.controls["key_source"] == "primer"
+    assert result.controls["style_source"] == "primer" and set(result.controls["style_scores"]) == {"chorale", "tune"}
+    with pytest.raises(ValueError, match="this model knows chorale, tune"):
+        gen.generate(bars=1, style="jigs")
+    with pytest.raises(ValueError, match="major and minor"):
+        gen.generate(bars=1, key="D:dorian")
+    strict = gen.generate(bars=2, seed=1, key="D:dorian", strict_key=True, temperature=2.0)[0]
+    pitched = strict.notes[strict.notes[:, 4] != 128]  # drums are never masked
+    assert len(pitched) and np.isin((pitched[:, 2] - 2) % 12, [0, 2, 3, 5, 7, 9, 10]).all()
