@@ -437,43 +437,47 @@ class Run:
         model.train()
         bar = tqdm(total=1000, initial=round(1000 * budget.progress(self.step, self.elapsed)), disable=not self.progress,
                    unit="‰", dynamic_ncols=True, leave=False, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
-        started, status = clock() - self.elapsed, "done"
-        last_save = window_start = clock()
+        status, self.stop_requested = "done", False
+        last_save = window_start = now = clock()  # read once per step: the schedule is a function of it
+        started = now - self.elapsed
         window_steps, running, evaluated_at = 0, None, -1
         progress = budget.progress(self.step, self.elapsed)
         try:
-            while progress < 1.0:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr_at(self.step, progress, cfg, self.warmup)
-                torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.dist.rank)  # dropout noise
-                batch, controls = batch_for_step(self.sampler, cfg.seed, self.dist.rank, self.step)
-                batch = to_device(batch, self.device)
-                controls = None if controls is None else to_device(controls, self.device)
-                loss = train_step(model, self.optimizer, batch, controls, self.autocast, self.scaler, cfg.grad_clip)
-                self.step += 1
-                window_steps += 1
-                now = clock()
-                self.elapsed = self._agree(now - started)
-                progress = budget.progress(self.step, self.elapsed)
-                if self.step % cfg.log_every == 0 or progress >= 1.0:
-                    value = float(loss)  # one device sync per log interval, not per step
-                    rate = window_steps * self.tokens_per_step / max(1e-9, now - window_start)
-                    running = value if running is None else 0.9 * running + 0.1 * value
-                    self.log_metrics({"step": self.step, "loss": value, "lr": self.optimizer.param_groups[0]["lr"],
-                                      "tokens_per_s": round(rate), "elapsed_s": round(self.elapsed, 2)})
-                    bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{rate:,.0f}", step=self.step)
-                    window_start, window_steps = now, 0
-                bar.update(round(1000 * progress) - bar.n)
-                if progress >= self.next_eval:
-                    self.next_eval = self._eval_after(self.step, progress)
-                    evaluated_at = self.step
-                    if self.evaluate_and_save():
-                        status = "early-stopped"
-                        break
-                    last_save = now
-                if now - last_save > cfg.save_interval:
-                    self.save("last.safetensors")
-                    last_save = now
+            with self._ctrl_c_ends_the_step():
+                while progress < 1.0:
+                    if self.stop_requested:
+                        raise KeyboardInterrupt
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr_at(self.step, progress, cfg, self.warmup)
+                    torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.dist.rank)  # dropout noise
+                    batch, controls = batch_for_step(self.sampler, cfg.seed, self.dist.rank, self.step)
+                    batch = to_device(batch, self.device)
+                    controls = None if controls is None else to_device(controls, self.device)
+                    loss = train_step(model, self.optimizer, batch, controls, self.autocast, self.scaler, cfg.grad_clip)
+                    self.step += 1
+                    window_steps += 1
+                    now = clock()
+                    self.elapsed = self._agree(now - started)
+                    progress = budget.progress(self.step, self.elapsed)
+                    if self.step % cfg.log_every == 0 or progress >= 1.0:
+                        value = float(loss)  # one device sync per log interval, not per step
+                        rate = window_steps * self.tokens_per_step / max(1e-9, now - window_start)
+                        running = value if running is None else 0.9 * running + 0.1 * value
+                        self.log_metrics({"step": self.step, "loss": value, "lr": self.optimizer.param_groups[0]["lr"],
+                                          "tokens_per_s": round(rate), "elapsed_s": round(self.elapsed, 2)})
+                        bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{rate:,.0f}", step=self.step)
+                        window_start, window_steps = now, 0
+                    bar.update(round(1000 * progress) - bar.n)
+                    if progress >= self.next_eval - 1e-9:
+                        self.next_eval = self._eval_after(self.step, progress)
+                        evaluated_at = self.step
+                        if self.evaluate_and_save():
+                            status = "early-stopped"
+                            break
+                        last_save = now
+                    if now - last_save > cfg.save_interval:
+                        self.save("last.safetensors")
+                        last_save = now
         except KeyboardInterrupt:
             status = "interrupted"
         finally:
@@ -486,6 +490,28 @@ class Run:
             self.write_loss_curve()
         self.check_ranks_in_sync()
         return status
+
+    @contextlib.contextmanager
+    def _ctrl_c_ends_the_step(self):
+        """Ctrl-C lets the current step finish, so the saved state is exactly that of a step
+        boundary and --resume continues the same schedule (a second Ctrl-C stops at once)."""
+        import signal
+        import threading
+
+        if self.dist.world > 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _agree(self, elapsed: float) -> float:
         """All ranks must see the same clock, or a time budget would end them at different steps."""

@@ -34,10 +34,10 @@ def losses(run_dir):
     return out
 
 
-def make_run(corpus, out, cache, **kw):
+def make_run(corpus, out, cache, resume=False, **kw):
     cfg = TrainConfig(out=str(out), batch_size=8, seq_len=48, lr=1e-2, warmup=5, log_every=1, **kw)
     return Run(corpus, TOK, ModelConfig(len(TOK), 16, 48, 1, 0.0), cfg, data_options={"cache_dir": cache, "jobs": 1},
-               log=lambda m: None, progress=False)
+               log=lambda m: None, progress=False, resume=str(out) if resume else None)
 
 
 def test_training_reduces_loss(tiny_corpus, tmp_path):
@@ -198,3 +198,90 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         small_checkpoint(path, note="second")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]
+
+
+# ---------------------------------------------------------------- budget and schedule
+
+class FakeClock:
+    """Advances `tick` seconds per reading (training reads it once at start and once per step);
+    at reading `ctrl_c_at` it does what Ctrl-C does: asks `run` to stop after the step."""
+
+    def __init__(self, tick=0.5, start=1000.0, run=None, ctrl_c_at=None):
+        self.now, self.tick, self.calls, self.run, self.ctrl_c_at = start, tick, 0, run, ctrl_c_at
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == self.ctrl_c_at:
+            self.run.stop_requested = True
+        self.now += self.tick
+        return self.now
+
+
+def records(run_dir, key):
+    return {r["step"]: r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if key in r}
+
+
+def test_step_budget_ends_the_schedule_and_spreads_validations(tiny_corpus, tmp_path):
+    run = make_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", max_steps=40, patience=0, evals=4)
+    assert run.train(clock=FakeClock()) == "done" and run.step == 40
+    lrs = records(tmp_path / "run", "lr")
+    assert lrs[1]["lr"] < lrs[5]["lr"]  # warm-up (5 steps)
+    assert lrs[40]["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 39 / 40))), rel=1e-6)
+    assert sorted(records(tmp_path / "run", "val_nll")) == [10, 20, 30, 40]
+
+
+def test_time_budget_ends_the_schedule_with_a_fake_clock(tiny_corpus, tmp_path):
+    # each step reads the clock once (0.5 s), so a 12-second budget is 24 steps, however fast the machine
+    run = make_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", max_time=12.0, patience=0, evals=3)
+    assert run.train(clock=FakeClock(tick=0.5)) == "done"
+    assert run.step == 24 and run.elapsed == pytest.approx(12.0)
+    lrs = records(tmp_path / "run", "lr")
+    # the last step's rate comes from the progress before it (23 of 24 half-seconds): the decay ends with the budget
+    assert lrs[24]["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 23 / 24))), rel=1e-6)
+    # whichever binds first: here the steps
+    run = make_run(tiny_corpus, tmp_path / "run2", tmp_path / "cache", max_time=12.0, max_steps=8, patience=0)
+    assert run.train(clock=FakeClock(tick=0.5)) == "done" and run.step == 8
+
+
+def test_early_stopping_counts_validations(tiny_corpus, tmp_path):
+    run = make_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", max_steps=100, evals=10, patience=2)
+    for group in run.optimizer.param_groups:
+        group["weight_decay"] = 0.0
+    run.cfg.lr = 0.0  # nothing learns: validation never improves after the first
+    assert run.train(clock=FakeClock()) == "early-stopped"
+    assert sorted(records(tmp_path / "run", "val_nll")) == [10, 20, 30] and run.step == 30
+
+
+def test_resume_mid_schedule_gives_the_same_schedule(tiny_corpus, tmp_path):
+    ref = make_run(tiny_corpus, tmp_path / "ref", tmp_path / "cache", max_time=10.0, patience=0, evals=2)
+    ref.train(clock=FakeClock())
+    cut = make_run(tiny_corpus, tmp_path / "cut", tmp_path / "cache", max_time=10.0, patience=0, evals=2)
+    assert cut.train(clock=FakeClock(run=cut, ctrl_c_at=9)) == "interrupted" and cut.step == 8
+    resumed = make_run(tiny_corpus, tmp_path / "cut", tmp_path / "cache", max_time=999.0, max_steps=3, resume=True)
+    assert resumed.budget == ref.budget  # the saved budget wins over new arguments
+    assert resumed.train(clock=FakeClock(start=5.0)) == "done"
+    a, b = records(tmp_path / "ref", "lr"), records(tmp_path / "cut", "lr")
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    assert all(a[s]["lr"] == pytest.approx(b[s]["lr"], rel=1e-9) and a[s]["loss"] == pytest.approx(b[s]["loss"], abs=1e-5)
+               for s in a)
+
+
+def test_recipe_follows_the_corpus_size():
+    from melodylstm.recipe import default_steps, recipe_for
+
+    small, medium, large = (recipe_for(n) for n in (60_000, 1_500_000, 20_000_000))
+    assert (small.size, medium.size, large.size) == ("small", "medium", "large")
+    assert small.hidden <= medium.hidden <= large.hidden and small.dropout >= large.dropout
+    per_step = 32 * 128
+    steps = [default_steps(n, per_step) for n in (60_000, 1_500_000, 20_000_000)]
+    assert steps[0] < steps[1] < steps[2]
+    assert all(str(n // 1000) in r.reason.replace(",", "") for n, r in ((60_000, small), (20_000_000, large)))
+
+
+def test_cli_prints_the_recipe_and_the_budget(tiny_corpus, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "melodylstm", "train", str(tiny_corpus), "-o", str(tmp_path / "r"),
+                             "--max-steps", "4", "-j", "1", "--cache-dir", str(tmp_path / "c")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "recipe: small corpus" in result.stderr and "budget: 4 steps" in result.stderr
+    assert "controls: key, chord, density, position, style" in result.stderr  # tiny_corpus has a subfolder
