@@ -130,17 +130,23 @@ def bench_train(corpus, layers, hidden, embedding, batch, seq_len, steps) -> dic
     bare_step()
     bare_s = best_of(bare_step, steps)  # fastest step: robust to other work on the machine
 
-    with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(out=out, max_steps=steps + 2, batch_size=batch, seq_len=seq_len, log_every=1,
-                          patience=0, save_interval=1e9, device="cpu" if not torch.cuda.is_available() else "auto")
-        run = Run(corpus, tok, ModelConfig(vocab, embedding, hidden, layers, 0.2), cfg, log=lambda m: None,
-                  progress=False, data_options={"jobs": 1})
-        run.train()
-        records = [r for r in run.history if "loss" in r and r["step"] > 2]  # skip warm-up steps
-        ours = float(max(r["tokens_per_s"] for r in records))  # fastest step, as for the bare loop
+    def ours(controls: bool) -> float:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = TrainConfig(out=out, max_steps=steps + 2, batch_size=batch, seq_len=seq_len, log_every=1, evals=1,
+                              patience=0, save_interval=1e9, device="cpu" if not torch.cuda.is_available() else "auto")
+            # without controls: the plain token model; with: key, chord, density, position inputs too
+            model = ({"embedding": embedding, "hidden": hidden, "layers": layers, "dropout": 0.2} if controls
+                     else ModelConfig(vocab, embedding, hidden, layers, 0.2))
+            run = Run(corpus, tok, model, cfg, log=lambda m: None, progress=False, data_options={"jobs": 1})
+            run.train()
+            records = [r for r in run.history if "loss" in r and r["step"] > 2]  # skip warm-up steps
+            return float(max(r["tokens_per_s"] for r in records))  # fastest step, as for the bare loop
+
+    plain, controlled = ours(False), ours(True)
     bare = tokens / bare_s
     return {"shape": f"{layers}x{hidden} (emb {embedding}), batch {batch}, seq {seq_len}",
-            "bare_tokens_per_s": bare, "melodylstm_tokens_per_s": ours, "ratio": ours / bare}
+            "bare_tokens_per_s": bare, "melodylstm_tokens_per_s": plain, "ratio": plain / bare,
+            "controls_tokens_per_s": controlled, "controls_ratio": controlled / plain}
 
 
 def bench_memory(corpus, copies=(1, 8), steps=5) -> dict:
@@ -210,31 +216,40 @@ def refeed_rate(vocab, layers, hidden, embedding, n, window=256) -> float:
         return n / (time.perf_counter() - start)
 
 
-def random_fast_lstm(layers, hidden, embedding, batch):
-    """Our numpy sampler network with a freshly initialised model's weights, ready for `batch` rows."""
+def random_fast_lstm(layers, hidden, embedding, batch, controls=False):
+    """Our numpy sampler network with a freshly initialised model's weights, ready for `batch` rows
+    (with `controls`: key, chord, density, position and two styles as inputs too)."""
     import torch
 
-    from .config import ModelConfig
+    from .config import CONTROL_DIMS, ModelConfig
+    from .controls import model_controls
     from .model import MelodyLSTM
     from .sampling import FastLSTM
     from .tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    config = ModelConfig(len(Tokenizer()), embedding, hidden, layers, 0.0)
+    styles = ("a", "b") if controls else ()
+    config = ModelConfig(len(Tokenizer()), embedding, hidden, layers, 0.0,
+                         controls=model_controls(12, styles, CONTROL_DIMS, controls), styles=styles)
     net = FastLSTM({k: v.numpy() for k, v in MelodyLSTM(config).state_dict().items()}, config)
+    net.config = config
     net.reset(batch)
     return net
 
 
-def sampler_rate(layers, hidden, embedding, n, batch=1) -> float:
+def sampler_rate(layers, hidden, embedding, n, batch=1, controls=False) -> float:
+    from .controls import ControlPlan, parse_progression
     from .midi import BarGrid
     from .sampling import Sampler, start_state
     from .tokenizer import Tokenizer
 
     tok = Tokenizer()
-    net = random_fast_lstm(layers, hidden, embedding, batch)
-    state = start_state(tok, batch, BarGrid([(0, 4, 4)], 12))
-    sampler = Sampler(net, tok, temperature=1.0)
+    net = random_fast_lstm(layers, hidden, embedding, batch, controls)
+    grid = BarGrid([(0, 4, 4)], 12)
+    state = start_state(tok, batch, grid)
+    plan = ControlPlan(net.config, 12, grid, key=0, style=0, density=2,
+                       progression=[[c] for c in parse_progression("C F G C")]) if controls else None
+    sampler = Sampler(net, tok, temperature=1.0, plan=plan)
     never = np.zeros(batch, dtype=bool)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
@@ -287,10 +302,12 @@ def bench_sampling(n=2000) -> list[dict]:
         plain = plain_stepping_rate(vocab, layers, hidden, embedding, n // 2)
         refeed = refeed_rate(vocab, layers, hidden, embedding, max(20, n // 40))
         ours1 = sampler_rate(layers, hidden, embedding, n)
+        controls1 = sampler_rate(layers, hidden, embedding, n, controls=True)
         ours16 = sampler_rate(layers, hidden, embedding, n // 4, batch=16)
         ceiling16 = matmul_ceiling(layers, hidden, embedding, n // 4)
         rows.append({"model": f"{layers}x{hidden}", "plain_stepping": plain, "window_refeed": refeed,
-                     "melodylstm_batch1": ours1, "melodylstm_batch16": ours16, "batch16_matmul_ceiling": ceiling16,
+                     "melodylstm_batch1": ours1, "melodylstm_batch16": ours16, "controls_batch1": controls1,
+                     "controls_vs_plain_batch1": controls1 / ours1, "batch16_matmul_ceiling": ceiling16,
                      "peak_gemm_gflops": peak / 1e9,
                      "peak_bound": peak / flops_per_token(random_fast_lstm(layers, hidden, embedding, 1)),
                      "speedup_vs_plain": ours1 / plain, "batch16_vs_batch1": ours16 / ours1})
@@ -343,20 +360,22 @@ def format_results(r: dict) -> str:
                  f"({t['uncached_s']:.2f} s -> {t['cached_s'] * 1000:.1f} ms) |")
     lines.append(f"| per-file cache only (a changed folder) | {t['uncached_s'] / t['per_file_cache_s']:.0f}x "
                  f"({t['per_file_cache_s'] * 1000:.0f} ms) |")
-    lines += ["", "| training | bare nn.LSTM loop tok/s | melodylstm train tok/s | ratio |", "|---|---|---|---|"]
+    lines += ["", "| training | bare nn.LSTM loop tok/s | melodylstm train tok/s | ratio | with controls tok/s | ratio |",
+              "|---|---|---|---|---|---|"]
     for row in r["train"]:
         lines.append(f"| {row['shape']} | {row['bare_tokens_per_s']:,.0f} | {row['melodylstm_tokens_per_s']:,.0f} "
-                     f"| **{row['ratio']:.0%}** |")
+                     f"| **{row['ratio']:.0%}** | {row['controls_tokens_per_s']:,.0f} | **{row['controls_ratio']:.0%}** |")
     m = r["memory"]
     lines += ["", "| training peak RSS | " + " | ".join(f"corpus x{n}" for n in m["copies"]) + " |",
               "|---|" + "---|" * len(m["copies"]),
               "| MB | " + " | ".join(f"{v:,.0f}" for v in m["peak_rss_mb"]) + " |"]
     lines += ["", "| sampling tok/s | plain stepping (b=1) | window re-feed (b=1) | melodylstm b=1 | "
-              "melodylstm b=16 (aggregate) | b=16 ceiling: matrix products only | "
-              "bound: products at peak fp32 rate |", "|---|---|---|---|---|---|---|"]
+              "b=1 with controls | melodylstm b=16 (aggregate) | b=16 ceiling: matrix products only | "
+              "bound: products at peak fp32 rate |", "|---|---|---|---|---|---|---|---|"]
     for row in r["sampling"]:
         lines.append(f"| {row['model']} | {row['plain_stepping']:,.0f} | {row['window_refeed']:,.0f} | "
                      f"**{row['melodylstm_batch1']:,.0f}** ({row['speedup_vs_plain']:.1f}x) | "
+                     f"{row['controls_batch1']:,.0f} ({row['controls_vs_plain_batch1']:.0%}) | "
                      f"**{row['melodylstm_batch16']:,.0f}** ({row['batch16_vs_batch1']:.1f}x b=1) | "
                      f"{row['batch16_matmul_ceiling']:,.0f} ({row['batch16_matmul_ceiling'] / row['melodylstm_batch1']:.1f}x b=1) | "
                      f"{row['peak_bound']:,.0f} ({row['peak_bound'] / row['melodylstm_batch1']:.1f}x b=1) |")

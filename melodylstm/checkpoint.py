@@ -162,3 +162,47 @@ def export_checkpoint(src, dst, half: bool = True, extra_meta: dict | None = Non
     with atomic_path(dst) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return load_checkpoint(dst)
+
+
+def describe(ckpt: Checkpoint) -> dict:
+    """What a checkpoint is: model, controls and styles, corpus, training and validation figures."""
+    c, meta = ckpt.model_config, ckpt.meta
+    params = sum(int(np.prod(v.shape)) for v in ckpt.weights.values())
+    return {
+        "path": ckpt.path,
+        "model": f"{c.layers}x{c.hidden} LSTM, embedding {c.embedding}, {params:,} parameters"
+                 + (", tied weights" if c.tie_weights else ""),
+        "controls": c.control_names,
+        "styles": list(c.styles),
+        "tokenizer": {"vocabulary": len(ckpt.tokenizer), "steps_per_quarter": ckpt.tokenizer.config.resolution,
+                      "programs": ckpt.tokenizer.config.programs, "drums": ckpt.tokenizer.config.drums},
+        "corpus": {"sources": meta.get("sources") or meta.get("corpus_path"), **(meta.get("corpus") or {})},
+        "training": {k: meta.get(k) for k in ("step", "epochs", "elapsed_s", "date", "melodylstm_version") if k in meta},
+        "validation": {"nats_per_token": meta.get("val_nll"), "bits_per_note": meta.get("val_bits_per_note")},
+        "weights": meta.get("weights", "fp32"),
+    }
+
+
+def format_description(info: dict) -> str:
+    corpus = info["corpus"]
+    sources = corpus.get("sources")
+    if isinstance(sources, list):
+        sources = ", ".join(f"{name}={path}" if name else str(path) for path, name in sources)
+    val = info["validation"]
+    lines = [f"checkpoint  {info['path']}",
+             f"model       {info['model']} ({info['weights']} weights)",
+             f"controls    {', '.join(info['controls']) or 'none (an older checkpoint: --key works only with --strict-key)'}",
+             f"styles      {', '.join(info['styles']) or 'none'}",
+             f"tokens      {info['tokenizer']['vocabulary']} in the vocabulary, "
+             f"{info['tokenizer']['steps_per_quarter']} steps per quarter note"]
+    if sources or corpus.get("files_used"):
+        lines.append(f"corpus      {sources or '?'}: {corpus.get('files_used', '?')} files, "
+                     f"{corpus.get('notes', 0):,} notes, {corpus.get('tokens', 0):,} tokens")
+    train = info["training"]
+    if train:
+        lines.append("training    " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in train.items()))
+    if val["nats_per_token"] is not None:
+        bits = f", {val['bits_per_note']:.2f} bits/note" if val.get("bits_per_note") else ""
+        lines.append(f"validation  {val['nats_per_token']:.4f} nats/token{bits} (training windows; "
+                     f"`melodylstm evaluate` gives whole-piece figures)")
+    return "\n".join(lines)

@@ -163,6 +163,7 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
               help="auto: bf16/fp16 autocast on a GPU, fp32 on the CPU.")
 @click.option("--compile", "use_compile", is_flag=True, help="Use torch.compile.")
 @click.option("--transpose", type=int, help="Augment: random transposition within +-N semitones (default: from the corpus size).")
+@click.option("--transpose-share", type=click.FloatRange(0, 1), help="Share of the windows transposed (the rest keep their key).")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of files held out for validation.")
 @click.option("--evals", default=20, show_default=True, help="Validations over the budget.")
 @click.option("--patience", default=5, show_default=True, help="Early stopping: validations without improvement (0: off).")
@@ -176,6 +177,7 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.pass_context
 def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max_steps, epochs, layers, hidden, embedding,
           dropout, tie_weights, style, no_controls, batch_size, seq_len, lr, seed, device, precision, use_compile, transpose,
+          transpose_share,
           val_fraction, evals, patience, save_interval, log_every, resume, init_from, jobs, cache_dir, no_cache):
     """Train a model on the MIDI files in FOLDERS (searched recursively).
 
@@ -206,7 +208,8 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
                      "tie_weights": tie_weights}
     cfg = TrainConfig(out=out, epochs=epochs or 0.0, max_steps=max_steps or 0, max_time=(max_time or 0.0) * 60,
                       batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed, device=device, precision=precision,
-                      transpose=transpose, val_fraction=val_fraction, controls=not no_controls, style=style,
+                      transpose=transpose, transpose_share=transpose_share, val_fraction=val_fraction,
+                      controls=not no_controls, style=style,
                       evals=evals, patience=patience,
                       save_interval=save_interval, compile=use_compile, log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
@@ -688,6 +691,17 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
             Jam(gen, respond, bars, temperature, tempo, pause, seed=seed).run(inport, max_answers=answers)
         except KeyboardInterrupt:  # the normal way to end a jam: no "Aborted!", exit status 0
             info(ctx, "stopped")
+
+
+@cli.command("info")
+@click.argument("checkpoint", required=False, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_cmd(checkpoint, as_json):
+    """What a checkpoint is (default: the bundled model): size, controls, styles, corpus, figures."""
+    from .checkpoint import describe, format_description, load_checkpoint
+
+    described = describe(load_checkpoint(checkpoint))
+    click.echo(json.dumps(described, indent=2) if as_json else format_description(described))
 
 
 @cli.command()

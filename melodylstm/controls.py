@@ -372,33 +372,37 @@ class ControlPlan:
         self.progression = progression
         self.fixed = {"key": key, "style": style, "density": density}
         self.start_bar = int(bar_at(grid, np.array([start]))[0])
+        self.memo = {}
 
-    def chords_at(self, times: np.ndarray) -> np.ndarray:
-        bars = bar_at(self.grid, times)
-        starts = bar_start(self.grid, bars)
-        lengths = bar_start(self.grid, bars + 1) - starts
-        out = np.full(len(times), CHORD_UNKNOWN, dtype=np.int64)
-        for r in range(len(times)):
-            if times[r] < self.start:
-                beat = times[r] // self.res
+    def _at(self, time: int) -> tuple:
+        """(position, chord) at one time, memoized: a note's three tokens share their time."""
+        hit = self.memo.get(time)
+        if hit is None:
+            grid = self.grid
+            bar = grid.index_at_or_after(time + 1) - 1  # the bar holding `time`
+            start = grid.start(bar)
+            position = min(time - start, POSITION_BEATS * self.res)
+            chord = CHORD_UNKNOWN
+            if time < self.start:
+                beat = time // self.res
                 if self.earlier_chords is not None and beat < len(self.earlier_chords):
-                    out[r] = self.earlier_chords[beat]
-                continue
-            if not self.progression:
-                continue
-            bar = self.progression[(bars[r] - self.start_bar) % len(self.progression)]
-            out[r] = bar[min(len(bar) - 1, (times[r] - starts[r]) * len(bar) // max(1, lengths[r]))]
-        return out
+                    chord = int(self.earlier_chords[beat])
+            elif self.progression:
+                chords = self.progression[(bar - self.start_bar) % len(self.progression)]
+                length = max(1, grid.start(bar + 1) - start)
+                chord = chords[min(len(chords) - 1, (time - start) * len(chords) // length)]
+            hit = self.memo[time] = (position, chord)
+        return hit
 
     def values(self, times: np.ndarray) -> np.ndarray:
         """(rows, controls) for rows whose next note would start at `times`."""
-        times = np.asarray(times, dtype=np.int64)
-        out = np.empty((len(times), len(self.names)), dtype=np.int64)
+        at = [self._at(t) for t in times.tolist()]
+        out = np.empty((len(at), len(self.names)), dtype=np.int64)
         for i, name in enumerate(self.names):
             if name == "position":
-                out[:, i] = position_in_bar(self.grid, times, self.res)
+                out[:, i] = [p for p, _ in at]
             elif name == "chord":
-                out[:, i] = self.chords_at(times)
+                out[:, i] = [c for _, c in at]
             else:
                 value = self.fixed[name]
                 out[:, i] = self.unknown[i] if value is None else value

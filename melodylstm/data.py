@@ -333,13 +333,13 @@ class WindowSampler:
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
                  seed: int = 0, transpose: int = 0, controls: np.ndarray | None = None,
-                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY):
+                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY, transpose_share: float = 1.0):
         if len(tokens) < 2:
             raise ValueError("not enough training tokens")
         self.tokens, self.tok, self.controls = tokens, tokenizer, controls
         self.unknown, self.hide = unknown, hide
         self.seq_len = min(seq_len, len(tokens) - 1)
-        self.batch_size, self.transpose = batch_size, transpose
+        self.batch_size, self.transpose, self.transpose_share = batch_size, transpose, transpose_share
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.offsets = np.arange(self.seq_len + 1)
 
@@ -348,7 +348,8 @@ class WindowSampler:
         starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
         index = starts[:, None] + self.offsets
         batch = self.tokens[index].astype(np.int64)
-        shift = transpose_pitches(batch, self.tok, self.transpose, self.rng) if self.transpose else None
+        shift = (transpose_pitches(batch, self.tok, self.transpose, self.rng, self.transpose_share)
+                 if self.transpose else None)
         if self.controls is None:
             return batch
         controls = self.controls[index].astype(np.int64)
@@ -359,9 +360,10 @@ class WindowSampler:
         return batch, controls
 
 
-def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng) -> np.ndarray:
+def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng, share: float = 1.0) -> np.ndarray:
     """Shift every pitched note of each row by one random interval that keeps the row in range
-    (in place; returns the shifts). Drum tokens are separate, so drums are never transposed."""
+    (in place; returns the shifts); only a `share` of the rows move, the rest keep their key.
+    Drum tokens are separate, so drums are never transposed."""
     n_pitches = tok.config.pitch_high - tok.config.pitch_low + 1
     offset = batch - tok.pitch0
     is_pitch = (offset >= 0) & (offset < n_pitches)
@@ -370,6 +372,8 @@ def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng
     down = np.minimum(max_semitones, np.where(highest >= 0, lowest, max_semitones))
     up = np.minimum(max_semitones, np.where(highest >= 0, n_pitches - 1 - highest, max_semitones))
     shift = np.floor(rng.random(len(batch)) * (down + up + 1)).astype(np.int64) - down
+    if share < 1.0:
+        shift = np.where(rng.random(len(batch)) < share, shift, 0)
     batch += np.where(is_pitch, shift[:, None], 0)
     return shift
 

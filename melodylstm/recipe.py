@@ -21,6 +21,7 @@ class Recipe:
     batch_size: int
     lr: float
     transpose: int
+    transpose_share: float
     reason: str
 
     def as_dict(self) -> dict:
@@ -30,13 +31,13 @@ class Recipe:
 def recipe_for(train_tokens: int) -> Recipe:
     """The defaults for a corpus of this many training tokens."""
     if train_tokens < SMALL_CORPUS:
-        return Recipe("small", 2, 256, 128, 0.3, 128, 32, 3e-3, 5,
+        return Recipe("small", 2, 256, 128, 0.3, 128, 32, 3e-3, 5, 0.5,
                       f"{train_tokens:,} training tokens < {SMALL_CORPUS:,}: a small model, short windows "
                       "(many steps per minute) and more dropout, since it sees each piece many times")
     if train_tokens < LARGE_CORPUS:
-        return Recipe("medium", 2, 384, 128, 0.2, 256, 32, 3e-3, 5,
+        return Recipe("medium", 2, 384, 128, 0.2, 256, 32, 3e-3, 5, 0.5,
                       f"{train_tokens:,} training tokens: a medium model")
-    return Recipe("large", 3, 512, 256, 0.1, 256, 64, 2e-3, 5,
+    return Recipe("large", 3, 512, 256, 0.1, 256, 64, 2e-3, 5, 0.5,
                   f"{train_tokens:,} training tokens >= {LARGE_CORPUS:,}: a large model, little dropout")
 
 

@@ -70,6 +70,7 @@ class FastLSTM:
         self.gates = np.empty((batch, 4 * H), dtype=np.float32)
         self.tmp = np.empty((batch, H), dtype=np.float32)
         self.logits = np.empty((batch, self.vocab), dtype=np.float32)
+        self._last_controls = None
         if h is not None:
             for k in range(L):
                 self.xh[k][:, H:] = h[k]
@@ -86,8 +87,8 @@ class FastLSTM:
             if k == 0:
                 np.matmul(xh[:, H:], self.w[0], out=g)
                 g += self.table[tokens]
-                for i, table in enumerate(self.control_tables):
-                    g += table[controls[:, i]]
+                if self.control_tables:
+                    g += self._control_input(controls)
             else:
                 np.matmul(xh, self.w[k], out=g)
                 g += self.b[k]
@@ -109,6 +110,16 @@ class FastLSTM:
         np.matmul(self.xh[-1][:, H:], self.w_out, out=self.logits)
         self.logits += self.b_out
         return self.logits
+
+    def _control_input(self, controls: np.ndarray) -> np.ndarray:
+        """Sum of the control tables' rows, reused while the controls stay the same (they change
+        with time, and a note's three tokens share one time)."""
+        if self._last_controls is None or not np.array_equal(controls, self._last_controls):
+            total = self.control_tables[0][controls[:, 0]]
+            for i in range(1, len(self.control_tables)):
+                total += self.control_tables[i][controls[:, i]]
+            self._last_controls, self._control_sum = controls.copy(), total
+        return self._control_sum
 
     def state(self):
         H = self.hidden

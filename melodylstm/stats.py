@@ -96,6 +96,26 @@ def empty_beat_rate(notes, resolution) -> float:
     return float(1 - busy.mean())
 
 
+def bar_repetition(notes, grid) -> float:
+    """Share of bars with notes that repeat an earlier bar of the piece exactly or transposed
+    (same rhythm, same intervals): how much a piece reuses its own material, as real tunes do."""
+    if len(notes) == 0:
+        return 0.0
+    from .controls import bar_at, bar_start
+
+    bars = bar_at(grid, notes[:, ONSET])
+    offsets = notes[:, ONSET] - bar_start(grid, bars)
+    seen, repeats, total = set(), 0, 0
+    for b in np.unique(bars):
+        part = bars == b
+        shape = tuple(sorted(zip(offsets[part].tolist(), notes[part, DURATION].tolist(),
+                                 (notes[part, PITCH] - notes[part, PITCH].min()).tolist())))
+        repeats += shape in seen
+        total += 1
+        seen.add(shape)
+    return repeats / total
+
+
 FEATURES = {
     "pitch_count": lambda n, r: used_pitches(n),
     "pitch_class_histogram": lambda n, r: pitch_class_histogram(n),
@@ -111,7 +131,9 @@ FEATURES = {
 
 def piece_features(song: Song) -> dict:
     notes = pitched(song)
-    return {name: np.atleast_1d(np.asarray(fn(notes, song.resolution), dtype=float)) for name, fn in FEATURES.items()}
+    out = {name: np.atleast_1d(np.asarray(fn(notes, song.resolution), dtype=float)) for name, fn in FEATURES.items()}
+    out["bar_repetition"] = np.atleast_1d(bar_repetition(notes, song.bar_grid()))
+    return out
 
 
 def load_set(path, split: str = "all", val_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
@@ -177,7 +199,7 @@ def compare(generated: list[dict], reference: list[dict], grid_points: int = 256
     if len(generated) < 2 or len(reference) < 2:
         raise ValueError("stats needs at least 2 usable pieces in each set")
     out = {}
-    for name in FEATURES:
+    for name in generated[0]:
         g = np.stack([f[name] for f in generated])
         r = np.stack([f[name] for f in reference])
         intra_g, intra_r, inter = pairwise(g), pairwise(r), pairwise(g, r)

@@ -47,6 +47,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     transpose: int | None = None  # augmentation: random transposition within +-N semitones
+    transpose_share: float | None = None  # of the windows (the others keep the corpus's own keys)
     val_fraction: float = 0.1
     controls: bool = True  # learn the control inputs (key, chord, density, position, style)
     style: str | None = None  # the style of every file (default: first-level subfolder names)
@@ -257,7 +258,8 @@ class Run:
             saved = start.train_state.get("train_config", {})
             keep = ("out", "device", "precision", "compile", "save_interval", "log_every")
             cfg = self.cfg = replace(cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)})
-        cfg = self.cfg = replace(cfg, **{k: getattr(self.recipe, k) for k in ("batch_size", "seq_len", "lr", "transpose")
+        cfg = self.cfg = replace(cfg, **{k: getattr(self.recipe, k) for k in
+                                         ("batch_size", "seq_len", "lr", "transpose", "transpose_share")
                                          if getattr(cfg, k) is None})
         if not isinstance(model_config, ModelConfig):
             chosen = {k: v for k, v in (model_config or {}).items() if v is not None}
@@ -286,7 +288,7 @@ class Run:
         columns = ctl.columns_of(model_config)
         train_controls = self.store.train_controls[:, columns] if columns else None
         self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
-                                     train_controls, ctl.unknown_of(model_config))
+                                     train_controls, ctl.unknown_of(model_config), transpose_share=cfg.transpose_share)
         index = validation_index(len(self.store.val), self.sampler.seq_len, MAX_VAL_TOKENS)
         self.val_windows = self.store.val[index].astype(np.int64)
         self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None
@@ -326,7 +328,7 @@ class Run:
                 + f"controls: {controls}\n"
                 f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}, dropout {m.dropout}), "
                 f"{self.model.num_parameters():,} parameters, on {self.device}; windows {c.batch_size}x{self.sampler.seq_len}, "
-                f"lr {c.lr:g}, transposition +-{c.transpose}\n"
+                f"lr {c.lr:g}, transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows\n"
                 f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
                 f"{c.evals} validations, early stop after {c.patience} without improvement")
 
