@@ -48,11 +48,12 @@ def split_files(folder: Path):
 
 # ---------------------------------------------------------------- melodylstm train, defaults
 
-def melodylstm_bits(folder: Path, minutes: float, workdir: Path, extra=()) -> dict:
+def melodylstm_bits(folder: Path, minutes: float, workdir: Path, threads: int = 0, extra=()) -> dict:
     out = workdir / "run"
     cmd = [sys.executable, "-m", "melodylstm", "-q", "train", str(folder), "-o", str(out), "--max-time", str(minutes), *extra]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
     wall = time.perf_counter() - started
     ev = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(folder), "-c", str(out),
                          "--split", "val", "--json"], check=True, capture_output=True, text=True)
@@ -76,11 +77,13 @@ def tsd_tokens(files):
     return seqs, len(tok)
 
 
-def peer_bits(train, val, minutes: float, seed: int = 0) -> dict:
+def peer_bits(train, val, minutes: float, seed: int = 0, threads: int = 0) -> dict:
     """The 40-line loop a user would write; bits/note on the validation files, state carried."""
     import torch
     from torch import nn
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     train_seqs, vocab = tsd_tokens(train)
     val_seqs, _ = tsd_tokens(val)
@@ -121,14 +124,14 @@ def peer_bits(train, val, minutes: float, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------- the table
 
-def run(corpora: dict, minutes_list, out_json: Path | None) -> list:
+def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0) -> list:
     rows = []
     for name, folder in corpora.items():
         train, val = split_files(folder)
         for minutes in minutes_list:
             with tempfile.TemporaryDirectory() as tmp:
-                ours = melodylstm_bits(folder, minutes, Path(tmp))
-            peer = peer_bits(train, val, minutes)
+                ours = melodylstm_bits(folder, minutes, Path(tmp), threads)
+            peer = peer_bits(train, val, minutes, threads=threads)
             row = {"corpus": name, "train_files": len(train), "val_files": len(val),
                    "train_tokens": int(sum(len(r.tokens) for r in train)), "minutes": minutes,
                    "melodylstm": ours["bits_per_note"], "melodylstm_steps": ours["steps"],
@@ -155,13 +158,15 @@ def main():
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 5, 10])
     parser.add_argument("--corpus", action="append", help="NAME=FOLDER (repeatable; default: every corpus found)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: PyTorch's default)")
     args = parser.parse_args()
     corpora = dict(c.split("=", 1) for c in args.corpus) if args.corpus else default_corpora()
     corpora = {k: Path(v) for k, v in corpora.items()}
-    print(f"machine: {os.cpu_count()} cores; bits/note on held-out files (lower is better)")
+    print(f"machine: {os.cpu_count()} cores, {args.threads or 'default'} thread(s) per run; "
+          "bits/note on held-out files (lower is better)")
     print("| corpus (train/val files) | minutes | melodylstm train | plain loop (peer) | 5-gram | vs peer | vs 5-gram |")
     print("|---|---|---|---|---|---|---|")
-    run(corpora, args.minutes, args.json)
+    run(corpora, args.minutes, args.json, args.threads)
 
 
 if __name__ == "__main__":

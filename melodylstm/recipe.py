@@ -20,8 +20,8 @@ class Recipe:
     seq_len: int
     batch_size: int
     lr: float
-    transpose: int
-    transpose_share: float
+    transpose: int  # +-semitones, on `transpose_share` of the windows: half the windows keep the
+    transpose_share: float  # corpus's keys (full transposition cost 9% bits/note), half learn every key
     reason: str
 
     def as_dict(self) -> dict:
