@@ -74,20 +74,51 @@ class Continuation:
         atomic_write_bytes(path, self.midi_bytes(only_new))
 
 
+def midi_chunks(data: bytes):
+    """(format, tracks, division, [(chunk id, start, end)]) of a standard MIDI file, or None when its
+    chunk structure is broken (then the input is written anew rather than copied)."""
+    if len(data) < 14 or data[:4] != b"MThd" or int.from_bytes(data[4:8], "big") < 6:
+        return None
+    fmt, ntracks, division = (int.from_bytes(data[i:i + 2], "big") for i in (8, 10, 12))
+    chunks, pos = [], 8 + int.from_bytes(data[4:8], "big")
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + size > len(data):
+            return None
+        chunks.append((data[pos:pos + 4], pos + 8, pos + 8 + size))
+        pos += 8 + size
+    if pos != len(data) or division & 0x8000 or fmt > 1 or sum(c[0] == b"MTrk" for c in chunks) != ntracks:
+        return None  # trailing bytes, SMPTE time, format 2 or a miscounted header: rewrite instead
+    return fmt, ntracks, division, chunks
+
+
+def channels_in(data: bytes, chunks) -> set:
+    """Channels a file may use: every channel-message status byte in its tracks. Bytes of delta
+    times or meta data can look like status bytes too, so this may over-count, never under-count."""
+    used = set()
+    for kind, start, end in chunks:
+        if kind == b"MTrk":
+            block = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
+            status = block[(block >= 0x80) & (block < 0xF0)]
+            used.update((np.unique(status) & 0x0F).tolist())
+    return used
+
+
 def append_tracks(source: bytes, song: Song) -> bytes:
-    """The original file, event for event, plus the song as new tracks on unused channels."""
+    """The original file, byte for byte, plus the song as new tracks on unused channels: only the
+    header's track count changes (and format 0 becomes 1), so a long input costs nothing to keep."""
     import mido
 
-    mid = mido.MidiFile(file=io.BytesIO(source), clip=True)
-    if mid.type == 0:
-        mid.type = 1  # a type-0 file cannot hold a second track
-    used = {msg.channel for track in mid.tracks for msg in track if hasattr(msg, "channel")}
+    fmt, ntracks, division, chunks = midi_chunks(source)
+    used = channels_in(source, chunks)
     free = [ch for ch in range(16) if ch != 9 and ch not in used] or [ch for ch in range(16) if ch != 9]
-    ticks_per_step = mid.ticks_per_beat / song.resolution
     named = Song(song.notes, song.resolution, song.tempos, song.time_signatures,
                  {p: CONTINUATION_NAME for p in set(song.notes[:, PROGRAM].tolist())})
-    mid.tracks.extend(song_to_tracks(named, ticks_per_step, channels=free))
-    return midifile_bytes(mid)
+    extra = mido.MidiFile(type=1, ticks_per_beat=division)
+    extra.tracks.extend(song_to_tracks(named, division / song.resolution, channels=free))
+    new_chunks = midifile_bytes(extra)[14:]  # the new tracks' MTrk chunks, without their header
+    header = source[:8] + (1).to_bytes(2, "big") + (ntracks + len(extra.tracks)).to_bytes(2, "big") + source[12:14]
+    return header + source[14:] + new_chunks
 
 
 class Generator:
@@ -183,13 +214,7 @@ class Generator:
         else:
             raise TypeError("primer must be a path, MIDI bytes, a PrettyMIDI or a Song")
         song = read_midi_bytes(data, res)
-        try:
-            import mido
-
-            mido.MidiFile(file=io.BytesIO(data), clip=True)
-        except Exception:  # noqa: BLE001 - mido is stricter than symusic; fall back to rewriting
-            data = None
-        return song, data
+        return song, data if midi_chunks(data) is not None else None
 
     def _seed(self, seed) -> int:
         seed = secrets.randbelow(2**31) if seed is None else int(seed)

@@ -201,3 +201,20 @@ def test_python_api_accepts_pretty_midi(gen, tmp_path):
     assert len(result.notes.notes) > 0
     greedy = [gen.generate(bars=2, temperature=0, seed=s)[0].notes for s in (1, 2)]
     assert np.array_equal(*greedy)  # temperature 0 is greedy: no randomness left
+
+
+def test_long_primer_is_primed_from_its_last_bars_and_copied_byte_for_byte(random_ckpt, tmp_path):
+    from conftest import scale_song
+
+    long_song = scale_song(3, bars=200)
+    primer = tmp_path / "long.mid"
+    write_midi(long_song, primer)
+    out = tmp_path / "out.mid"
+    result = cli("continue", str(primer), "-o", str(out), "-c", str(random_ckpt), "--bars", "2", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "primed from the last 64 bars" in result.stderr
+    source, written = primer.read_bytes(), out.read_bytes()
+    assert written[14:len(source)] == source[14:]  # every input track unchanged, new tracks after them
+    assert int.from_bytes(written[10:12], "big") > int.from_bytes(source[10:12], "big")
+    back = read_midi(out, 12)
+    assert len(back.notes) > len(long_song.notes) and back.notes[:, 0].max() >= 200 * 48
