@@ -530,19 +530,23 @@ def render(ctx, midi_file, out, soundfont, synth):
 @click.option("--new-from", type=float, help="Colour notes from this second on as generated.")
 @click.pass_context
 def show(ctx, midi_file, out, width, height, new_from):
-    """Draw a piano roll of a MIDI file to a PNG (no display needed). Tracks named
-    "melodylstm continuation" are drawn as generated notes."""
+    """Draw a piano roll of a MIDI file to a PNG (no display needed), with bar lines and a time
+    ruler. Tracks named "melodylstm continuation" are drawn as generated notes; a file without
+    them is coloured by instrument."""
     from .midi import read_midi_tracks
-    from .pianoroll import save_png
+    from .pianoroll import Grid, save_png
     from .playback import Timeline
 
     check_output(midi_file, out)
     timeline = Timeline()
-    for name, part in read_midi_tracks(midi_file, 96):
+    parts = read_midi_tracks(midi_file, 96)
+    track_of = []  # the track of every note: without generated notes, tracks get their own colours
+    for track, (name, part) in enumerate(parts):
         timeline.add_song(part, is_new=name.startswith("melodylstm"))
-    notes = [(s, e, p, v, prog, new or (new_from is not None and s >= new_from))
-             for s, e, p, v, prog, new in timeline.notes]
-    save_png(notes, out, width, height)
+        track_of += [track] * (len(timeline.notes) - len(track_of))
+    notes = [(s, e, p, v, prog, new or (new_from is not None and s >= new_from), track)
+             for (s, e, p, v, prog, new), track in zip(timeline.notes, track_of)]
+    save_png(notes, out, width, height, grid=Grid.of(parts[0][1]) if parts else None)
     info(ctx, f"wrote {out} ({len(notes)} notes)")
 
 
