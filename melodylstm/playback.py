@@ -148,19 +148,52 @@ def init_pygame_audio(buffer: int = BLOCK):
     return pygame
 
 
+STREAM_CHANNELS = 4  # mixer channels reserved for the stream: it moves to the next if one gets stuck
+STUCK_SECONDS = 0.06
+
+
 class PygameOutput:
     """Keeps one mixer channel fed: while a block plays, the next waits in the channel's queue."""
 
     def __init__(self, buffer: int = BLOCK):
         self.pygame = init_pygame_audio(buffer)
-        self.channel = self.pygame.mixer.Channel(0)
+        mixer = self.pygame.mixer
+        mixer.set_num_channels(max(mixer.get_num_channels(), STREAM_CHANNELS))
+        mixer.set_reserved(STREAM_CHANNELS)  # Sound.play() never takes them
+        self.spares = itertools.cycle(range(STREAM_CHANNELS))
+        self.channel = mixer.Channel(next(self.spares))
+        self.stuck_since = None
+        self.restarts = 0  # stuck channels left behind
 
-    def feed(self, renderer: BlockRenderer) -> None:
+    def feed(self, renderer) -> int:
+        """Queue blocks from `renderer` (anything with render(frames)) until one waits; returns
+        how many were queued."""
         # Only queue(), never play(): an idle channel plays a queued sound at once, while play()
         # drops the sound already queued if the mixer is between two blocks (a lost block, heard
         # as a skip; measured under load by benchmarks/playback.py).
+        self._unstick()
+        queued = 0
         while self.channel.get_queue() is None:
             self.channel.queue(self.pygame.mixer.Sound(buffer=to_int16(renderer.render(QUEUED_BLOCK))))
+            queued += 1
+        return queued
+
+    def _unstick(self) -> None:
+        """pygame race: a queue() that lands just as the playing block ends can leave the channel
+        idle with the block still queued, and nothing will ever play it (seen on a 2-core machine
+        under heavy load: the stream fell silent for good). Play that block on the next channel."""
+        if self.channel.get_busy() or self.channel.get_queue() is None:
+            self.stuck_since = None
+            return
+        now = time.monotonic()
+        if self.stuck_since is None:
+            self.stuck_since = now  # the mixer may just be late to start the queued block
+        elif now - self.stuck_since >= STUCK_SECONDS:
+            block = self.channel.get_queue()
+            self.channel = self.pygame.mixer.Channel(next(self.spares))
+            self.channel.play(block)
+            self.stuck_since = None
+            self.restarts += 1
 
     def close(self):
         self.channel.stop()
