@@ -623,7 +623,7 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
 @click.option("--style", help="Style of the answers (models trained with styles).")
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
 @click.option("--no-metronome", is_flag=True, help="Start with the metronome off (M toggles it).")
-@click.option("--seed", type=int, help="Seeds of the answers, for a repeatable session.")
+@click.option("--seed", type=int, help="Seed of the first answer (the next ones count up), for a repeatable session.")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
 @click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
               show_default=True)

@@ -768,7 +768,7 @@ class Studio:
         self.pause, self.inport, self.size = pause, inport, size
         self.synth_kind = audio.name if audio.name != "none" else synth
         self.soundfont, self.gen_options = soundfont, dict(gen_options or {})
-        self.seeds = np.random.default_rng(seed)
+        self.seeds = itertools.count(seed) if seed is not None else None  # --seed 5: answers use 5, 6, 7 ...
         self.audio.metronome, self.audio.meter = metronome, session.meter
         self.log = log if log is not None else (lambda m: print(f"studio: {m}", file=sys.stderr, flush=True))
         self.octave, self.velocity = 60, 96  # the A key plays C4
@@ -1111,7 +1111,7 @@ class Studio:
         if self.job is not None:
             self.job.cancel()
         self.tried = self._phrase_marker()
-        seed = int(self.seeds.integers(2**31))
+        seed = next(self.seeds) if self.seeds is not None else secrets.randbelow(2**31)
         self.job = AnswerJob(self.gen, primer, crop, self.controls(), seed, target, in_place)
         self.job.mode, self.job.requested = mode, self.audio.now()
         self.events.append((time.monotonic(), self.job.requested, "answer requested", target))
@@ -1313,7 +1313,8 @@ class Studio:
     def draw(self) -> None:
         from . import pianoroll as roll
 
-        pygame, screen = self.pygame, self.pygame.display.get_surface()
+        pygame = self.pygame
+        screen = self.screen = pygame.display.get_surface()  # a new one after a resize
         width, height = screen.get_size()
         now = self.audio.now()
         span = self.span()
