@@ -80,12 +80,12 @@ CHILD = textwrap.dedent("""
         for _ in range(3):
             post("down", "x"); post("up", "x")  # three octaves up: K is C8
         time.sleep(0.3)
-        for _ in range(3):
+        for _ in range(4):
             tap("RETURN", hold=0.01, after=0.0)
             for _ in range(6):
                 tap("k", hold=0.04, after=0.04)
-            wait(lambda: idle_answer(app))
-            time.sleep(0.5)
+            wait(lambda: app.job is None)
+            tap("ESCAPE", hold=0.01, after=0.5)  # stop the answer: the next keys sound alone
         for _ in range(8):
             tap("k", hold=0.05, after=0.25)
 

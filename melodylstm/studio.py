@@ -784,6 +784,7 @@ class Studio:
         self.t0, self.follow = 0.0, True
         self.cache_key, self.cache = None, None
         self.status_rects = []
+        self.texts = {}
         self.next_frame = 0.0
         self.events = []  # (monotonic, stream s, what, detail): what the window did, for benchmarks
         self.screen = None
@@ -1355,23 +1356,30 @@ class Studio:
             return "playing"
         return "answer playing" if self.audio.busy_until() > self.audio.now() else "listening"
 
-    def draw_status(self, screen, width, height) -> None:
+    def text(self, text: str, colour, size: int = 18):
+        """Rendered text, cached: the status line is drawn 30 times a second but rarely changes."""
         from .pianoroll import font
 
-        pygame = self.pygame
-        pygame.draw.rect(screen, PANEL, (0, height - STATUS_H, width, STATUS_H))
+        key = (text, colour, size)
+        if key not in self.texts:
+            if len(self.texts) > 200:
+                self.texts.clear()
+            self.texts[key] = font(size).render(text, True, colour)
+        return self.texts[key]
+
+    def draw_status(self, screen, width, height) -> None:
+        self.pygame.draw.rect(screen, PANEL, (0, height - STATUS_H, width, STATUS_H))
         x, y = 8, height - STATUS_H + 5
         self.status_rects = []
         for name in ("synth", "tempo", "metre", "metronome", "temperature", "bars", "key", "style", "octave", "velocity"):
-            label = font(18).render(self.control_text(name), True, TEXT)
-            rect = screen.blit(label, (x, y))
+            rect = screen.blit(self.text(self.control_text(name), TEXT), (x, y))
             self.status_rects.append((rect, name))
             x = rect.right + 16
-        line = f"{self.state_text()}  |  {self.session.note_count()} notes  |  {self.folder}  |  F1: keys"
-        screen.blit(font(18).render(line, True, DIM), (8, y + 20))
+        line = self.text(f"{self.state_text()}  |  {self.session.note_count()} notes  |  {self.folder}  |  F1: keys", DIM)
+        screen.blit(line, (8, y + 20))
         if self.message:
-            text = font(18).render(self.message, True, ERROR if self.message_error else TEXT)
-            screen.blit(text, (max(8 + font(18).size(line)[0] + 24, width - text.get_width() - 8), y + 20))
+            text = self.text(self.message, ERROR if self.message_error else TEXT)
+            screen.blit(text, (max(8 + line.get_width() + 24, width - text.get_width() - 8), y + 20))
 
     def draw_help(self, screen) -> None:
         from .pianoroll import font
