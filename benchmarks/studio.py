@@ -96,10 +96,11 @@ CHILD = textwrap.dedent("""
                 tap(key, hold=0.2, after=0.05)
             if round == 3:
                 tap("RETURN", hold=0.01, after=0.0)
-            wait(lambda: app.answers > round and idle_answer(app))
-            if round == 0:
-                time.sleep(0.05)
+            if round == 0:  # the picture: phrase and answer on screen, the answer playing
+                wait(lambda: app.answers > 0 and app.job is None)
+                time.sleep(1.5)
                 extra["screenshot"] = os.path.join(out, "studio.png")
+            wait(lambda: app.answers > round and idle_answer(app))
             time.sleep(0.6)
         tap("RETURN", hold=0.01)
         wait(lambda: app.answers > 4 and idle_answer(app))
@@ -222,7 +223,7 @@ def frame_at(writes, when) -> int:
 
 
 def case_keys(folder, synth, load):
-    log, writes, audio, _ = run_child(folder, "keys", ["--synth", synth, "--no-metronome", "--bars", "16"], load)
+    log, writes, audio, _ = run_child(folder, "keys", ["--synth", synth, "--no-metronome", "--bars", "48"], load)
     c8 = 440 * 2 ** ((108 - 69) / 12)
     env, n = envelope(audio, hz=c8)
     busy, idle = [], []

@@ -196,8 +196,7 @@ class Session:
         if pitch in self.held:
             self.note_off(pitch, at)
         self.held[pitch] = (at, velocity, program)
-        self.last_note_on = at
-        self._touch()
+        self.last_note_on = at  # no _touch(): a held note is drawn apart and saved once released
 
     def note_off(self, pitch: int, at: float) -> None:
         if pitch not in self.held:
@@ -1329,7 +1328,7 @@ class Studio:
         key = (self.session.version, t0, span, area.get_size(), low, high, self.session.meter.tempos,
                self.session.meter.signatures)
         if key != self.cache_key:
-            self.cache = pygame.Surface(area.get_size())
+            self.cache = pygame.Surface(area.get_size(), 0, screen)  # the screen's format: a plain copy to blit
             roll.draw_background(self.cache, low, high, t0, t1, self.session.meter.grid())
             roll.draw_notes(self.cache, notes, low, high, t0, t1, colour_of=self.colour_of)
             self.cache_key = key
