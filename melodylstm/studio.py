@@ -171,6 +171,7 @@ class Session:
         self.version = 0  # bumped by every change: the window redraws, autosave knows
         self.saved_version = 0
         self._end = (None, 0.0)  # (version, end): the loop asks often
+        self._roll = (None, [])
 
     # ------------------------------------------------------------ notes
 
@@ -221,8 +222,11 @@ class Session:
         return bool(self.parts) and self.parts[-1].kind == "phrase" and bool(self.parts[-1].notes)
 
     def roll_notes(self) -> list:
-        """(start, end, pitch, velocity, program, is_answer) for the piano roll."""
-        return [(*n, p.kind == "answer") for p in self.parts for n in p.notes]
+        """(start, end, pitch, velocity, program, is_answer) for the piano roll (kept per version:
+        the window asks 30 times a second)."""
+        if self._roll[0] != self.version:
+            self._roll = (self.version, [(*n, p.kind == "answer") for p in self.parts for n in p.notes])
+        return self._roll[1]
 
     def held_notes(self, now: float) -> list:
         """Keys down now, as notes that end now (they grow in the piano roll)."""
@@ -287,6 +291,7 @@ class Session:
         part = self.begin_answer(seed)
         for note in notes:
             part.notes.append(placement.place(note))
+        self._touch()
         return part
 
     def begin_answer(self, seed=None) -> Part:
