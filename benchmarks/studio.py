@@ -82,8 +82,8 @@ CHILD = textwrap.dedent("""
         time.sleep(0.3)
         for _ in range(4):
             tap("RETURN", hold=0.01, after=0.0)
-            for _ in range(6):
-                tap("k", hold=0.04, after=0.04)
+            for _ in range(5):
+                tap("k", hold=0.04, after=0.21)  # the last one has faded (150 ms) before the next
             wait(lambda: app.job is None)
             tap("ESCAPE", hold=0.01, after=0.5)  # stop the answer: the next keys sound alone
         for _ in range(8):
@@ -180,15 +180,40 @@ def run_child(folder, scenario, args, load=0):
         log = json.load(f)
     data = np.fromfile(capture, dtype="<i2")
     audio = data[: len(data) // 2 * 2].reshape(-1, 2)[:, 0] / 32768.0
-    return log, np.array([w for w in writes if w[1] > 0]), audio, err
+    return log, buffer_times(np.array(writes)), audio, err
 
 
-def written_at(writes, frame) -> float:
+MIXER_BUFFER = 512  # frames the mixer hands over at a time (studio.KEY_BUFFER)
+
+
+def buffer_times(writes):
+    """(first frame, write time) of every mixer buffer. The disk driver writes through stdio,
+    whose 4096-byte buffer holds two of ours: the file grows by both when the *next* one is
+    written, so a buffer reached the file one or two buffer periods before the growth was seen."""
+    writes = writes[writes[:, 1] > 0]
+    flushed = np.diff(np.concatenate([[0], writes[:, 1]]))
+    count = np.maximum(1, flushed // MIXER_BUFFER)
+    period = float(np.median(np.diff(writes[:, 0]) / count[1:]))  # the driver's own pace
+    starts, times = [], []
+    for (seen, end), n, size in zip(writes, count, flushed):
+        for j in range(n):
+            starts.append(end - size + j * MIXER_BUFFER)
+            times.append(seen - (n - j) * period)
+    return np.array(starts), np.array(times)
+
+
+def written_at(buffers, frame) -> float:
     """Monotonic time at which `frame` was written: its buffer's write time plus its offset in it."""
-    i = int(np.searchsorted(writes[:, 1], frame, side="right"))  # first write that contains the frame
-    i = min(i, len(writes) - 1)
-    start = writes[i - 1, 1] if i > 0 else 0
-    return writes[i, 0] + (frame - start) / SR
+    starts, times = buffers
+    i = max(0, int(np.searchsorted(starts, frame, side="right")) - 1)
+    return times[i] + (frame - starts[i]) / SR
+
+
+def frame_at(buffers, when) -> int:
+    """The frame being written (starting to sound) at monotonic time `when`."""
+    starts, times = buffers
+    i = max(0, int(np.searchsorted(times, when, side="right")) - 1)
+    return int(starts[i] + min(MIXER_BUFFER, max(0.0, when - times[i]) * SR))
 
 
 def envelope(signal, hz=None, ms=1.0):
@@ -213,20 +238,12 @@ def first_rise(env, n, after_frame, level, limit_s=0.5) -> int | None:
     return None if not len(hits) else (start + hits[0]) * n
 
 
-def frame_at(writes, when) -> int:
-    """The frame being written (starting to sound) at monotonic time `when`."""
-    i = int(np.searchsorted(writes[:, 0], when))
-    if i == 0:
-        return 0
-    i = min(i, len(writes) - 1)
-    return int(writes[i - 1, 1] + (when - writes[i - 1, 0]) * SR)
-
-
 def case_keys(folder, synth, load):
     log, writes, audio, _ = run_child(folder, "keys", ["--synth", synth, "--no-metronome", "--bars", "48"], load)
     c8 = 440 * 2 ** ((108 - 69) / 12)
     env, n = envelope(audio, hz=c8)
-    busy, idle = [], []
+    busy, idle, detail = [], [], []
+    handled = [e[0] for e in log["events"] if e[2] == "key" and e[3] == 108]
     for when, kind, key, sampling in log["acts"]:
         if kind != "down" or key != "k":
             continue
@@ -234,13 +251,16 @@ def case_keys(folder, synth, load):
         if frame == 0:
             continue
         peak = env[frame // n: frame // n + 100].max()
-        onset = first_rise(env, n, frame - int(0.005 * SR), max(0.3 * peak, 1e-3))
+        before = env[max(0, frame // n - 5): frame // n + 1].max()  # what still sounds from the last one
+        onset = first_rise(env, n, frame - int(0.005 * SR), max(0.3 * peak, 3 * before, 1e-3))
         if onset is None:
             continue
         latency = (written_at(writes, onset) - when) * 1000
         (busy if sampling else idle).append(round(latency, 1))
+        loop = min((h for h in handled if h >= when - 0.001), default=when) - when  # the window saw it
+        detail.append([round(when - writes[1][0], 2), sampling, round(loop * 1000, 1), round(latency, 1)])
     return {"case": f"key -> sound, {synth}", "while sampling": busy, "idle": idle,
-            "restarts": log["restarts"]}
+            "restarts": log["restarts"], "detail": detail}
 
 
 def case_pause(folder, load):

@@ -15,7 +15,6 @@ Three layers, each usable without the ones above it:
 """
 from __future__ import annotations
 
-import bisect
 import collections
 import heapq
 import inspect
@@ -64,14 +63,20 @@ class Meter:
     def metre(self) -> tuple[int, int]:
         return self.signatures[-1][1], self.signatures[-1][2]
 
-    def seconds(self, tick) -> float:
-        return float(steps_to_seconds(np.float64(tick), self.tempos, TICKS))
+    def seconds(self, tick):
+        """Seconds of a tick, or of an array of ticks."""
+        out = steps_to_seconds(np.asarray(tick, dtype=np.float64), self.tempos, TICKS)
+        return float(out) if np.ndim(out) == 0 else out
 
-    def tick_at(self, seconds: float) -> float:
-        starts = [self.seconds(t) for t, _ in self.tempos]
-        i = max(0, bisect.bisect_right(starts, seconds) - 1)
-        tick, us = self.tempos[i]
-        return tick + (seconds - starts[i]) * 1e6 / us * TICKS
+    def tick_at(self, seconds):
+        """Ticks (fractional) at a time, or at an array of times."""
+        ticks = np.array([t for t, _ in self.tempos], dtype=np.float64)
+        starts = np.atleast_1d(self.seconds(ticks))
+        per_second = np.array([1e6 / us * TICKS for _, us in self.tempos])
+        at = np.asarray(seconds, dtype=np.float64)
+        i = np.clip(np.searchsorted(starts, at, side="right") - 1, 0, len(starts) - 1)
+        out = ticks[i] + (at - starts[i]) * per_second[i]
+        return float(out) if np.ndim(out) == 0 else out
 
     def bar_grid(self) -> BarGrid:
         return BarGrid(self.signatures, TICKS)
@@ -151,11 +156,19 @@ class Placement:
         self.origin, self.base = origin, crop * TICKS / resolution if origin is None else None
 
     def place(self, note) -> list:
-        onset, duration, pitch, velocity, program = (int(x) for x in note)
+        return self.place_all([note])[0]
+
+    def place_all(self, notes) -> list:
+        """[start s, end s, pitch, velocity, program] for model notes (onset, duration, pitch, velocity, program)."""
+        notes = np.asarray(notes, dtype=np.int64).reshape(-1, 5)
+        if not len(notes):
+            return []
         if self.base is None:  # the first note fixes where step 0 lies
-            self.base = self.meter.tick_at(self.origin) - onset * self.size
-        start = self.base + onset * self.size
-        return [self.meter.seconds(start), self.meter.seconds(start + duration * self.size), pitch, velocity, program]
+            self.base = self.meter.tick_at(self.origin) - int(notes[0, 0]) * self.size
+        start = self.base + notes[:, 0] * self.size
+        times = np.atleast_1d(self.meter.seconds(np.concatenate([start, start + notes[:, 1] * self.size])))
+        n = len(notes)
+        return [[float(a), float(b), *row] for a, b, row in zip(times[:n], times[n:], notes[:, 2:].tolist())]
 
 
 class Session:
@@ -172,6 +185,7 @@ class Session:
         self.saved_version = 0
         self._end = (None, 0.0)  # (version, end): the loop asks often
         self._roll = (None, [])
+        self._range = (None, ())
 
     # ------------------------------------------------------------ notes
 
@@ -228,6 +242,13 @@ class Session:
             self._roll = (self.version, [(*n, p.kind == "answer") for p in self.parts for n in p.notes])
         return self._roll[1]
 
+    def pitch_range(self) -> tuple:
+        """(lowest, highest) pitch of all notes, () for none."""
+        if self._range[0] != self.version:
+            notes = self.roll_notes()
+            self._range = (self.version, (min(n[2] for n in notes), max(n[2] for n in notes)) if notes else ())
+        return self._range[1]
+
     def held_notes(self, now: float) -> list:
         """Keys down now, as notes that end now (they grow in the piano roll)."""
         return [(s, max(now, s + 0.01), pitch, v, prog, False) for pitch, (s, v, prog) in self.held.items()]
@@ -250,13 +271,11 @@ class Session:
         Returns the song and the step it was cropped at."""
         parts = self.parts if parts is None else parts
         tempos, signatures = self.meter.maps(resolution)
-        notes = []
-        for part in parts:
-            for start, end, pitch, velocity, program in part.notes:
-                onset = max(0, round(self.meter.tick_at(start) * resolution / TICKS))
-                stop = round(self.meter.tick_at(end) * resolution / TICKS)
-                notes.append([onset, max(1, stop - onset), pitch, velocity, program])
-        song = Song(np.array(notes, dtype=np.int64).reshape(-1, 5), resolution, tempos, signatures)
+        rows = np.array([n for part in parts for n in part.notes], dtype=np.float64).reshape(-1, 5)
+        onsets = np.maximum(0, np.round(self.meter.tick_at(rows[:, 0]) * resolution / TICKS))
+        stops = np.round(self.meter.tick_at(rows[:, 1]) * resolution / TICKS)
+        notes = np.column_stack([onsets, np.maximum(1, stops - onsets), rows[:, 2:]]).astype(np.int64)
+        song = Song(notes, resolution, tempos, signatures)
         if not crop or not len(song.notes):
             return song, 0
         grid = song.bar_grid()
@@ -289,8 +308,7 @@ class Session:
 
     def add_answer(self, notes, placement: Placement, seed=None) -> Part:
         part = self.begin_answer(seed)
-        for note in notes:
-            part.notes.append(placement.place(note))
+        part.notes.extend(placement.place_all(notes))
         self._touch()
         return part
 
@@ -420,55 +438,80 @@ class Cancelled(Exception):
     pass
 
 
+def sample_answer(generator, primer: Song, kwargs: dict, seed: int, send, cancelled) -> None:
+    """Sample one answer, reporting through send(kind, payload): ("note", note) as each note is
+    complete, then ("done", notes the stream missed), ("failed", reason) or ("cancelled", None).
+    `cancelled()` is asked at every note."""
+    streamed = set()
+
+    def on_note(note):
+        if cancelled():
+            raise Cancelled()
+        note = tuple(int(x) for x in note)
+        streamed.add(note)
+        send("note", note)
+
+    try:
+        if cancelled():
+            raise Cancelled()
+        result = generator.continue_(primer, seed=seed, on_note=on_note, **kwargs)[0]
+        send("done", [tuple(n) for n in result.notes.notes.tolist() if tuple(n) not in streamed])
+    except Cancelled:
+        send("cancelled", None)
+    except Exception as exc:  # noqa: BLE001 - reported in the status line, never a traceback
+        send("failed", one_line(exc))
+
+
+def _sampler_process(checkpoint, conn, cancelled_up_to) -> None:
+    """The sampler process: loads the model once, then answers requests until told to quit."""
+    from threadpoolctl import threadpool_limits
+
+    from .generate import Generator
+
+    if hasattr(os, "nice"):
+        os.nice(4)  # when both want the CPU, the window (keys, sound, drawing) goes first
+    try:
+        generator = Generator.load(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the window says it
+        conn.send(("failed", None, f"the sampler could not load the model: {one_line(exc)}"))
+        return
+    with threadpool_limits(1, user_api="blas"):  # one core for sampling, the other for sound and drawing
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            if request[0] == "quit":
+                return
+            _, job_id, primer, kwargs, seed = request
+            sample_answer(generator, primer, kwargs, seed, lambda kind, payload: conn.send((kind, job_id, payload)),
+                          lambda: cancelled_up_to.value >= job_id)
+
+
 class AnswerJob:
-    """One answer sampled in a worker thread. Notes arrive in `incoming` (model steps) as the
-    sampler completes them; the window places and plays them. Cancelling stops the sampler at
-    its next note."""
+    """One answer being sampled. Notes arrive in `incoming` (model steps) as the sampler
+    completes them; the window places and plays them."""
 
-    lock = threading.Lock()  # one sampler at a time: a Generator's network holds one state
-
-    def __init__(self, generator, primer: Song, crop: int, kwargs: dict, seed: int, target: float | None,
-                 in_place: bool = False, replaces: bool = False):
-        self.generator, self.primer, self.crop, self.kwargs, self.seed = generator, primer, crop, kwargs, seed
+    def __init__(self, primer: Song, crop: int, kwargs: dict, seed: int, target: float | None,
+                 in_place: bool = False, mode: str = "now"):
+        self.primer, self.crop, self.kwargs, self.seed = primer, crop, kwargs, seed
         self.target = target  # seconds the answer should start (None: as soon as it can)
-        self.in_place, self.replaces = in_place, replaces
-        self.incoming = collections.deque()  # filled by the worker, emptied by the window
-        self.streamed = set()  # worker only
+        self.in_place, self.mode = in_place, mode
+        self.incoming = collections.deque()
         self.state = "sampling"  # -> done, failed, cancelled
         self.error = None
-        self.started = time.monotonic()
-        self.first_note_wall = None
-        self.part = None  # the session's Part, once committed
-        self.placement = None
-        self.cancelled = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="melodylstm-answer")
-        self.thread.start()
+        self.part = self.placement = self.origin = None  # once committed
+        self.requested = None
+        self.service = None
 
-    def _on_note(self, note):
-        if self.cancelled.is_set():
-            raise Cancelled()
-        if self.first_note_wall is None:
-            self.first_note_wall = time.monotonic()
-        note = tuple(int(x) for x in note)
-        self.streamed.add(note)
-        self.incoming.append(note)
-
-    def _run(self):
-        from threadpoolctl import threadpool_limits
-
-        try:
-            with self.lock, threadpool_limits(1, user_api="blas"):  # leave a core to audio and drawing
-                if self.cancelled.is_set():
-                    raise Cancelled()
-                result = self.generator.continue_(self.primer, seed=self.seed, on_note=self._on_note, **self.kwargs)[0]
-            for note in result.notes.notes.tolist():  # the sampler's final word: anything not streamed
-                if tuple(note) not in self.streamed:
-                    self.incoming.append(tuple(note))
-            self.state = "done"
-        except Cancelled:
-            self.state = "cancelled"
-        except Exception as exc:  # noqa: BLE001 - reported in the status line, never a traceback
-            self.error, self.state = one_line(exc), "failed"
+    def report(self, kind: str, payload) -> None:
+        if self.state == "cancelled":
+            return  # whatever the sampler still says
+        if kind in ("note", "done"):
+            self.incoming.extend([payload] if kind == "note" else payload)
+        if kind != "note":
+            self.state = kind
+            self.error = payload if kind == "failed" else None
 
     def take(self) -> list:
         out = []
@@ -476,8 +519,106 @@ class AnswerJob:
             out.append(self.incoming.popleft())
         return out
 
-    def cancel(self):
-        self.cancelled.set()
+    def cancel(self) -> None:
+        if self.state == "sampling" and self.service is not None:
+            self.service.cancel(self)
+
+
+class SamplerProcess:
+    """Answers are sampled in a child process, so the window's process keeps its GIL: with a
+    sampler thread instead, the loop waited 0.1-0.2 s for the GIL while an answer was sampled
+    on a busy 2-core machine, and keys and the stream waited with it."""
+
+    def __init__(self, checkpoint):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs SDL threads
+        self.conn, child = context.Pipe()
+        self.cancelled_up_to = context.Value("q", -1, lock=False)
+        self.process = context.Process(target=_sampler_process, args=(checkpoint, child, self.cancelled_up_to),
+                                       daemon=True, name="melodylstm-sampler")
+        ignore = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: Ctrl-C is the window's to handle
+        try:
+            self.process.start()
+        finally:
+            signal.signal(signal.SIGINT, ignore)
+        child.close()
+        self.jobs = {}
+        self.ids = itertools.count()
+        self.error = None
+
+    def submit(self, job: AnswerJob) -> None:
+        job.service, job.id = self, next(self.ids)
+        if self.error is not None or not self.process.is_alive():
+            job.report("failed", self.error or "the sampler process has stopped")
+            return
+        self.jobs[job.id] = job
+        self.conn.send(("answer", job.id, job.primer, job.kwargs, job.seed))
+
+    def cancel(self, job: AnswerJob) -> None:
+        self.cancelled_up_to.value = max(self.cancelled_up_to.value, job.id)
+        self.jobs.pop(job.id, None)
+        job.state = "cancelled"
+
+    def poll(self) -> None:
+        """Hand arrived notes to their jobs (called by the window's loop; never blocks)."""
+        try:
+            while self.conn.poll():
+                kind, job_id, payload = self.conn.recv()
+                if job_id is None:  # the model did not load
+                    self.error = payload
+                    for job in self.jobs.values():
+                        job.report("failed", payload)
+                    self.jobs.clear()
+                    continue
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    job.report(kind, payload)
+                    if kind != "note":
+                        del self.jobs[job_id]
+        except (EOFError, OSError):
+            self.error = "the sampler process has stopped"
+            for job in self.jobs.values():
+                job.report("failed", self.error)
+            self.jobs.clear()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("quit",))
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=1.0)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+class SamplerThread:
+    """The same in a worker thread, when no process can be started (and for the Python API)."""
+
+    lock = threading.Lock()
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def submit(self, job: AnswerJob) -> None:
+        job.service = self
+        job.cancelled = False
+
+        def run():
+            with self.lock:
+                sample_answer(self.generator, job.primer, job.kwargs, job.seed, job.report, lambda: job.cancelled)
+
+        threading.Thread(target=run, daemon=True, name="melodylstm-answer").start()
+
+    def cancel(self, job: AnswerJob) -> None:
+        job.cancelled = True
+        job.state = "cancelled"
+
+    def poll(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def supported_controls(generator) -> set:
@@ -766,8 +907,9 @@ class Studio:
 
     def __init__(self, session: Session, generator, audio, folder, bars=2, temperature=DEFAULT_TEMPERATURE,
                  key=None, style=None, pause=None, seed=None, inport=None, size=(1100, 560), synth="auto",
-                 soundfont=None, metronome=True, gen_options=None, log=None):
+                 soundfont=None, metronome=True, gen_options=None, log=None, sampler=None):
         self.session, self.gen, self.audio, self.folder = session, generator, audio, Path(folder)
+        self.sampler = sampler or SamplerThread(generator)
         self.bars, self.temperature, self.key, self.style = bars, temperature, key, style
         self.pause, self.inport, self.size = pause, inport, size
         self.synth_kind = audio.name if audio.name != "none" else synth
@@ -786,7 +928,7 @@ class Studio:
         self.quit_reason = None
         self.help = False
         self.t0, self.follow = 0.0, True
-        self.cache_key, self.cache = None, None
+        self.cache_key, self.cache, self.cache_parts = None, None, []
         self.status_rects = []
         self.texts = {}
         self.next_frame = 0.0
@@ -853,6 +995,7 @@ class Studio:
             self.safe(self.handle, event)
         if self.inport is not None:
             self.safe(self.poll_midi)
+        self.safe(self.sampler.poll)
         self.safe(self.update_answer)
         self.safe(self.audio.feed)
         now = time.monotonic()
@@ -866,6 +1009,7 @@ class Studio:
     def _close(self):
         if self.job is not None:
             self.job.cancel()
+        self.safe(self.sampler.close)
         if self.saving is not None:
             self.saving.join(timeout=60)
         for pitch in list(self.down.values()):
@@ -1117,8 +1261,9 @@ class Studio:
             self.job.cancel()
         self.tried = self._phrase_marker()
         seed = next(self.seeds) if self.seeds is not None else secrets.randbelow(2**31)
-        self.job = AnswerJob(self.gen, primer, crop, self.controls(), seed, target, in_place)
-        self.job.mode, self.job.requested = mode, self.audio.now()
+        self.job = AnswerJob(primer, crop, self.controls(), seed, target, in_place, mode)
+        self.job.requested = self.audio.now()
+        self.sampler.submit(self.job)
         self.events.append((time.monotonic(), self.job.requested, "answer requested", target))
         if mode != "pause":
             self.say("answering...", quiet=True)
@@ -1188,7 +1333,7 @@ class Studio:
         self.receive(job)
 
     def receive(self, job) -> None:
-        notes = [job.placement.place(n) for n in job.take()]
+        notes = job.placement.place_all(job.take())
         if notes:
             job.part.notes.extend(notes)
             self.audio.schedule(notes, job.part)
@@ -1307,8 +1452,9 @@ class Studio:
 
     # ------------------------------------------------------------ drawing
 
-    def bounds(self, notes) -> tuple[int, int]:
-        pitches = [n[2] for n in notes] + [self.octave, self.octave + 17]
+    def bounds(self, held) -> tuple[int, int]:
+        """Pitches shown: every note, the keys held and the keyboard's range, at least two octaves."""
+        pitches = [n[2] for n in held] + [self.octave, self.octave + 17] + list(self.session.pitch_range())
         low, high = min(pitches) - 2, max(pitches) + 2
         if high - low < 24:
             low -= (24 - (high - low)) // 2
@@ -1327,16 +1473,9 @@ class Studio:
             self.t0 = max(0.0, now - 0.15 * span)  # page on: the background is redrawn only then
         t0, t1 = self.t0, self.t0 + span
         area = screen.subsurface((0, 0, width, max(60, height - STATUS_H)))
-        notes = self.session.roll_notes()
         held = self.session.held_notes(now)
-        low, high = self.bounds(notes + held)
-        key = (self.session.version, t0, span, area.get_size(), low, high, self.session.meter.tempos,
-               self.session.meter.signatures)
-        if key != self.cache_key:
-            self.cache = pygame.Surface(area.get_size(), 0, screen)  # the screen's format: a plain copy to blit
-            roll.draw_background(self.cache, low, high, t0, t1, self.session.meter.grid())
-            roll.draw_notes(self.cache, notes, low, high, t0, t1, colour_of=self.colour_of)
-            self.cache_key = key
+        low, high = self.bounds(held)
+        self.draw_roll(area, low, high, t0, t1)
         area.blit(self.cache, (0, 0))
         self.view = {"now": now, "t0": t0, "t1": t1, "low": low, "high": high, "size": area.get_size()}
         roll.draw_notes(area, held, low, high, t0, t1, colour_of=lambda n: roll.PRIMER)
@@ -1345,6 +1484,26 @@ class Studio:
         if self.help:
             self.draw_help(screen)
         pygame.display.flip()
+
+    def draw_roll(self, area, low, high, t0, t1) -> None:
+        """The piano roll without held keys and playhead, kept between frames: redrawn when the
+        view pages on or something is removed; an answer's new notes are drawn onto it."""
+        from . import pianoroll as roll
+
+        meter, parts = self.session.meter, self.session.parts
+        key = (t0, t1, area.get_size(), low, high, tuple(meter.tempos), tuple(meter.signatures))
+        kept = key == self.cache_key and all(any(p is q for q in parts) and len(p.notes) >= n
+                                             for p, n in self.cache_parts)
+        if kept:
+            done = {id(p): n for p, n in self.cache_parts}
+            new = [(*n, p.kind == "answer") for p in parts for n in p.notes[done.get(id(p), 0):]]
+        else:
+            self.cache = self.pygame.Surface(area.get_size(), 0, area)  # the screen's format: a plain copy
+            roll.draw_background(self.cache, low, high, t0, t1, meter.grid())
+            new = self.session.roll_notes()
+        if new:
+            roll.draw_notes(self.cache, new, low, high, t0, t1, colour_of=self.colour_of)
+        self.cache_key, self.cache_parts = key, [(p, len(p.notes)) for p in parts]
 
     @staticmethod
     def colour_of(note):
@@ -1425,9 +1584,14 @@ def run_studio(midi_file=None, checkpoint=None, out=None, in_port=None, bars=2, 
     from .generate import Generator
     from .playback import PlaybackError, open_midi_input
 
-    generator = Generator.load(checkpoint)
+    generator = Generator.load(checkpoint)  # here for its grid and controls; it samples in a process
     session = Session(tempo, metre, generator.tok.config.resolution)
     messages = []
+    try:
+        sampler = SamplerProcess(checkpoint)
+    except (OSError, RuntimeError) as exc:
+        messages.append(f"answers are sampled in a thread ({one_line(exc)})")
+        sampler = SamplerThread(generator)
     audio = open_audio(synth, soundfont, messages)
     inport = None
     if in_port:
@@ -1437,7 +1601,7 @@ def run_studio(midi_file=None, checkpoint=None, out=None, in_port=None, bars=2, 
             messages.append(f"{one_line(exc)}: the computer keyboard still plays")
     app = Studio(session, generator, audio, out or default_folder(), bars=bars, temperature=temperature, key=key,
                  style=style, pause=pause, seed=seed, inport=inport, size=size, synth=synth, soundfont=soundfont,
-                 metronome=metronome, gen_options=gen_options)
+                 metronome=metronome, gen_options=gen_options, sampler=sampler)
     for message in messages:
         app.say(message, error=True)
     if style is not None and not available_styles(generator) and "style" not in supported_controls(generator):
