@@ -79,7 +79,8 @@ CHILD = textwrap.dedent("""
             tap(key)
         for _ in range(3):
             post("down", "x"); post("up", "x")  # three octaves up: K is C8
-        time.sleep(0.3)
+            time.sleep(0.2)
+        time.sleep(1.0)  # the new octave's notes are rendered ahead (the numpy synth takes ~0.5 s)
         for _ in range(4):
             tap("RETURN", hold=0.01, after=0.0)
             for _ in range(5):
@@ -94,7 +95,8 @@ CHILD = textwrap.dedent("""
         for round in range(4):
             for key in ["adgh", "hgfd", "sfhk", "kjhg"][round]:
                 tap(key, hold=0.2, after=0.05)
-            if round == 3:
+            if round == 3:  # the phrase has faded (150 ms) before Enter: the answer is heard alone
+                time.sleep(0.3)
                 tap("RETURN", hold=0.01, after=0.0)
             if round == 0:  # the picture: phrase and answer on screen, the answer playing
                 wait(lambda: app.answers > 0 and app.job is None)
@@ -152,7 +154,7 @@ CHILD = textwrap.dedent("""
 
 def run_child(folder, scenario, args, load=0):
     """Run one scenario; returns its log and the capture's write log [(monotonic, frames)]."""
-    capture = os.path.join(folder, scenario + ".raw")
+    capture = os.path.join(folder, f"{scenario}-{len(os.listdir(folder))}.raw")  # a new file: no stale sizes
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "disk", "SDL_DISKAUDIOFILE": capture,
            "SDL_NO_SIGNAL_HANDLERS": "1", "PYGAME_HIDE_SUPPORT_PROMPT": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
@@ -191,11 +193,12 @@ def buffer_times(writes):
     whose 4096-byte buffer holds two of ours: the file grows by both when the *next* one is
     written, so a buffer reached the file one or two buffer periods before the growth was seen."""
     writes = writes[writes[:, 1] > 0]
-    flushed = np.diff(np.concatenate([[0], writes[:, 1]]))
+    seen, ends = writes[:, 0], writes[:, 1].astype(np.int64)
+    flushed = np.diff(np.concatenate([[0], ends]))
     count = np.maximum(1, flushed // MIXER_BUFFER)
-    period = float(np.median(np.diff(writes[:, 0]) / count[1:]))  # the driver's own pace
+    period = float(np.median(np.diff(seen) / count[1:]))  # the driver's own pace
     starts, times = [], []
-    for (seen, end), n, size in zip(writes, count, flushed):
+    for seen, end, n, size in zip(seen.tolist(), ends.tolist(), count.tolist(), flushed.tolist()):
         for j in range(n):
             starts.append(end - size + j * MIXER_BUFFER)
             times.append(seen - (n - j) * period)
@@ -281,7 +284,9 @@ def case_pause(folder, load):
             pause.append((written_at(writes, onset) - written_at(writes, end_frame)) * 1000)
         else:  # Enter
             when = max(a[0] for a in enters if a[0] <= wall)
-            onset = first_rise(env, n, frame_at(writes, when), 0.003, limit_s=2.0)
+            frame = frame_at(writes, when)
+            before = env[max(0, frame // n - 5): frame // n + 1].max()
+            onset = first_rise(env, n, frame, max(0.003, 3 * before), limit_s=2.0)
             enter.append((written_at(writes, onset) - when) * 1000)
     return {"case": "pause -> answer, default model", "pause": pause, "enter": enter, "restarts": log["restarts"]}
 

@@ -101,6 +101,23 @@ class Meter:
         size = TICKS / resolution
         return self.seconds(math.ceil(self.tick_at(seconds) / size - 1e-9) * size)
 
+    def beats(self, t0: float, t1: float) -> list[tuple[float, bool]]:
+        """(seconds, is a bar line) of every beat in [t0, t1): the metronome's clicks."""
+        tick = self.tick_at(max(0.0, t0))
+        grid = self.bar_grid()
+        index = max(0, grid.index_at_or_after(math.floor(tick) + 1) - 1)
+        out = []
+        while True:
+            start, end = grid.start(index), grid.start(index + 1)
+            beat = self.beat_ticks(start)
+            for at in range(start, end, beat):
+                when = self.seconds(at)
+                if when >= t1:
+                    return out
+                if when >= t0:
+                    out.append((when, at == start))
+            index += 1
+
     def beat_ticks(self, tick: int) -> int:
         denominator = [d for t, n, d in self.signatures if t <= tick][-1]
         return TICKS * 4 // denominator
@@ -660,6 +677,7 @@ class KeySounds:
         self.sounds = {}  # the same keys -> pygame Sound (made in the main thread)
         self.playing = {}  # pitch -> channel
         self.next_channel = 0
+        self.wishes, self.wish_lock, self.worker = [], threading.Lock(), None
 
     def _render(self, key) -> bytes:
         from .playback import to_int16
@@ -681,15 +699,29 @@ class KeySounds:
             fade = int(0.1 * SAMPLE_RATE)  # no click where the sample ends
             audio[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
             self.cache[key] = to_int16(audio)
-            while len(self.cache) > 96:
+            while len(self.cache) > 120:
                 old, _ = self.cache.popitem(last=False)
                 self.sounds.pop(old, None)
             return self.cache[key]
 
     def prepare(self, pitches, velocity: int, program: int = 0) -> None:
-        keys = [(program, p, velocity) for p in pitches if 0 <= p <= 127 and (program, p, velocity) not in self.cache]
-        if keys:
-            threading.Thread(target=lambda: [self._render(k) for k in keys], daemon=True).start()
+        """Render these ahead, in order, in one background thread (a newer wish replaces an older)."""
+        keys = [(program, p, velocity) for p in pitches if 0 <= p <= 127]
+        with self.wish_lock:
+            self.wishes = keys
+            if self.worker is None or not self.worker.is_alive():
+                self.worker = threading.Thread(target=self._prepare, daemon=True, name="melodylstm-keys")
+                self.worker.start()
+
+    def _prepare(self) -> None:
+        while True:
+            with self.wish_lock:
+                if not self.wishes:
+                    self.worker = None
+                    return
+                key = self.wishes.pop(0)
+            if key not in self.cache:
+                self._render(key)
 
     def on(self, pitch: int, velocity: int, program: int = 0) -> None:
         key = (program, pitch, velocity)
@@ -795,10 +827,9 @@ class Audio:
     def _clicks(self, until: float) -> None:
         start = max(self.clicked_until, self.renderer.now)
         if self.metronome and self.meter is not None:
-            for when, bar in self.meter.grid().lines(start, until):
-                if start <= when < until:
-                    self.timeline.add_note(when, when + 0.05, CLICK_BAR if bar else CLICK_BEAT, 100 if bar else 75,
-                                           DRUMS, shown=False)
+            for when, bar in self.meter.beats(start, until):
+                self.timeline.add_note(when, when + 0.05, CLICK_BAR if bar else CLICK_BEAT, 100 if bar else 75,
+                                       DRUMS, shown=False)
         self.clicked_until = max(self.clicked_until, until)
 
     def key_on(self, pitch, velocity, program=0):
@@ -883,7 +914,7 @@ HELP = [
 ]
 STATUS_H = 46
 FPS = 30
-POLL = 0.003  # seconds between looks at the keyboard, the MIDI port and the stream
+WAIT_MS = 8  # longest sleep between looks at the stream, the sampler and the MIDI port
 SPECULATE = 0.5  # start sampling this long before a pause ends (dropped if you play on)
 COMMIT_LEAD = 0.25  # hand an answer to the stream this long before it is due (> its render-ahead)
 MARGIN_S = 0.01  # an as-soon-as-possible answer starts this far past the stream's render-ahead
@@ -993,6 +1024,14 @@ class Studio:
     def step(self) -> None:
         for event in self.pygame.event.get():
             self.safe(self.handle, event)
+        self.work()
+        # Sleep until an event comes (a key is handled at once) or it is time to look at the
+        # stream, the sampler and the MIDI port again.
+        event = self.pygame.event.wait(WAIT_MS)
+        if event.type != self.pygame.NOEVENT:
+            self.safe(self.handle, event)
+
+    def work(self) -> None:
         if self.inport is not None:
             self.safe(self.poll_midi)
         self.safe(self.sampler.poll)
@@ -1004,7 +1043,6 @@ class Studio:
             self.safe(self.draw)
             if self.on_frame is not None:
                 self.on_frame()
-        time.sleep(POLL)
 
     def _close(self):
         if self.job is not None:
@@ -1233,8 +1271,11 @@ class Studio:
                 return
 
     def _prepare_keys(self) -> None:
+        """The keys' notes rendered ahead: the keyboard's range first, then an octave either side."""
         if getattr(self.audio, "keys", None) is not None:
-            self.audio.keys.prepare(range(self.octave, self.octave + 18), self.sound_velocity(self.velocity))
+            pitches = list(range(self.octave, self.octave + 18)) + list(range(self.octave + 18, self.octave + 30)) + \
+                list(range(self.octave - 1, self.octave - 13, -1))
+            self.audio.keys.prepare(pitches, self.sound_velocity(self.velocity))
 
     # ------------------------------------------------------------ answers
 
