@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -242,7 +243,9 @@ def first_rise(env, n, after_frame, level, limit_s=0.5) -> int | None:
 
 
 def case_keys(folder, synth, load):
-    log, writes, audio, _ = run_child(folder, "keys", ["--synth", synth, "--no-metronome", "--bars", "48"], load)
+    log, writes, audio, err = run_child(folder, "keys", ["--synth", synth, "--no-metronome", "--bars", "48"], load)
+    used = re.search(r"synth: (\w+)", err)
+    synth = used.group(1) if used else synth
     c8 = 440 * 2 ** ((108 - 69) / 12)
     env, n = envelope(audio, hz=c8)
     busy, idle, detail = [], [], []
@@ -350,8 +353,12 @@ def main(argv=None):
     if args.json or args.cases != parser.get_default("cases"):
         print(json.dumps({"cpus": os.cpu_count(), "load": args.load, "rows": rows}, indent=2))
         return
-    keys_numpy, keys_auto, pause, stall, idle = rows
     print(f"{os.cpu_count()} CPUs, {args.load} busy processes alongside\n")
+    table(rows)
+
+
+def table(rows) -> None:
+    keys_numpy, keys_auto, pause, stall, idle = rows
     print("| figure | ms |")
     print("|---|---|")
     for row in (keys_numpy, keys_auto):
