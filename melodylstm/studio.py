@@ -671,38 +671,40 @@ class KeySounds:
 
     def __init__(self, pygame, make, channels):
         self.pygame, self.make, self.channels = pygame, make, channels
-        self.synth = None
-        self.synth_lock = threading.Lock()
+        self.synth = self.synth_now = None  # the worker's, the main thread's
+        self.cache_lock = threading.Lock()
         self.cache = collections.OrderedDict()  # (program, pitch, velocity) -> int16 bytes
         self.sounds = {}  # the same keys -> pygame Sound (made in the main thread)
         self.playing = {}  # pitch -> channel
         self.next_channel = 0
         self.wishes, self.wish_lock, self.worker = [], threading.Lock(), None
 
-    def _render(self, key) -> bytes:
+    def _render(self, key, own: bool = False) -> bytes:
+        """Render a key's note. The worker uses its synth; a key pressed before its note was ready
+        renders it at once with the main thread's own (`own`), never waiting for the worker."""
         from .playback import to_int16
         from .synth import SAMPLE_RATE
 
+        slot = "synth_now" if own else "synth"
+        if getattr(self, slot) is None:
+            setattr(self, slot, self.make())
+        synth = getattr(self, slot)
         program, pitch, velocity = key
-        with self.synth_lock:
-            if key in self.cache:
-                return self.cache[key]
-            if self.synth is None:
-                self.synth = self.make()
-            self.synth.all_off()
-            self.synth.program(0, program)
-            self.synth.note_on(0, pitch, velocity)
-            frames = int(KEY_SECONDS * SAMPLE_RATE)
-            audio = self.synth.render(frames)
-            self.synth.note_off(0, pitch)
-            self.synth.render(SAMPLE_RATE // 5)  # let it go quiet before the next note
-            fade = int(0.1 * SAMPLE_RATE)  # no click where the sample ends
-            audio[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
-            self.cache[key] = to_int16(audio)
+        synth.all_off()
+        synth.program(0, program)
+        synth.note_on(0, pitch, velocity)
+        audio = synth.render(int(KEY_SECONDS * SAMPLE_RATE))
+        synth.note_off(0, pitch)
+        synth.render(SAMPLE_RATE // 5)  # let it go quiet before the next note
+        fade = int(0.1 * SAMPLE_RATE)  # no click where the sample ends
+        audio[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+        data = to_int16(audio)
+        with self.cache_lock:
+            self.cache[key] = data
             while len(self.cache) > 120:
                 old, _ = self.cache.popitem(last=False)
                 self.sounds.pop(old, None)
-            return self.cache[key]
+        return data
 
     def prepare(self, pitches, velocity: int, program: int = 0) -> None:
         """Render these ahead, in order, in one background thread (a newer wish replaces an older)."""
@@ -727,7 +729,7 @@ class KeySounds:
         key = (program, pitch, velocity)
         sound = self.sounds.get(key)
         if sound is None:
-            data = self.cache.get(key) or self._render(key)
+            data = self.cache.get(key) or self._render(key, own=True)
             sound = self.sounds[key] = self.pygame.mixer.Sound(buffer=data)
         self.off(pitch)
         channel = self.channels[self.next_channel]
@@ -1133,8 +1135,9 @@ class Studio:
 
     def press(self, code, pitch: int, velocity: int) -> None:
         pitch = max(0, min(127, pitch))
+        at = self.audio.now()  # the moment of the press, whatever starting the sound costs
         self.audio.key_on(pitch, self.sound_velocity(velocity))
-        self.session.note_on(pitch, velocity, self.audio.now())
+        self.session.note_on(pitch, velocity, at)
         self.down[code] = pitch
         self.follow = True
         self.events.append((time.monotonic(), self.session.last_note_on, "key", pitch))

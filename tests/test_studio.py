@@ -303,6 +303,17 @@ def test_session_api_answer_undo_save(tmp_path, untrained_checkpoint):
     assert [p.kind for p in session.parts] == ["phrase"]
 
 
+def test_piano_roll_colours_tracks_apart_unless_some_notes_are_the_models():
+    from melodylstm.pianoroll import INSTRUMENTS, note_colours
+
+    tracks = [(0, 1, 60, 90, 0, False, 0), (0, 1, 64, 90, 0, False, 1), (0, 1, 36, 90, 128, False, 2)]
+    colour = note_colours(tracks)
+    assert [colour(n) for n in tracks[:2]] == INSTRUMENTS[:2] and colour(tracks[2]) not in INSTRUMENTS
+    answered = tracks + [(1, 2, 62, 90, 0, True, 3)]
+    colour = note_colours(answered)
+    assert [colour(n) for n in answered] == [PRIMER, PRIMER, PRIMER, GENERATED]
+
+
 def test_meter_changes_start_at_the_next_bar():
     meter = Meter(120, (4, 4))
     meter.change(3.0, bpm=60)  # in bar 2 (2-4 s): from bar 3 on, at 4 s
