@@ -437,18 +437,21 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
                             time_signature=(numerator, denominator), on_note=on_note, style=style,
                             chords=progression, density=density, strict_key=strict_key)
 
+    paths = output_paths(out, num)
+
+    def save(songs):
+        for song, path in zip(songs, paths):
+            write_midi(song, path)
+        info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
+                  + controls_summary(gen.last_controls))
+
     if play or window:
         from .midi import Song
 
         like = Song([], gen.tok.config.resolution, [(0, round(60e6 / tempo))], [(0, numerator, denominator)])
-        songs = play_while_generating(play_fn, run, like)
+        play_while_generating(play_fn, run, like, on_done=save, say=lambda m: info(ctx, m))
     else:
-        songs = run()
-    paths = output_paths(out, num)
-    for song, path in zip(songs, paths):
-        write_midi(song, path)
-    info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
-              + controls_summary(gen.last_controls))
+        save(run())
 
 
 @cli.command("continue")
@@ -485,24 +488,26 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                              primer_bars=primer_bars, on_note=on_note, style=style, chords=progression,
                              density=density, strict_key=strict_key)
 
+    def save(results):
+        for result, path in zip(results, paths):
+            atomic_write_bytes(path, result.midi_bytes(only_new))
+        report = results[0].controls or {}
+        if as_json:
+            click.echo(json.dumps({"outputs": paths, "new_notes": [len(r.notes.notes) for r in results],
+                                   "seed": gen.last_seed, **report}, indent=2))
+        if report.get("primer_bars"):
+            info(ctx, f"primed from the last {report['primer_bars']} bars of {midi_in} (--primer-bars all: the whole file)")
+        key_text = f", key {results[0].key}" if results[0].key else ""
+        info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
+                  f"seed {gen.last_seed})" + controls_summary(report))
+
     if play or window:
         from .midi import read_midi
 
         primer = read_midi(midi_in, gen.tok.config.resolution)
-        results = play_while_generating(play_fn, run, primer, primer=primer)
+        play_while_generating(play_fn, run, primer, primer=primer, on_done=save, say=lambda m: info(ctx, m))
     else:
-        results = run()
-    for result, path in zip(results, paths):
-        atomic_write_bytes(path, result.midi_bytes(only_new))
-    report = results[0].controls or {}
-    if as_json:
-        click.echo(json.dumps({"outputs": paths, "new_notes": [len(r.notes.notes) for r in results],
-                               "seed": gen.last_seed, **report}, indent=2))
-    if report.get("primer_bars"):
-        info(ctx, f"primed from the last {report['primer_bars']} bars of {midi_in} (--primer-bars all: the whole file)")
-    key_text = f", key {results[0].key}" if results[0].key else ""
-    info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
-              f"seed {gen.last_seed})" + controls_summary(report))
+        save(run())
 
 
 # ---------------------------------------------------------------- playback
@@ -559,8 +564,10 @@ def open_playback(ctx, soundfont=None, synth="auto", midi_out=None, window=False
 LIVE_PREROLL = 0.15  # seconds
 
 
-def play_while_generating(play, generate_fn, like, primer=None):
-    """Sample in a worker thread while the main thread plays: notes sound as they are made."""
+def play_while_generating(play, generate_fn, like, primer=None, on_done=None, say=None):
+    """Sample in a worker thread while the main thread plays: notes sound as they are made.
+    `on_done(result)` runs as soon as generation ends, so the output is written even if playback
+    is cut short; Ctrl-C stops playback cleanly (says "stopped"), as it ends `jam`."""
     import threading
 
     from .playback import LivePlayer
@@ -578,6 +585,9 @@ def play_while_generating(play, generate_fn, like, primer=None):
             # against it made sampling 2-4x slower on a busy 2-core machine (benchmarks/playback.py).
             with threadpool_limits(1, user_api="blas"):
                 outcome["result"] = generate_fn(player.add_note)
+            player.close()
+            if on_done is not None:
+                on_done(outcome["result"])
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = exc
         finally:
@@ -585,14 +595,18 @@ def play_while_generating(play, generate_fn, like, primer=None):
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
+    stopped = False
     try:
         # From scratch the first notes are due at once: start the clock a little early so a busy
         # machine cannot make them late (measured by benchmarks/playback.py --load 2).
         play(player.timeline, preroll=0.0 if primer is not None else LIVE_PREROLL)
-    finally:
-        worker.join()
+    except KeyboardInterrupt:
+        stopped = True  # the worker still finishes and writes; a second Ctrl-C aborts that
+    worker.join()
     if "error" in outcome:
         raise outcome["error"]
+    if stopped and say is not None:
+        say("stopped")
     return outcome["result"]
 
 
@@ -633,19 +647,23 @@ def render(ctx, midi_file, out, soundfont, synth):
 @click.option("--new-from", type=float, help="Colour notes from this second on as generated.")
 @click.pass_context
 def show(ctx, midi_file, out, width, height, new_from):
-    """Draw a piano roll of a MIDI file to a PNG (no display needed). Tracks named
-    "melodylstm continuation" are drawn as generated notes."""
+    """Draw a piano roll of a MIDI file to a PNG (no display needed), with bar lines and a time
+    ruler. Tracks named "melodylstm continuation" are drawn as generated notes; a file without
+    them is coloured by instrument."""
     from .midi import read_midi_tracks
-    from .pianoroll import save_png
+    from .pianoroll import Grid, save_png
     from .playback import Timeline
 
     check_output(midi_file, out)
     timeline = Timeline()
-    for name, part in read_midi_tracks(midi_file, 96):
+    parts = read_midi_tracks(midi_file, 96)
+    track_of = []  # the track of every note: without generated notes, tracks get their own colours
+    for track, (name, part) in enumerate(parts):
         timeline.add_song(part, is_new=name.startswith("melodylstm"))
-    notes = [(s, e, p, v, prog, new or (new_from is not None and s >= new_from))
-             for s, e, p, v, prog, new in timeline.notes]
-    save_png(notes, out, width, height)
+        track_of += [track] * (len(timeline.notes) - len(track_of))
+    notes = [(s, e, p, v, prog, new or (new_from is not None and s >= new_from), track)
+             for (s, e, p, v, prog, new), track in zip(timeline.notes, track_of)]
+    save_png(notes, out, width, height, grid=Grid.of(parts[0][1]) if parts else None)
     info(ctx, f"wrote {out} ({len(notes)} notes)")
 
 
@@ -702,6 +720,45 @@ def info_cmd(checkpoint, as_json):
 
     described = describe(load_checkpoint(checkpoint))
     click.echo(json.dumps(described, indent=2) if as_json else format_description(described))
+
+
+@cli.command()
+@click.argument("midi_file", required=False, type=click.Path(dir_okay=False))
+@click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint (default: the bundled model).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Session folder for saves and the autosave (default: a new studio-DATE-TIME folder here).")
+@click.option("--in", "in_port", help="MIDI input port (a keyboard) besides the computer keyboard.")
+@click.option("--bars", default=2, show_default=True, help="Length of each answer.")
+@click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True)
+@click.option("--tempo", default=120.0, show_default=True, help="Beats per minute of the grid and metronome.")
+@click.option("--time-signature", default="4/4", show_default=True)
+@click.option("--key", help="Keep answers in a scale: D:minor, F#, auto (from your playing).")
+@click.option("--style", help="Style of the answers (models trained with styles).")
+@click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
+@click.option("--no-metronome", is_flag=True, help="Start with the metronome off (M toggles it).")
+@click.option("--seed", type=int, help="Seed of the first answer (the next ones count up), for a repeatable session.")
+@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
+@click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
+              show_default=True)
+@click.option("--size", default="1100x560", show_default=True, help="Window size (resizable).")
+@click.pass_context
+def studio(ctx, midi_file, checkpoint, out_dir, in_port, bars, temperature, tempo, time_signature, key, style, pause,
+           no_metronome, seed, soundfont, synth, size):
+    """Play to the model in a window: type notes on the computer keyboard (A S D F ... is a
+    piano), pause, and the model answers. F1 lists the keys; drop a MIDI file to continue it.
+    MIDI_FILE opens one at the start."""
+    from .studio import run_studio
+
+    try:
+        metre = tuple(int(x) for x in time_signature.split("/"))
+        width, height = (int(x) for x in size.lower().split("x"))
+        assert len(metre) == 2 and metre[0] > 0 and metre[1] in (1, 2, 4, 8, 16, 32) and width > 0 and height > 0
+    except (ValueError, AssertionError):
+        raise UserError("--time-signature must look like 3/4 and --size like 1100x560") from None
+    if not 20 <= tempo <= 400:
+        raise UserError("--tempo must be between 20 and 400 bpm")
+    ctx.exit(run_studio(midi_file, checkpoint, out_dir, in_port, bars, temperature, tempo, metre, key, style, pause,
+                        not no_metronome, seed, synth, soundfont, (width, height)))
 
 
 @cli.command()

@@ -40,6 +40,7 @@ class Timeline:
         self.channels = {}  # program -> MIDI channel
         self.end = 0.0
         self.notes = []  # (start, end, pitch, velocity, program, is_new) for the piano roll
+        self.meter = None  # a Song whose tempo map and metre give the piano roll its bar lines
 
     def channel_for(self, program: int) -> int:
         if program == DRUMS:
@@ -54,15 +55,20 @@ class Timeline:
         heapq.heappush(self.events, (when, 0 if kind == "program" else 1 if kind == "off" else 2,
                                      next(self.counter), kind, channel, pitch, velocity))
 
-    def add_note(self, start: float, end: float, pitch: int, velocity: int, program: int, is_new: bool = True):
+    def add_note(self, start: float, end: float, pitch: int, velocity: int, program: int, is_new: bool = True,
+                 shown: bool = True):
+        """`shown=False`: sound only (the studio's metronome), not a note of the piece."""
         with self.lock:
             channel = self.channel_for(program)
             self._push(start, "on", channel, pitch, velocity)
             self._push(max(end, start + 0.01), "off", channel, pitch, 0)
             self.end = max(self.end, end)
-            self.notes.append((start, end, pitch, velocity, program, is_new))
+            if shown:
+                self.notes.append((start, end, pitch, velocity, program, is_new))
 
     def add_song(self, song: Song, is_new: bool = False, offset_steps: int = 0):
+        if self.meter is None and not offset_steps:
+            self.meter = song
         starts = song.seconds(song.notes[:, 0] + offset_steps) if len(song.notes) else []
         ends = song.seconds(song.notes[:, 0] + song.notes[:, 1] + offset_steps) if len(song.notes) else []
         for (onset, dur, pitch, vel, prog), s, e in zip(song.notes.tolist(), np.atleast_1d(starts), np.atleast_1d(ends)):
@@ -124,7 +130,9 @@ def to_int16(block: np.ndarray) -> bytes:
 
 # ---------------------------------------------------------------- outputs
 
-def init_pygame_audio():
+def init_pygame_audio(buffer: int = BLOCK):
+    """pygame with its mixer started; `buffer`: frames per device buffer (the studio uses a
+    smaller one: a key's sound starts at the next buffer)."""
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")  # keep Ctrl-C and SIGTERM ours
     try:
@@ -132,7 +140,7 @@ def init_pygame_audio():
     except ImportError as exc:
         raise PlaybackError(f"pygame is not installed ({exc})") from None
     try:
-        pygame.mixer.pre_init(SAMPLE_RATE, -16, 2, BLOCK)
+        pygame.mixer.pre_init(SAMPLE_RATE, -16, 2, buffer)
         pygame.mixer.init()
     except (pygame.error, AttributeError, NotImplementedError) as exc:
         raise PlaybackError(f"no audio device ({exc}); render to a file instead: `melodylstm render FILE "
@@ -140,19 +148,52 @@ def init_pygame_audio():
     return pygame
 
 
+STREAM_CHANNELS = 4  # mixer channels reserved for the stream: it moves to the next if one gets stuck
+STUCK_SECONDS = 0.06
+
+
 class PygameOutput:
     """Keeps one mixer channel fed: while a block plays, the next waits in the channel's queue."""
 
-    def __init__(self):
-        self.pygame = init_pygame_audio()
-        self.channel = self.pygame.mixer.Channel(0)
+    def __init__(self, buffer: int = BLOCK):
+        self.pygame = init_pygame_audio(buffer)
+        mixer = self.pygame.mixer
+        mixer.set_num_channels(max(mixer.get_num_channels(), STREAM_CHANNELS))
+        mixer.set_reserved(STREAM_CHANNELS)  # Sound.play() never takes them
+        self.spares = itertools.cycle(range(STREAM_CHANNELS))
+        self.channel = mixer.Channel(next(self.spares))
+        self.stuck_since = None
+        self.restarts = 0  # stuck channels left behind
 
-    def feed(self, renderer: BlockRenderer) -> None:
+    def feed(self, renderer) -> int:
+        """Queue blocks from `renderer` (anything with render(frames)) until one waits; returns
+        how many were queued."""
         # Only queue(), never play(): an idle channel plays a queued sound at once, while play()
         # drops the sound already queued if the mixer is between two blocks (a lost block, heard
         # as a skip; measured under load by benchmarks/playback.py).
+        self._unstick()
+        queued = 0
         while self.channel.get_queue() is None:
             self.channel.queue(self.pygame.mixer.Sound(buffer=to_int16(renderer.render(QUEUED_BLOCK))))
+            queued += 1
+        return queued
+
+    def _unstick(self) -> None:
+        """pygame race: a queue() that lands just as the playing block ends can leave the channel
+        idle with the block still queued, and nothing will ever play it (seen on a 2-core machine
+        under heavy load: the stream fell silent for good). Play that block on the next channel."""
+        if self.channel.get_busy() or self.channel.get_queue() is None:
+            self.stuck_since = None
+            return
+        now = time.monotonic()
+        if self.stuck_since is None:
+            self.stuck_since = now  # the mixer may just be late to start the queued block
+        elif now - self.stuck_since >= STUCK_SECONDS:
+            block = self.channel.get_queue()
+            self.channel = self.pygame.mixer.Channel(next(self.spares))
+            self.channel.play(block)
+            self.stuck_since = None
+            self.restarts += 1
 
     def close(self):
         self.channel.stop()
@@ -270,6 +311,7 @@ class LivePlayer:
 
     def __init__(self, like: Song):
         self.like, self.timeline = like, Timeline()
+        self.timeline.meter = like
 
     def add_primer(self, song: Song):
         self.timeline.add_song(song, is_new=False)
