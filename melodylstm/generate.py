@@ -350,21 +350,32 @@ class Generator:
         if "style" not in config.control_names:
             (h, c) = self.net.prime(prefix[:-1], full[:-1][:, columns])
             return None, h, c
-        candidates = [style] if style is not None else list(range(len(self.styles)))
-        rows = np.repeat(full[None, :-1], len(candidates), axis=0)
-        rows[:, :, ctl.STYLE] = np.array(candidates)[:, None]
-        (h, c), logits = self.net.prime(prefix[:-1], rows[..., columns], rows=len(candidates), want_logits=True)
-        best = 0
-        if len(candidates) > 1:
-            logits = logits[:, :-1].astype(np.float64)  # logits[t] predicts prefix[t + 1]
-            log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-            target = prefix[1:-1]
-            score = (np.take_along_axis(logits, np.broadcast_to(target[None, :, None], logits.shape[:2] + (1,)), -1)[..., 0]
-                     - log_z).sum(1)
-            best = int(score.argmax())
-            report["style_source"] = "primer"
-            report["style_scores"] = {self.styles[s]: round(float(v), 1) for s, v in zip(candidates, score)}
-        return candidates[best], h[:, best:best + 1], c[:, best:best + 1]
+        if style is None:
+            style = self._most_likely_style(prefix, full, columns, report)
+        rows = full[None, :-1].copy()
+        rows[:, :, ctl.STYLE] = style
+        h, c = self.net.prime(prefix[:-1], rows[..., columns])
+        return style, h, c
+
+    def _most_likely_style(self, prefix, full, columns, report) -> int:
+        """The style under which the primer's notes are most likely: the primer runs once per style
+        (rows of one batch) with key and density hidden, so the style has to explain the notes
+        by itself (a density alone can tell chorales from reels)."""
+        n = len(self.styles)
+        rows = np.repeat(full[None, :-1], n, axis=0)
+        rows[:, :, ctl.STYLE] = np.arange(n)[:, None]
+        rows[:, :, ctl.KEY] = ctl.KEY_UNKNOWN
+        rows[:, :, ctl.DENSITY] = ctl.DENSITY_UNKNOWN
+        _, logits = self.net.prime(prefix[:-1], rows[..., columns], rows=n, want_logits=True)
+        logits = logits[:, :-1].astype(np.float64)  # logits[t] predicts prefix[t + 1]
+        top = logits.max(-1, keepdims=True)
+        log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+        target = np.broadcast_to(prefix[1:-1][None, :, None], logits.shape[:2] + (1,))
+        score = (np.take_along_axis(logits, target, -1)[..., 0] - log_z).sum(1)
+        report["style_source"] = "primer"
+        report["style_scores"] = {name: round(float(v), 1) for name, v in zip(self.styles, score)}
+        return int(score.argmax())
+
 
     def _stopping(self, length: Length, like: Song, grid, start_time: int, rows: int):
         """(end step or None, stop(state, tokens, kinds) -> bool per row, token budget)."""

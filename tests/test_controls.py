@@ -163,3 +163,47 @@ def test_every_control_can_be_hidden_and_controlled_samples_always_decode(tmp_pa
     strict = gen.generate(bars=2, seed=1, key="D:dorian", strict_key=True, temperature=2.0)[0]
     pitched = strict.notes[strict.notes[:, 4] != 128]  # drums are never masked
     assert len(pitched) and np.isin((pitched[:, 2] - 2) % 12, [0, 2, 3, 5, 7, 9, 10]).all()
+
+
+# ---------------------------------------------------------------- a tiny model that learned two styles
+
+def style_corpus(root):
+    """Two styles in subfolders: block chords (half notes) and a one-line melody (eighth notes)."""
+    from melodylstm.midi import write_midi
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        chords = [(b * 24, 24, p, 80, 0) for b in range(16) for p in (48 + i % 3, 52 + i % 3, 55 + i % 3, 60 + i % 3)]
+        melody = [(b * 6, 6, 60 + int(rng.choice([0, 2, 4, 5, 7, 9, 11, 12])), 80, 0) for b in range(64)]
+        for style, notes in (("chords", chords), ("melody", melody)):
+            (root / style).mkdir(parents=True, exist_ok=True)
+            write_midi(song_of(notes), root / style / f"{style}{i}.mid")
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_style_model(tmp_path_factory):
+    from melodylstm.train import Run, TrainConfig
+
+    tmp = tmp_path_factory.mktemp("styles")
+    cfg = TrainConfig(out=str(tmp / "run"), max_steps=150, batch_size=16, seq_len=64, lr=1e-2, warmup=10,
+                      patience=0, evals=2, transpose=0)
+    Run(style_corpus(tmp / "corpus"), TOK, {"embedding": 32, "hidden": 64, "layers": 1, "dropout": 0.0}, cfg,
+        data_options={"cache_dir": tmp / "cache", "jobs": 1}, log=lambda m: None, progress=False).train()
+    return tmp / "run"
+
+
+def test_style_estimation_and_a_monophonic_answer_to_a_monophonic_primer(two_style_model):
+    from melodylstm.generate import Generator
+    from melodylstm.stats import polyphony
+
+    gen = Generator.load(two_style_model)
+    assert gen.styles == ["chords", "melody"]
+    block = song_of([(b * 24, 24, p, 80, 0) for b in range(4) for p in (50, 54, 57, 62)])
+    line = song_of([(b * 6, 6, p, 80, 0) for b, p in enumerate([60, 62, 64, 65, 67, 65, 64, 62] * 2)])
+    assert gen.continue_(block, bars=1, seed=0)[0].controls["style"] == "chords"
+    answers = gen.continue_(line, bars=4, seed=0, num=4)
+    assert answers[0].controls["style"] == "melody"
+    for answer in answers:
+        notes = answer.notes.notes
+        assert len(notes) >= 8 and polyphony(notes) <= 1.05
