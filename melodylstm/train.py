@@ -58,6 +58,7 @@ class TrainConfig:
     log_every: int = 10
 
 
+VALIDATION_SHARE = 0.1  # of a time budget, at most, spent validating
 MAX_VAL_TOKENS = 131_072  # an evenly spread subset of a big validation split: 20 validations stay cheap
 
 
@@ -145,10 +146,14 @@ class Budget:
         return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
 
 
+WARMUP_SHARE = 0.05  # warm-up never takes more than this share of the budget
+
+
 def lr_at(step: int, progress: float, cfg: TrainConfig, warmup: int) -> float:
-    """Linear warm-up over `warmup` steps, times a cosine from 1 to 0.1 over the budget's progress:
-    the decay ends exactly when the budget does, whether time or steps bind."""
-    warm = min(1.0, (step + 1) / max(1, warmup))
+    """Linear warm-up over `warmup` steps or 5% of the budget, whichever ends first, times a
+    cosine from 1 to 0.1 over the budget's progress: the decay ends exactly when the budget does,
+    whether time or steps bind (a one-minute run must not spend itself warming up)."""
+    warm = min(1.0, max((step + 1) / max(1, warmup), progress / WARMUP_SHARE))
     return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -237,6 +242,7 @@ class Run:
         self.out = Path(cfg.out)
         self.progress = progress and self.dist.main
         self.step, self.evals_done, self.best_val, self.bad_evals, self.elapsed = 0, 0, float("inf"), 0, 0.0
+        self.eval_seconds = 0.0  # how long the last validation took
         self.history = []
 
         start = None
@@ -311,6 +317,8 @@ class Run:
     def _eval_after(self, step: int, progress: float) -> float:
         """Progress at which the next validation runs: `evals` evenly spread over the budget."""
         gap = 1.0 / max(1, self.cfg.evals)
+        if self.budget.seconds and self.eval_seconds:  # a short time budget: validation takes <= 10% of it
+            gap = max(gap, self.eval_seconds / (VALIDATION_SHARE * self.budget.seconds))
         return min(1.0, (math.floor(progress / gap + 1e-9) + 1) * gap)
 
     def describe_plan(self) -> str:
@@ -409,7 +417,9 @@ class Run:
     def evaluate_and_save(self) -> bool:
         """Validate, keep the best checkpoint; True when early stopping says enough."""
         self.evals_done += 1
+        started = time.perf_counter()
         nll = self.validate()
+        self.eval_seconds = time.perf_counter() - started
         record = {"step": self.step, "epoch": round(self.epochs_done, 3), "val_nll": self._finite(nll),
                   "val_bits_per_note": self._bits_per_note(nll), "elapsed_s": round(self.elapsed, 2)}
         self.log_metrics(record)
