@@ -296,7 +296,8 @@ class Generator:
                 if density is None and "density" in names:  # keep the primer's pace
                     beats = max(1.0, primer.end / res)
                     density = ctl.density_bucket(len(np.unique(primer.notes[:, ONSET])) / beats)
-            style, h, c = self._prime(prefix, primer_controls, request["style"], report)
+            with few_blas_threads(1):  # priming steps one row (or one per style) at a time
+                style, h, c = self._prime(prefix, primer_controls, request["style"], report)
             self.net.reset(num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
             state = start_state(tok, num, grid, decoder, int(prefix[-1]))
             start_time = primer.end
@@ -324,7 +325,8 @@ class Generator:
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan)
-        rows = sampler.run(num, state, stop, rng, max_tokens, live)
+        with few_blas_threads(num):
+            rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
         for generated in rows:
             dec = copy.deepcopy(decoder)  # the primer's decoder state: time, bar, instrument
@@ -414,6 +416,18 @@ class Generator:
                 on_note((onset + offset, dur, pitch, vel, prog))
 
         return on_token
+
+
+def few_blas_threads(rows: int):
+    """One BLAS thread for steps of a few rows: a second thread cannot speed up a product of one
+    row, and on a busy machine its spinning made `continue` 2-10x slower (0.8 s became 1.7-7.9 s)."""
+    import contextlib
+
+    if rows >= 8:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
 
 
 def density_label(bucket) -> str | None:

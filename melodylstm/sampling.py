@@ -70,7 +70,7 @@ class FastLSTM:
         self.gates = np.empty((batch, 4 * H), dtype=np.float32)
         self.tmp = np.empty((batch, H), dtype=np.float32)
         self.logits = np.empty((batch, self.vocab), dtype=np.float32)
-        self._last_controls = None
+        self._last_controls = self._last_given = None
         if h is not None:
             for k in range(L):
                 self.xh[k][:, H:] = h[k]
@@ -114,11 +114,13 @@ class FastLSTM:
     def _control_input(self, controls: np.ndarray) -> np.ndarray:
         """Sum of the control tables' rows, reused while the controls stay the same (they change
         with time, and a note's three tokens share one time)."""
-        if self._last_controls is None or not np.array_equal(controls, self._last_controls):
+        if controls is not self._last_given and (self._last_controls is None
+                                                  or not np.array_equal(controls, self._last_controls)):
             total = self.control_tables[0][controls[:, 0]]
             for i in range(1, len(self.control_tables)):
                 total += self.control_tables[i][controls[:, i]]
             self._last_controls, self._control_sum = controls.copy(), total
+        self._last_given = controls
         return self._control_sum
 
     def state(self):
