@@ -390,9 +390,6 @@ def validation_index(n_tokens: int, seq_len: int, max_tokens: int = 0) -> np.nda
     return starts[:, None] * seq_len + np.arange(seq_len + 1)
 
 
-def validation_windows(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> np.ndarray:
-    return tokens[validation_index(len(tokens), seq_len, max_tokens)].astype(np.int64)
-
 
 # ---------------------------------------------------------------- all together
 
