@@ -8,7 +8,7 @@ import os
 import click
 
 from . import __version__
-from .config import DEFAULT_TEMPERATURE
+from .config import CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE
 
 
 class UserError(click.ClickException):
@@ -277,13 +277,14 @@ def export(ctx, checkpoint, out, fp32):
 @click.option("-n", "--pieces", type=int, help="With --continuation: use at most N pieces.")
 @click.option("--samples", default=1, show_default=True, help="With --continuation: answers per piece.")
 @click.option("--seed", default=0, show_default=True, help="With --continuation: seed of the first piece (then +1 each).")
-@click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True, help="With --continuation: sampling temperature.")
+@click.option("-t", "--temperature", default=CONTINUE_TEMPERATURE, show_default=True, help="With --continuation: sampling temperature.")
 @click.option("--track", help="With --continuation: only the tracks whose name contains this (e.g. melody).")
+@click.option("--key-strength", type=float, help="With --continuation: key guidance, as for continue.")
 @click.option("--style", help="Style to tell the model (default: the style the files' folder had in training).")
 @click.option("--hide", default="", help="Controls to hide from the model, comma-separated (e.g. key,chord), or all.")
 @click.pass_context
 def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, continuation, primer_bars, bars, pieces,
-             samples, seed, temperature, track, style, hide):
+             samples, seed, temperature, track, key_strength, style, hide):
     """Likelihood of the MIDI in FOLDER under a model, next to an n-gram baseline.
 
     With --continuation: how the model's continuations of held-out pieces compare with the real
@@ -294,7 +295,7 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, con
         from .continuation import evaluate_continuation, format_continuation
 
         report = evaluate_continuation(load_checkpoint(checkpoint), folder, split, primer_bars, bars, pieces, samples,
-                                       seed, temperature, track, progress=not ctx.obj["quiet"])
+                                       seed, temperature, track, progress=not ctx.obj["quiet"], key_strength=key_strength)
         click.echo(json.dumps(report, indent=2) if as_json else format_continuation(report))
         return
     from .evaluate import evaluate_folder, format_report
@@ -332,14 +333,18 @@ def sampling_options(f):
         click.option("--seconds", type=float, help="Length in seconds of generated music."),
         click.option("--tokens", type=int, help="Length in tokens."),
         click.option("-n", "--num", default=1, show_default=True, help="Variations to write (sampled as one batch)."),
-        click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
-                     help="Randomness: 1 = the model as trained, lower = safer, 0 = always the likeliest token."),
+        click.option("-t", "--temperature", type=float,
+                     help=f"Randomness: 1 = the model as trained, lower = safer, 0 = always the likeliest token "
+                          f"(default: {DEFAULT_TEMPERATURE} for generate, {CONTINUE_TEMPERATURE} for continue)."),
         click.option("--top-k", default=0, show_default=True, help="Sample only from the k likeliest tokens (0: all)."),
         click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: smallest set with this probability."),
         click.option("--seed", type=int, help="Same seed, checkpoint and options give the same file."),
         click.option("--key", help="Key to write in: D:minor, F#, Bb:major (continue: the primer's by default; "
                                    "auto: the primer's, as a scale mask with --strict-key)."),
         click.option("--strict-key", is_flag=True, help="Also forbid pitches outside the key's scale (any scale: Bb:dorian, A:blues)."),
+        click.option("--key-strength", type=float,
+                     help="How hard the key pulls the pitches, -1 (ignore it) to 10 (default: 3 for a --key you "
+                          "name, 0 for a key picked from the corpus or heard in the primer)."),
         click.option("--style", help="Style the model learned (see `melodylstm info`); generate picks one when not given, "
                                      "continue the one under which the primer is most likely."),
         click.option("--chords", help='Chord progression, one chord per bar, repeated: "Dm7 G7 Cmaj7 Cmaj7".'),
@@ -377,7 +382,8 @@ def controls_summary(report: dict) -> str:
         return (f"; scale {report['scale_mask']}" if report and report.get("scale_mask") else "")
     parts = []
     if report.get("key"):
-        parts.append(f"key {report['key']}" + (" (the primer's)" if report.get("key_source") == "primer" else ""))
+        source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)"}.get(report.get("key_source"), "")
+        parts.append(f"key {report['key']}{source}")
     if report.get("style"):
         source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)"}.get(report.get("style_source"), "")
         parts.append(f"style {report['style']}{source}")
@@ -417,7 +423,7 @@ def load_generator(ctx, checkpoint):
 @click.option("--tempo", default=120.0, show_default=True, help="Beats per minute.")
 @click.option("--time-signature", default="4/4", show_default=True)
 @click.pass_context
-def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, strict_key, style,
+def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, strict_key, key_strength, style,
              chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out, tempo, time_signature):
     """Write new music from scratch."""
     from .midi import write_midi
@@ -432,10 +438,11 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
-        return gen.generate(bars=bars, seconds=seconds, tokens=tokens, num=num, temperature=temperature, top_k=top_k,
+        return gen.generate(bars=bars, seconds=seconds, tokens=tokens, num=num,
+                            temperature=DEFAULT_TEMPERATURE if temperature is None else temperature, top_k=top_k,
                             top_p=top_p, seed=seed, key=key, pitch_range=pitch_range, tempo=tempo,
                             time_signature=(numerator, denominator), on_note=on_note, style=style,
-                            chords=progression, density=density, strict_key=strict_key)
+                            chords=progression, density=density, strict_key=strict_key, key_strength=key_strength)
 
     paths = output_paths(out, num)
 
@@ -464,7 +471,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
 @click.option("--json", "as_json", is_flag=True, help="Print what was estimated and used (key, style, ...) as JSON.")
 @click.pass_context
 def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key,
-                 strict_key, style, chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out,
+                 strict_key, key_strength, style, chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out,
                  only_new, primer_bars, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes
@@ -483,10 +490,11 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
-        return gen.continue_(midi_in, bars=bars, seconds=seconds, tokens=tokens, num=num, temperature=temperature,
+        return gen.continue_(midi_in, bars=bars, seconds=seconds, tokens=tokens, num=num,
+                             temperature=CONTINUE_TEMPERATURE if temperature is None else temperature,
                              top_k=top_k, top_p=top_p, seed=seed, key=key, pitch_range=pitch_range,
                              primer_bars=primer_bars, on_note=on_note, style=style, chords=progression,
-                             density=density, strict_key=strict_key)
+                             density=density, strict_key=strict_key, key_strength=key_strength)
 
     def save(results):
         for result, path in zip(results, paths):
@@ -672,7 +680,7 @@ def show(ctx, midi_file, out, width, height, new_from):
 @click.option("--out", "out_port", help="MIDI output port for the answers (default: the speakers).")
 @click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint (default: the bundled model).")
 @click.option("--bars", default=2, show_default=True, help="Length of each answer.")
-@click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True)
+@click.option("-t", "--temperature", default=CONTINUE_TEMPERATURE, show_default=True)
 @click.option("--tempo", default=120.0, show_default=True, help="Beats per minute used to read your playing.")
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
@@ -729,7 +737,7 @@ def info_cmd(checkpoint, as_json):
               help="Session folder for saves and the autosave (default: a new studio-DATE-TIME folder here).")
 @click.option("--in", "in_port", help="MIDI input port (a keyboard) besides the computer keyboard.")
 @click.option("--bars", default=2, show_default=True, help="Length of each answer.")
-@click.option("-t", "--temperature", default=DEFAULT_TEMPERATURE, show_default=True)
+@click.option("-t", "--temperature", default=CONTINUE_TEMPERATURE, show_default=True)
 @click.option("--tempo", default=120.0, show_default=True, help="Beats per minute of the grid and metronome.")
 @click.option("--time-signature", default="4/4", show_default=True)
 @click.option("--key", help="Keep answers in a scale: D:minor, F#, auto (from your playing).")

@@ -200,12 +200,12 @@ def read_piece(path, data: bytes, resolution: int, track: str | None) -> Song:
 
 def evaluate_continuation(checkpoint, folder, split: str = "all", primer_bars: int = 4, bars: int = 4,
                           pieces: int | None = None, samples: int = 1, seed: int = 0, temperature: float | None = None,
-                          track: str | None = None, progress: bool = False) -> dict:
+                          track: str | None = None, progress: bool = False, key_strength: float | None = None) -> dict:
     """Continue every usable piece of FOLDER after `primer_bars` bars and compare with its real
     next `bars` bars (see the module docstring). split as in evaluate_folder."""
     from tqdm import tqdm
 
-    from .config import DEFAULT_TEMPERATURE
+    from .config import CONTINUE_TEMPERATURE
     from .data import find_midi_files, is_validation
     from .evaluate import checkpoint_val_fraction
     from .generate import Generator
@@ -213,7 +213,7 @@ def evaluate_continuation(checkpoint, folder, split: str = "all", primer_bars: i
 
     if primer_bars < 1 or bars < 1 or samples < 1 or (pieces is not None and pieces < 1):
         raise ValueError("--primer-bars, --bars, --samples and --pieces must be at least 1")
-    temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
+    temperature = CONTINUE_TEMPERATURE if temperature is None else temperature
     tok = checkpoint.tokenizer
     res = tok.config.resolution
     val_fraction = checkpoint_val_fraction(checkpoint)
@@ -249,12 +249,13 @@ def evaluate_continuation(checkpoint, folder, split: str = "all", primer_bars: i
         if len(cut.primer.notes) == 0 or len(cut.real) == 0:
             skipped.append({"path": path, "reason": f"no notes in the {'primer' if len(cut.real) else 'continuation'}"})
             continue
-        records.append(score_piece(gen, model, cut, primer_bars, bars, samples, seed + index, temperature, path))
+        records.append(score_piece(gen, model, cut, primer_bars, bars, samples, seed + index, temperature, path,
+                                   key_strength))
     if not records:
         raise ValueError(f"no piece in {folder} ({split} split) has {primer_bars + bars} bars with notes "
                          f"({short} shorter, {len(skipped)} skipped)")
     report = {"folder": str(folder), "split": split, "primer_bars": primer_bars, "bars": bars, "samples": samples,
-              "temperature": temperature, "seed": seed, "track": track, "pieces": len(records),
+              "temperature": temperature, "key_strength": key_strength, "seed": seed, "track": track, "pieces": len(records),
               "too_short": short, "skipped": skipped}
     report.update(summarize(records))
     report["per_piece"] = records
@@ -268,13 +269,13 @@ def bars_to_generate(primer: Song, primer_bars: int, bars: int) -> int:
 
 
 def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int, seed: int, temperature: float,
-                path: str = "") -> dict:
+                path: str = "", key_strength: float | None = None) -> dict:
     """Features of the model's answers, the repeat baseline and the real continuation for one cut."""
     primer, res = cut.primer, cut.primer.resolution
     key = estimate_key(primer.notes)
     span = cut.end - cut.cut
     answers = gen.continue_(primer, bars=bars_to_generate(primer, primer_bars, bars), seed=seed,
-                            temperature=temperature, num=samples)
+                            temperature=temperature, num=samples, key_strength=key_strength)
     real = note_features(cut.real, res, key, span)
     model_rows, early = [], 0
     for answer in answers:

@@ -343,6 +343,29 @@ def model_controls(resolution: int, styles, dims: dict, use_controls: bool = Tru
     return tuple((name, n[name], dims[name]) for name in COLUMNS if name != "style" or styles)
 
 
+def key_prior(controls: np.ndarray, styles) -> dict:
+    """How much of the corpus (in tokens) is in each of the 24 keys, per style name ("" for music
+    without a style): generate draws its key from this when none is asked for, so the pair
+    (key, music) is sampled as the corpus has it rather than from the blurrier key-hidden model."""
+    prior = {}
+    keys, style_ids = controls[:, KEY].astype(np.int64), controls[:, STYLE].astype(np.int64)
+    for sid in np.unique(style_ids):
+        counts = np.bincount(keys[(style_ids == sid) & (keys < KEY_UNKNOWN)], minlength=KEY_UNKNOWN)[:KEY_UNKNOWN]
+        if counts.sum():
+            prior[styles[sid] if sid < len(styles) else ""] = counts.tolist()
+    return prior
+
+
+def pick_key(prior: dict, style: str | None, rng: np.random.Generator) -> int:
+    """A key drawn from the style's share of the corpus (all styles together when the style is
+    not in the prior; every key equally for a checkpoint without one)."""
+    counts = prior.get(style or "") if prior else None
+    if counts is None and prior:
+        counts = np.sum([c for c in prior.values()], axis=0)
+    weights = np.asarray(counts if counts is not None else np.ones(KEY_UNKNOWN), dtype=np.float64)
+    return int(rng.choice(KEY_UNKNOWN, p=weights / weights.sum()))
+
+
 def columns_of(model_config) -> list:
     """Which stored control columns a model reads, in its input order."""
     return [COLUMNS.index(name) for name in model_config.control_names]

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import DEFAULT_TEMPERATURE
+from .config import CONTEXT_KEY_STRENGTH, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH
 from .fileio import atomic_write_bytes
 from .midi import (DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
 from . import controls as ctl
-from .sampling import FastLSTM, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
+from .sampling import FastLSTM, KeyGuide, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
@@ -140,13 +140,17 @@ class Generator:
 
     def generate(self, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0, seed=None,
                  key=None, pitch_range=None, tempo=120.0, time_signature=(4, 4), on_note=None,
-                 style=None, chords=None, density=None, strict_key=False) -> list[Song]:
+                 style=None, chords=None, density=None, strict_key=False,
+                 key_strength=None) -> list[Song]:
         """New pieces from nothing. Returns `num` Songs.
 
         Controls (for a model trained with them): key ('D:minor'), style (a name the model knows;
         None: one is picked by the seed), chords ('Dm7 G7 Cmaj7', one per bar, or a list of bars
         of chords), density ('low' | 'medium' | 'high' | onsets per beat). strict_key also forbids
-        pitches outside the key's scale. `self.last_controls` says what was used."""
+        pitches outside the key's scale; key_strength is how hard the key pulls the pitches
+        (classifier-free guidance; 0: the model's own conditioning only; None: 3 for a key given
+        here, 0 for one drawn from the keys of the corpus's pieces in this style, as happens when
+        no key is given). `self.last_controls` says what was used."""
         if key == "auto":
             raise ValueError("--key auto needs a primer to listen to; name a key (e.g. D:minor) for generate")
         if not 20 <= tempo <= 400:
@@ -159,15 +163,21 @@ class Generator:
             picked = True
         else:
             picked = False
-        request = self._control_request(key, style, chords, density, strict_key)
+        request = self._control_request(key, style, chords, density, strict_key, key_strength=key_strength)
         request["style_picked"] = picked
+        if key is None and "key" in self.checkpoint.model_config.control_names:
+            # the corpus's key for this style: P(key) P(music | key), rather than the key-hidden model
+            rng = np.random.default_rng([seed, 1])
+            request["key"] = ctl.pick_key(self.checkpoint.meta.get("key_prior"), style, rng)
+            request["key_picked"] = True
         songs, _ = self._sample(like, None, Length(bars, seconds, tokens), num, temperature, top_k, top_p, seed,
                                 request, pitch_range, on_note)
         return songs
 
-    def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0,
+    def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=CONTINUE_TEMPERATURE, top_k=0, top_p=1.0,
                   seed=None, key=None, pitch_range=None, primer_bars=DEFAULT_PRIMER_BARS, on_note=None,
-                  style=None, chords=None, density=None, strict_key=False) -> list[Continuation]:
+                  style=None, chords=None, density=None, strict_key=False,
+                  key_strength=None) -> list[Continuation]:
         """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song) from its last
         `primer_bars` bars (None: all of it). Controls as for `generate`; by default the primer's
         key and density are kept, its style is the one under which it is most likely, and the
@@ -185,7 +195,7 @@ class Generator:
             if len(kept.notes) == 0:
                 raise ValueError(f"the last {primer_bars} bars of the primer hold no notes")
         request = self._control_request(None if key == "auto" else key, style, chords, density, strict_key,
-                                        auto_key=key == "auto")
+                                        auto_key=key == "auto", key_strength=key_strength)
         request["primer_bars"] = primer_bars if total_bars is not None and total_bars > primer_bars else None
         songs, used_key = self._sample(kept, kept, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
                                        self._seed(seed), request, pitch_range, on_note, offset)
@@ -221,11 +231,16 @@ class Generator:
         self.last_seed = seed
         return seed
 
-    def _control_request(self, key, style, chords, density, strict_key, auto_key=False) -> dict:
+    def _control_request(self, key, style, chords, density, strict_key, auto_key=False,
+                         key_strength=None) -> dict:
         """Check the user's controls against what the model learned; one-line errors otherwise."""
         names = self.checkpoint.model_config.control_names
+        if key_strength is None:  # a key the user names is held hard, one from the corpus or primer gently
+            key_strength = NAMED_KEY_STRENGTH if key and key != "auto" else CONTEXT_KEY_STRENGTH
+        if not -1 <= key_strength <= 10:
+            raise ValueError("--key-strength must be between -1 (ignore the key) and 10")
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
-               "strict_key": strict_key, "auto_key": auto_key}
+               "strict_key": strict_key, "auto_key": auto_key, "key_strength": float(key_strength)}
         if key:
             tonic, scale = parse_key(key)
             if strict_key:
@@ -276,11 +291,15 @@ class Generator:
         report = {"controls": names, "strict_key": bool(key_value)}
 
         cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
+        guide = None
+        if request["key_strength"] and cond_key is not None and cond_key != ctl.KEY_UNKNOWN and "key" in names:
+            column = names.index("key")
+            guide = KeyGuide(tok, column, int(ctl.unknown_of(config)[column]), request["key_strength"])
         density = request["density"]
         decoder = tok.decoder(like)
         earlier_chords = None
         if primer is None:
-            self.net.reset(num)
+            self.net.reset(num * (2 if guide else 1))
             state = start_state(tok, num, grid)
             start_time = 0
             style = request["style"]
@@ -297,8 +316,9 @@ class Generator:
                     beats = max(1.0, primer.end / res)
                     density = ctl.density_bucket(len(np.unique(primer.notes[:, ONSET])) / beats)
             with few_blas_threads(1):  # priming steps one row (or one per style) at a time
-                style, h, c = self._prime(prefix, primer_controls, request["style"], report)
-            self.net.reset(num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
+                style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guide is not None)
+            # rows 0..num-1 told the key; with guidance, rows num.. the same with the key hidden
+            self.net.reset(len(h[0]) * num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
             state = start_state(tok, num, grid, decoder, int(prefix[-1]))
             start_time = primer.end
         plan = None
@@ -308,7 +328,9 @@ class Generator:
                                    earlier_chords)
         report.update({
             "key": ctl.key_label(cond_key) if cond_key is not None and "key" in names else None,
-            "key_source": "given" if request["key"] is not None else ("primer" if cond_key is not None and "key" in names else None),
+            "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (
+                "primer" if cond_key is not None and "key" in names else None),
+            "key_strength": request["key_strength"] if guide else None,
             "primer_key": ctl.key_label(estimated) if primer is not None else None,
             "scale_mask": key_name(*key_value) if key_value else None,
             "style": self.styles[style] if style is not None and style < len(self.styles) else None,
@@ -318,13 +340,13 @@ class Generator:
             ("primer" if density is not None else None),
             "chords": " ".join("/".join(ctl.chord_label(c) for c in bar) for bar in request["progression"])
             if request["progression"] else ("the model's" if "chord" in names else None),
-            "primer_bars": request.get("primer_bars"),
+            "primer_bars": request.get("primer_bars"), "temperature": temperature,
         })
         self.last_controls = report
 
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
-        sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan)
+        sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide)
         with few_blas_threads(num):
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
@@ -339,24 +361,24 @@ class Generator:
         used_key = report["scale_mask"] or report["key"]
         return songs, used_key
 
-    def _prime(self, prefix, primer_controls, style, report):
+    def _prime(self, prefix, primer_controls, style, report, guided=False):
         """Run the primer through the network: (style id or None, h, c). Without a given style,
         the primer is run once per style (as rows of one batch) and the style under which it is
-        most likely wins."""
+        most likely wins. guided: a second row with the key hidden (for KeyGuide)."""
         config = self.checkpoint.model_config
         if primer_controls is None:
             h, c = self.net.prime(prefix[:-1])
             return None, h, c
         columns = ctl.columns_of(config)
         full = np.concatenate([primer_controls, np.zeros((len(primer_controls), 1), np.uint8)], axis=1).astype(np.int64)
-        if "style" not in config.control_names:
-            (h, c) = self.net.prime(prefix[:-1], full[:-1][:, columns])
-            return None, h, c
-        if style is None:
+        if "style" in config.control_names and style is None:
             style = self._most_likely_style(prefix, full, columns, report)
-        rows = full[None, :-1].copy()
-        rows[:, :, ctl.STYLE] = style
-        h, c = self.net.prime(prefix[:-1], rows[..., columns])
+        rows = np.repeat(full[None, :-1], 2 if guided else 1, axis=0)
+        if style is not None:
+            rows[:, :, ctl.STYLE] = style
+        if guided:
+            rows[1, :, ctl.KEY] = ctl.KEY_UNKNOWN
+        h, c = self.net.prime(prefix[:-1], rows[..., columns], rows=len(rows))
         return style, h, c
 
     def _most_likely_style(self, prefix, full, columns, report) -> int:

@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 
-from .config import DEFAULT_TEMPERATURE
+from .config import CONTINUE_TEMPERATURE
 from .midi import Song
 from .playback import Timeline
 
 
 class Jam:
-    def __init__(self, generator, respond, bars=2, temperature=DEFAULT_TEMPERATURE, tempo=120.0, pause=None, seed=None,
+    def __init__(self, generator, respond, bars=2, temperature=CONTINUE_TEMPERATURE, tempo=120.0, pause=None, seed=None,
                  clock=time.monotonic):
         self.gen, self.respond, self.clock = generator, respond, clock
         self.bars, self.temperature, self.tempo, self.seed = bars, temperature, tempo, seed

@@ -274,10 +274,10 @@ class Sampler:
     MAX_CHORD = 16  # notes starting together before time must move on: no runaway chords
 
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
-                 constraint: np.ndarray | None = None, plan=None):
+                 constraint: np.ndarray | None = None, plan=None, guide=None):
         """plan: a controls.ControlPlan giving the control inputs at each step (None: a model
-        without controls)."""
-        self.net, self.tok, self.plan = net, tok, plan
+        without controls). guide: a KeyGuide (the network then runs twice the rows)."""
+        self.net, self.tok, self.plan, self.guide = net, tok, plan, guide
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
         follow[:, EOS] = NEG_INF  # length is set by the options, not by the model stopping early
@@ -303,10 +303,14 @@ class Sampler:
         shift_slice = slice(tok.shift0, tok.shift0 + tok.max_shift)
         grid = state["grid"]
         current = state["last_token"].copy()
+        guide = self.guide
         for _ in range(max_tokens):
             controls = self.plan.values(state["time"]) if self.plan is not None else None
             with np.errstate(over="ignore"):  # exp(+large) = inf is the intended sigmoid(-large) = 0
-                logits = net.step(current, controls)
+                if guide is None:
+                    logits = net.step(current, controls)
+                else:
+                    logits = guide.combine(net.step(np.concatenate([current, current]), guide.controls(controls)))
             logits += self.follow[state["last_type"]]
             if tok.config.bar_tokens:
                 room = np.clip(state["next_bar"] - state["time"], 0, tok.max_shift + 1)
@@ -370,6 +374,41 @@ class Sampler:
         np.log(noise, out=noise)
         logits -= noise
         return logits.argmax(axis=1)
+
+
+class KeyGuide:
+    """Classifier-free guidance on the key: the network runs each row twice, once told the key and
+    once with the key hidden (training hid it 20% of the time, so it knows both), and the pitch
+    choice moves further in the direction the key pushes it:
+        log p(pitch) = cond + strength * (cond - hidden), each log-softmaxed over the pitches.
+    Only pitches are guided: rhythm and form stay the model's own. Strength 0 is the model as told,
+    -1 the model with the key hidden, values between mix the two."""
+
+    def __init__(self, tok: Tokenizer, column: int, unknown: int, strength: float):
+        self.pitches = slice(tok.pitch0, tok.pitch0 + tok.config.pitch_high - tok.config.pitch_low + 1)
+        self.column, self.unknown, self.strength = column, unknown, np.float32(strength)
+        self._given = self._doubled = None
+
+    def controls(self, values: np.ndarray) -> np.ndarray:
+        """Rows told the key, then the same rows with the key hidden (the same array while the
+        values stay the same, so the network keeps reusing its control input)."""
+        if values is not self._given:
+            hidden = values.copy()
+            hidden[:, self.column] = self.unknown
+            self._given, self._doubled = values, np.concatenate([values, hidden])
+        return self._doubled
+
+    def combine(self, logits: np.ndarray) -> np.ndarray:
+        rows = len(logits) // 2
+        out = logits[:rows].copy()
+        told, hidden = logits[:rows, self.pitches], logits[rows:, self.pitches]
+        out[:, self.pitches] += self.strength * (_log_softmax(told) - _log_softmax(hidden))
+        return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=1, keepdims=True)
+    return x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))
 
 
 def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_token: int | None = None) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DEFAULT_TEMPERATURE
+from .config import CONTINUE_TEMPERATURE
 from .midi import DRUMS, BarGrid, MidiError, Song, crop_song, steps_to_seconds
 
 TICKS = 480  # the session clock's ticks per quarter note: exact for every metre and the model's grid
@@ -313,7 +313,7 @@ class Session:
         silence = max(self.last_release or 0.0, self.end())
         return self.meter.next_beat(silence + pause)
 
-    def answer(self, generator, bars: int = 2, temperature: float = DEFAULT_TEMPERATURE, seed=None,
+    def answer(self, generator, bars: int = 2, temperature: float = CONTINUE_TEMPERATURE, seed=None,
                at: float | None = None, pause: float | None = None, **controls) -> Part:
         """Sample an answer to the whole session and add it. It starts `at` seconds (default: on
         the first beat after a bar of silence, as the window does)."""
@@ -938,7 +938,7 @@ class Studio:
 
     on_frame = None  # tests and benchmarks: called with the app after every frame drawn
 
-    def __init__(self, session: Session, generator, audio, folder, bars=2, temperature=DEFAULT_TEMPERATURE,
+    def __init__(self, session: Session, generator, audio, folder, bars=2, temperature=CONTINUE_TEMPERATURE,
                  key=None, style=None, pause=None, seed=None, inport=None, size=(1100, 560), synth="auto",
                  soundfont=None, metronome=True, gen_options=None, log=None, sampler=None):
         self.session, self.gen, self.audio, self.folder = session, generator, audio, Path(folder)
@@ -1621,7 +1621,7 @@ def open_audio(synth: str, soundfont, messages: list):
         return NullAudio()
 
 
-def run_studio(midi_file=None, checkpoint=None, out=None, in_port=None, bars=2, temperature=DEFAULT_TEMPERATURE,
+def run_studio(midi_file=None, checkpoint=None, out=None, in_port=None, bars=2, temperature=CONTINUE_TEMPERATURE,
                tempo=120.0, metre=(4, 4), key=None, style=None, pause=None, metronome=True, seed=None,
                synth="auto", soundfont=None, size=(1100, 560), gen_options=None) -> int:
     """The `studio` command: load the model, open sound and window, run until closed."""

@@ -27,7 +27,7 @@ from .config import CONTROL_DIMS
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
 from .config import ModelConfig
 from .model import MelodyLSTM
-from .recipe import recipe_for
+from .recipe import Size, recipe_for
 from .tokenizer import PAD, Tokenizer
 
 
@@ -227,6 +227,56 @@ def optimizer_from_tensors(optimizer, tensors: dict, param_groups: list) -> None
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+# ---------------------------------------------------------------- how fast this device trains
+
+class StepTimer:
+    """Seconds one training step of a recipe size takes here: measured (one untimed and two timed
+    steps on random tokens) while measuring costs under 2% of the budget, extrapolated from the
+    last measured size by multiply-adds beyond that (a GPU measures more of the ladder than a CPU)."""
+
+    PROBE_SHARE = 0.02
+
+    def __init__(self, vocab: int, controls: tuple, device, budget_seconds: float):
+        self.vocab, self.controls, self.device, self.budget = vocab, controls, device, budget_seconds
+        self.extra = sum(dim for _, _, dim in controls)
+        self.known = {}  # size name -> seconds per step
+        self.reference = None  # (size, seconds) last measured
+
+    def __call__(self, size: Size) -> float:
+        if size.name not in self.known:
+            guess = self._extrapolate(size)
+            if guess is None or 3 * guess < self.PROBE_SHARE * self.budget:
+                self.known[size.name] = self._measure(size)
+                self.reference = (size, self.known[size.name])
+            else:
+                self.known[size.name] = guess
+        return self.known[size.name]
+
+    def _extrapolate(self, size: Size):
+        if self.reference is None:
+            return None
+        ref, seconds = self.reference
+        return seconds * size.step_cost(self.vocab, self.extra) / ref.step_cost(self.vocab, self.extra)
+
+    def _measure(self, size: Size) -> float:
+        config = ModelConfig(self.vocab, size.embedding, size.hidden, size.layers, 0.0, controls=self.controls)
+        model = MelodyLSTM(config).to(self.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        autocast, scaler = autocast_for(self.device, "auto")
+        rng = np.random.default_rng(0)
+        tokens = torch.from_numpy(rng.integers(0, self.vocab, (size.batch_size, size.seq_len + 1))).to(self.device)
+        controls = None
+        if self.controls:
+            controls = torch.from_numpy(np.stack([rng.integers(0, values, (size.batch_size, size.seq_len + 1))
+                                                  for _, values, _ in self.controls], axis=-1)).to(self.device)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            float(train_step(model, optimizer, tokens, controls, autocast, scaler, 1.0))  # float(): waits for the device
+            times.append(time.perf_counter() - started)
+        return min(times[1:])
+
+
 # ---------------------------------------------------------------- the run
 
 class Run:
@@ -259,22 +309,27 @@ class Run:
         known_styles = model_config.styles if isinstance(model_config, ModelConfig) and (resume or init_from) else None
         self.report, self.store = self._load_data(corpus, {**(data_options or {}), "style": cfg.style,
                                                            "styles": known_styles})
-        self.recipe = recipe_for(len(self.store.train))
         if start is not None:  # a resumed run keeps its own recipe and budget, so its schedule is unchanged
             saved = start.train_state.get("train_config", {})
             keep = ("out", "device", "precision", "compile", "save_interval", "log_every")
             cfg = self.cfg = replace(cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)})
+        styles = self.store.styles
+        controls = ctl.model_controls(tokenizer.config.resolution, styles, CONTROL_DIMS, cfg.controls)
+        timer = None
+        if cfg.max_time and start is None and not isinstance(model_config, ModelConfig):
+            timer = StepTimer(len(tokenizer), controls, self.device, cfg.max_time)
+        self.recipe = recipe_for(len(self.store.train), cfg.max_time if not cfg.max_steps else 0.0, timer,
+                                 steps=cfg.max_steps, epochs=cfg.epochs)
         cfg = self.cfg = replace(cfg, **{k: getattr(self.recipe, k) for k in
                                          ("batch_size", "seq_len", "lr", "transpose", "transpose_share")
                                          if getattr(cfg, k) is None})
         if not isinstance(model_config, ModelConfig):
             chosen = {k: v for k, v in (model_config or {}).items() if v is not None}
-            styles = self.store.styles
-            controls = ctl.model_controls(tokenizer.config.resolution, styles, CONTROL_DIMS, cfg.controls)
             model_config = ModelConfig(len(tokenizer), **{**{k: getattr(self.recipe, k) for k in
                                                              ("embedding", "hidden", "layers", "dropout")}, **chosen},
                                        controls=controls, styles=tuple(styles) if controls else ())
         self.model_config = model_config
+        self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
         fused = self.device.type == "cuda"
@@ -319,7 +374,10 @@ class Run:
         gap = 1.0 / max(1, self.cfg.evals)
         if self.budget.seconds and self.eval_seconds:  # a short time budget: validation takes <= 10% of it
             gap = max(gap, self.eval_seconds / (VALIDATION_SHARE * self.budget.seconds))
-        return min(1.0, (math.floor(progress / gap + 1e-9) + 1) * gap)
+        after = (math.floor(progress / gap + 1e-9) + 1) * gap
+        if after - progress < gap / 2:  # the gap just grew (a slow validation): no two in a row
+            after += gap
+        return min(1.0, after)
 
     def describe_plan(self) -> str:
         """What the run will do and why, for the user (printed at start)."""
@@ -331,12 +389,13 @@ class Run:
             budget += f" (= {self.budget.steps / self.steps_per_epoch:.1f} epochs)"
         styles = self.report.get("styles") or {}
         controls = ", ".join(m.control_names) or "none"
-        return (f"recipe: {r.size} corpus{by_hand}: {r.reason}\n"
+        return (f"recipe: {r.size} model{by_hand}: {r.reason}\n"
                 + (f"styles: {', '.join(f'{k} ({v} files)' for k, v in styles.items())}\n" if styles else "")
                 + f"controls: {controls}\n"
                 f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}, dropout {m.dropout}), "
                 f"{self.model.num_parameters():,} parameters, on {self.device}; windows {c.batch_size}x{self.sampler.seq_len}, "
-                f"lr {c.lr:g}, transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows\n"
+                f"lr {c.lr:g}, " + (f"transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows\n"
+                                     if c.transpose and c.transpose_share else "no transposition\n") +
                 f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
                 f"{c.evals} validations, early stop after {c.patience} without improvement")
 
@@ -383,7 +442,8 @@ class Run:
                 "val_bits_per_note": self._bits_per_note(val_nll if val_nll is not None else self.best_val),
                 "step": self.step, "corpus_path": self.corpus, "val_fraction": self.cfg.val_fraction,
                 "sources": [[str(folder), name] for folder, name in parse_sources(self.corpus, self.cfg.style)],
-                "epochs": round(self.epochs_done, 2), "elapsed_s": round(self.elapsed, 1)}
+                "epochs": round(self.epochs_done, 2), "elapsed_s": round(self.elapsed, 1),
+                "recipe": self.recipe.size, "key_prior": self.key_prior}
         save_checkpoint(self.out / name, self.model, self.tok, state, tensors if name == "last.safetensors" else {}, meta)
 
     @staticmethod

@@ -207,3 +207,82 @@ def test_style_estimation_and_a_monophonic_answer_to_a_monophonic_primer(two_sty
     for answer in answers:
         notes = answer.notes.notes
         assert len(notes) >= 8 and polyphony(notes) <= 1.05
+
+
+# ---------------------------------------------------------------- key guidance and the key prior
+
+def test_key_guidance_moves_only_the_pitch_choice():
+    from melodylstm.sampling import KeyGuide
+
+    guide = KeyGuide(TOK, column=0, unknown=ctl.KEY_UNKNOWN, strength=2.0)
+    rng = np.random.default_rng(0)
+    told, hidden = rng.normal(size=(2, len(TOK))).astype(np.float32), rng.normal(size=(2, len(TOK))).astype(np.float32)
+    out = guide.combine(np.concatenate([told, hidden]))
+    pitches = guide.pitches
+    assert np.array_equal(np.delete(out, np.arange(len(TOK))[pitches], axis=1),
+                          np.delete(told, np.arange(len(TOK))[pitches], axis=1))  # rhythm tokens untouched
+
+    def log_softmax(x):
+        return x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+
+    expected = told[:, pitches] + 2.0 * (log_softmax(told[:, pitches]) - log_softmax(hidden[:, pitches]))
+    np.testing.assert_allclose(out[:, pitches], expected, rtol=1e-5, atol=1e-5)
+    values = np.array([[3, 7], [5, 7]])
+    doubled = guide.controls(values)
+    assert doubled.tolist() == [[3, 7], [5, 7], [ctl.KEY_UNKNOWN, 7], [ctl.KEY_UNKNOWN, 7]]
+    assert guide.controls(values) is doubled  # reused while the plan's values stay the same
+
+
+def test_a_named_key_is_held_harder_with_guidance():
+    """On the bundled model (the one that learned keys from real music): Eb major, asked for."""
+    from melodylstm.generate import Generator
+
+    gen = Generator.load()
+
+    def share_in_key(strength):
+        songs = gen.generate(bars=8, num=6, seed=11, style="chorale", key="Eb:major", key_strength=strength)
+        return np.mean([ctl.in_key_rate(s.notes, (3, "major")) for s in songs])
+
+    unguided, guided = share_in_key(0.0), share_in_key(3.0)
+    assert gen.last_controls["key_strength"] == 3.0 and gen.last_controls["key"] == "Eb:major"
+    assert guided > unguided and guided > 0.95, (unguided, guided)
+
+
+def test_without_a_key_generate_draws_one_from_the_corpus_keys():
+    prior = {"tune": [0] * 7 + [30] + [0] * 16, "chorale": [10] * 24}  # tunes: all in G major (index 7)
+    rng = np.random.default_rng(0)
+    assert {ctl.pick_key(prior, "tune", rng) for _ in range(50)} == {7}
+    assert len({ctl.pick_key(prior, "chorale", rng) for _ in range(200)}) > 15
+    assert len({ctl.pick_key(None, None, rng) for _ in range(200)}) > 15  # an old checkpoint: any key
+    stored = ctl.key_prior(np.array([[7, 0, 0, 0, 1]] * 5 + [[2, 0, 0, 0, 0]] * 3 + [[ctl.KEY_UNKNOWN, 0, 0, 0, 0]]),
+                           ["chorale", "tune"])
+    assert stored["tune"][7] == 5 and stored["chorale"][2] == 3 and sum(stored["chorale"]) == 3
+
+    from melodylstm.generate import Generator
+    from melodylstm.sampling import parse_key
+
+    gen = Generator.load()
+    gen.generate(bars=1, seed=3, style="tune")
+    assert gen.last_controls["key_source"] == "picked"
+    assert gen.checkpoint.meta["key_prior"]["tune"][ctl.key_index(*parse_key(gen.last_controls["key"]))] > 0
+
+
+def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from melodylstm.generate import Generator
+    from melodylstm.midi import write_midi
+
+    primer = tmp_path / "cadence.mid"
+    write_midi(song_of(cadence(2) * 1), primer)  # D major
+    result = subprocess.run([sys.executable, "-m", "melodylstm", "continue", str(primer), "-o", str(tmp_path / "out.mid"),
+                             "--bars", "1", "--seed", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["temperature"] == 1.0 and report["key"] == "D:major" and report["key_source"] == "primer"
+    assert report["key_strength"] is None  # a heard key is not guided by default
+    gen = Generator.load()
+    gen.generate(bars=1, seed=1, key="A:minor")
+    assert gen.last_controls["temperature"] == 0.8 and gen.last_controls["key_strength"] == 3.0

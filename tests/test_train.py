@@ -278,10 +278,43 @@ def test_recipe_follows_the_corpus_size():
     assert all(str(n // 1000) in r.reason.replace(",", "") for n, r in ((60_000, small), (20_000_000, large)))
 
 
+def test_recipe_fits_the_model_to_the_time_budget():
+    from melodylstm.recipe import MIN_STEPS, SIZES, recipe_for
+
+    def seconds_per_step(size):  # a fake device: 100 G multiply-adds per second, forward and backward
+        return 3 * size.step_cost(300) / 1e11
+
+    costs = [seconds_per_step(s) for s in SIZES]
+    assert costs == sorted(costs)  # the ladder goes from cheap to costly
+    # a big corpus and one minute: only the cheapest model gets enough steps
+    minute, day = recipe_for(20_000_000, 60, seconds_per_step), recipe_for(20_000_000, 86_400, seconds_per_step)
+    assert (minute.size, day.size) == ("tiny", "large")
+    assert minute.expected_steps == int(60 / costs[0]) and day.expected_steps >= MIN_STEPS
+    # the chosen size is the biggest that still gets MIN_STEPS, never above what the corpus allows
+    hour = recipe_for(20_000_000, 3600, seconds_per_step)
+    bigger = SIZES[[s.name for s in SIZES].index(hour.size) + 1]
+    assert hour.expected_steps >= MIN_STEPS > 3600 / seconds_per_step(bigger)
+    assert recipe_for(60_000, 86_400, seconds_per_step).size == "small"
+    # few passes over the music: no dropout, no transposition; many: both
+    assert (minute.dropout, minute.transpose_share) == (0.0, 0.0)
+    long_small = recipe_for(60_000, 3600, seconds_per_step)
+    assert long_small.dropout > 0 and long_small.transpose_share > 0 and "passes" in long_small.reason
+
+
+def test_step_timer_measures_cheap_sizes_and_extrapolates_costly_ones():
+    from melodylstm.recipe import SIZES
+    from melodylstm.train import StepTimer
+
+    timer = StepTimer(len(TOK), (), torch.device("cpu"), budget_seconds=30.0)
+    tiny, large = timer(SIZES[0]), timer(SIZES[-1])
+    assert 0 < tiny < 1.0 and timer.reference[0] is SIZES[0]  # measured
+    assert large == pytest.approx(tiny * SIZES[-1].step_cost(len(TOK)) / SIZES[0].step_cost(len(TOK)))  # extrapolated
+
+
 def test_cli_prints_the_recipe_and_the_budget(tiny_corpus, tmp_path):
     result = subprocess.run([sys.executable, "-m", "melodylstm", "train", str(tiny_corpus), "-o", str(tmp_path / "r"),
                              "--max-steps", "4", "-j", "1", "--cache-dir", str(tmp_path / "c")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "recipe: small corpus" in result.stderr and "budget: 4 steps" in result.stderr
+    assert "recipe: small model" in result.stderr and "budget: 4 steps" in result.stderr
     assert "controls: key, chord, density, position, style" in result.stderr  # tiny_corpus has a subfolder
