@@ -344,7 +344,7 @@ def sampling_options(f):
         click.option("--strict-key", is_flag=True, help="Also forbid pitches outside the key's scale (any scale: Bb:dorian, A:blues)."),
         click.option("--key-strength", type=float,
                      help="How hard the key pulls the pitches, -1 (ignore it) to 10 (default: 3 for a --key you "
-                          "name, 0 for a key picked from the corpus or heard in the primer)."),
+                          "name, 0 for a key picked from the corpus, -0.5 for the key heard in the primer)."),
         click.option("--style", help="Style the model learned (see `melodylstm info`); generate picks one when not given, "
                                      "continue the one under which the primer is most likely."),
         click.option("--chords", help='Chord progression, one chord per bar, repeated: "Dm7 G7 Cmaj7 Cmaj7".'),

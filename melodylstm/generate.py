@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import CONTEXT_KEY_STRENGTH, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH
+from .config import (CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH, PICKED_KEY_STRENGTH,
+                     PRIMER_KEY_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
@@ -148,9 +149,9 @@ class Generator:
         None: one is picked by the seed), chords ('Dm7 G7 Cmaj7', one per bar, or a list of bars
         of chords), density ('low' | 'medium' | 'high' | onsets per beat). strict_key also forbids
         pitches outside the key's scale; key_strength is how hard the key pulls the pitches
-        (classifier-free guidance; 0: the model's own conditioning only; None: 3 for a key given
-        here, 0 for one drawn from the keys of the corpus's pieces in this style, as happens when
-        no key is given). `self.last_controls` says what was used."""
+        (classifier-free guidance; 0: the model's own conditioning only, -1: the key ignored;
+        None: 3 for a key given here, 0 for one drawn from the keys of the corpus's pieces in this
+        style, as happens when no key is given; continue: -0.5 for the primer's key). `self.last_controls` says what was used."""
         if key == "auto":
             raise ValueError("--key auto needs a primer to listen to; name a key (e.g. D:minor) for generate")
         if not 20 <= tempo <= 400:
@@ -163,6 +164,8 @@ class Generator:
             picked = True
         else:
             picked = False
+        if key_strength is None and key is None:
+            key_strength = PICKED_KEY_STRENGTH
         request = self._control_request(key, style, chords, density, strict_key, key_strength=key_strength)
         request["style_picked"] = picked
         if key is None and "key" in self.checkpoint.model_config.control_names:
@@ -235,8 +238,8 @@ class Generator:
                          key_strength=None) -> dict:
         """Check the user's controls against what the model learned; one-line errors otherwise."""
         names = self.checkpoint.model_config.control_names
-        if key_strength is None:  # a key the user names is held hard, one from the corpus or primer gently
-            key_strength = NAMED_KEY_STRENGTH if key and key != "auto" else CONTEXT_KEY_STRENGTH
+        if key_strength is None:  # a key the user names is held hard, one heard in a primer a little loosely
+            key_strength = NAMED_KEY_STRENGTH if key and key != "auto" else PRIMER_KEY_STRENGTH
         if not -1 <= key_strength <= 10:
             raise ValueError("--key-strength must be between -1 (ignore the key) and 10")
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,

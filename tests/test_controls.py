@@ -282,7 +282,7 @@ def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["temperature"] == 1.0 and report["key"] == "D:major" and report["key_source"] == "primer"
-    assert report["key_strength"] is None  # a heard key is not guided by default
+    assert report["key_strength"] == -0.5  # a heard key is held a little less than told
     gen = Generator.load()
     gen.generate(bars=1, seed=1, key="A:minor")
     assert gen.last_controls["temperature"] == 0.8 and gen.last_controls["key_strength"] == 3.0
