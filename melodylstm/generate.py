@@ -164,9 +164,8 @@ class Generator:
             picked = True
         else:
             picked = False
-        if key_strength is None and key is None:
-            key_strength = PICKED_KEY_STRENGTH
-        request = self._control_request(key, style, chords, density, strict_key, key_strength=key_strength)
+        request = self._control_request(key, style, chords, density, strict_key, key_strength=key_strength,
+                                        unnamed_strength=PICKED_KEY_STRENGTH)
         request["style_picked"] = picked
         if key is None and "key" in self.checkpoint.model_config.control_names:
             # the corpus's key for this style: P(key) P(music | key), rather than the key-hidden model
@@ -235,11 +234,13 @@ class Generator:
         return seed
 
     def _control_request(self, key, style, chords, density, strict_key, auto_key=False,
-                         key_strength=None) -> dict:
-        """Check the user's controls against what the model learned; one-line errors otherwise."""
+                         key_strength=None, unnamed_strength=PRIMER_KEY_STRENGTH) -> dict:
+        """Check the user's controls against what the model learned; one-line errors otherwise.
+        unnamed_strength: the key guidance when the user names no key (generate draws one,
+        continue hears the primer's)."""
         names = self.checkpoint.model_config.control_names
-        if key_strength is None:  # a key the user names is held hard, one heard in a primer a little loosely
-            key_strength = NAMED_KEY_STRENGTH if key and key != "auto" else PRIMER_KEY_STRENGTH
+        if key_strength is None:  # a key the user names is held hard
+            key_strength = NAMED_KEY_STRENGTH if key and key != "auto" else unnamed_strength
         if not -1 <= key_strength <= 10:
             raise ValueError("--key-strength must be between -1 (ignore the key) and 10")
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
