@@ -3,6 +3,7 @@ peer) and a Kneser-Ney 5-gram, on each corpus's held-out files, for fixed time b
 
     python benchmarks/quality.py                       # 1, 5 and 10 minutes on every corpus found
     python benchmarks/quality.py --minutes 1 --corpus chorales=datasets/bach_chorales
+    python benchmarks/quality.py --peer-from earlier.json   # re-measure melodylstm only
 
 Corpora: the bundled chorales and tunes, and ../shared/midi/nottingham and ../shared/midi/pop909
 when present. Every figure is bits per note on the same held-out files (melodylstm's content-hash
@@ -59,8 +60,10 @@ def melodylstm_bits(folder: Path, minutes: float, workdir: Path, threads: int = 
                          "--split", "val", "--json"], check=True, capture_output=True, text=True)
     report = json.loads(ev.stdout)
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    switched = [r["step"] for r in steps if "regularised" in r]
     return {"bits_per_note": report["lstm"]["bits_per_note"], "ngram_bits_per_note": (report.get("ngram") or {}).get("bits_per_note"),
-            "steps": max(r.get("step", 0) for r in steps), "wall_s": round(wall, 1)}
+            "steps": max(r.get("step", 0) for r in steps), "wall_s": round(wall, 1),
+            "regularised_at": switched[0] if switched else None}
 
 
 # ---------------------------------------------------------------- the peer: a plain loop
@@ -124,17 +127,22 @@ def peer_bits(train, val, minutes: float, seed: int = 0, threads: int = 0) -> di
 
 # ---------------------------------------------------------------- the table
 
-def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0) -> list:
+def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, peer_rows=()) -> list:
+    """peer_rows: rows of an earlier run whose peer figures are reused (the peer is not re-trained)."""
+    earlier = {(r["corpus"], r["minutes"]): r for r in peer_rows}
     rows = []
     for name, folder in corpora.items():
         train, val = split_files(folder)
         for minutes in minutes_list:
             with tempfile.TemporaryDirectory() as tmp:
                 ours = melodylstm_bits(folder, minutes, Path(tmp), threads)
-            peer = peer_bits(train, val, minutes, threads=threads)
+            old = earlier.get((name, minutes))
+            peer = ({"bits_per_note": old["peer"], "steps": old["peer_steps"]} if old
+                    else peer_bits(train, val, minutes, threads=threads))
             row = {"corpus": name, "train_files": len(train), "val_files": len(val),
                    "train_tokens": int(sum(len(r.tokens) for r in train)), "minutes": minutes,
                    "melodylstm": ours["bits_per_note"], "melodylstm_steps": ours["steps"],
+                   "regularised_at": ours["regularised_at"], "peer_from_earlier_run": bool(old),
                    "peer": peer["bits_per_note"], "peer_steps": peer["steps"], "ngram5": ours["ngram_bits_per_note"]}
             row["vs_peer"] = 1 - row["melodylstm"] / row["peer"]
             row["vs_ngram"] = 1 - row["melodylstm"] / row["ngram5"] if row["ngram5"] else None
@@ -149,8 +157,9 @@ def format_row(r) -> str:
     """Differences as 'melodylstm is X% below': negative is better."""
     ngram = f"{r['ngram5']:.2f}" if r["ngram5"] else "-"
     vs_ngram = f"{-r['vs_ngram']:+.0%}" if r["vs_ngram"] is not None else "-"
+    steps = f"{r['melodylstm_steps']:,}" + (f" (regularised from {r['regularised_at']:,})" if r.get("regularised_at") else "")
     return (f"| {r['corpus']} ({r['train_files']}/{r['val_files']} files) | {r['minutes']:g} | **{r['melodylstm']:.2f}** "
-            f"| {r['peer']:.2f} | {ngram} | {-r['vs_peer']:+.0%} | {vs_ngram} |")
+            f"| {steps} | {r['peer']:.2f} | {ngram} | {-r['vs_peer']:+.0%} | {vs_ngram} |")
 
 
 def main():
@@ -159,14 +168,16 @@ def main():
     parser.add_argument("--corpus", action="append", help="NAME=FOLDER (repeatable; default: every corpus found)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: PyTorch's default)")
+    parser.add_argument("--peer-from", type=Path, help="reuse the peer figures of an earlier --json (same corpora, minutes)")
     args = parser.parse_args()
     corpora = dict(c.split("=", 1) for c in args.corpus) if args.corpus else default_corpora()
     corpora = {k: Path(v) for k, v in corpora.items()}
     print(f"machine: {os.cpu_count()} cores, {args.threads or 'default'} thread(s) per run; "
           "bits/note on held-out files (lower is better)")
-    print("| corpus (train/val files) | minutes | melodylstm train | plain loop (peer) | 5-gram | vs peer | vs 5-gram |")
-    print("|---|---|---|---|---|---|---|")
-    run(corpora, args.minutes, args.json, args.threads)
+    print("| corpus (train/val files) | minutes | melodylstm train | its steps | plain loop (peer) | 5-gram | vs peer | vs 5-gram |")
+    print("|---|---|---|---|---|---|---|---|")
+    peer_rows = json.loads(args.peer_from.read_text()) if args.peer_from else ()
+    run(corpora, args.minutes, args.json, args.threads, peer_rows)
 
 
 if __name__ == "__main__":

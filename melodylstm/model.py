@@ -1,6 +1,8 @@
 """The model: token embedding -> stacked LSTM -> projection to the vocabulary."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -43,6 +45,12 @@ class MelodyLSTM(nn.Module):
         if self.bottleneck is not None:
             out = self.bottleneck(out)
         return self.head(out), state
+
+    def set_dropout(self, p: float) -> None:
+        """Change dropout mid-training (training switches it on once the model starts memorising)."""
+        self.config = replace(self.config, dropout=p)
+        self.drop.p = p
+        self.lstm.dropout = p if self.config.layers > 1 else 0.0
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

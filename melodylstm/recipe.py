@@ -9,7 +9,9 @@ optimizer steps, and on a short budget a small model taking many steps beats a b
 by far (one CPU minute: 1x256 reaches 2.73 bits/note on held-out folk songs, 2x256 with long
 windows 9.15).
 Regularisation (dropout, transposition) is for a model that sees the music many times; a budget
-buying only a few passes gets none, since it costs likelihood and there is nothing to memorise yet."""
+buying only a few passes gets none, since it costs likelihood and there is nothing to memorise yet.
+Passes are only a forecast: a corpus of few long, repetitive pieces is memorised sooner, so when
+validation stops improving, training switches regularisation on itself (train.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -90,13 +92,18 @@ def recipe_for(train_tokens: int, seconds: float = 0.0, step_seconds=None, steps
         planned = expected or steps or default_steps(train_tokens, size.batch_size * size.seq_len)
         epochs = planned * size.batch_size * size.seq_len / max(1, train_tokens)
     if epochs >= REGULARISE_EPOCHS:
-        dropout, transpose, share = CORPUS_DROPOUT[corpus], 5, 0.5
+        dropout, transpose, share = regularisation(train_tokens)
         why += f"; ~{epochs:.0f} passes over the music: dropout and transposition against memorising it"
     else:
         dropout, transpose, share = 0.0, 0, 0.0
         why += f"; ~{epochs:.1f} passes over the music: too few to need dropout or transposition"
     return Recipe(size.name, size.layers, size.hidden, size.embedding, dropout, size.seq_len, size.batch_size,
                   size.lr, transpose, share, why, expected)
+
+
+def regularisation(train_tokens: int) -> tuple[float, int, float]:
+    """(dropout, +-semitones, share of the windows transposed) against memorising a corpus this big."""
+    return CORPUS_DROPOUT[corpus_class(train_tokens)], 5, 0.5
 
 
 def default_steps(train_tokens: int, tokens_per_step: int) -> int:

@@ -2,7 +2,10 @@
 
 A run is planned by a budget (steps, time, or both: whichever binds first), not by epochs: the
 learning rate warms up, then decays on a cosine that ends exactly when the budget ends, and
-validation runs a fixed number of times per budget (early stopping counts evaluations).
+validation runs a fixed number of times per budget (early stopping counts evaluations). A run the
+recipe left unregularised that stops improving is not stopped the first time: it goes back to its
+best weights and goes on with dropout and transposition (the corpus was memorised sooner than its
+size predicted), so the schedule still ends with the budget.
 Data order and dropout noise are pure functions of (seed, rank, step), so a resumed run repeats
 exactly what an uninterrupted one would do, with no random state to save. Multi-GPU and
 multi-node runs use torchrun + DistributedDataParallel."""
@@ -27,7 +30,7 @@ from .config import CONTROL_DIMS
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
 from .config import ModelConfig
 from .model import MelodyLSTM
-from .recipe import Size, recipe_for
+from .recipe import Size, recipe_for, regularisation
 from .tokenizer import PAD, Tokenizer
 
 
@@ -53,6 +56,8 @@ class TrainConfig:
     style: str | None = None  # the style of every file (default: first-level subfolder names)
     evals: int = 20  # validations per budget
     patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    regularise_when_stuck: bool = True  # a run without regularisation that stops improving switches it on
+    regularise_patience: int = 2  # validations without improvement before that switch (at most `patience`)
     save_interval: float = 120.0  # seconds between safety checkpoints
     compile: bool = False
     log_every: int = 10
@@ -293,6 +298,7 @@ class Run:
         self.progress = progress and self.dist.main
         self.step, self.evals_done, self.best_val, self.bad_evals, self.elapsed = 0, 0, float("inf"), 0, 0.0
         self.eval_seconds = 0.0  # how long the last validation took
+        self.best_weights = None  # kept in memory while the run may still go back to them to regularise
         self.history = []
 
         start = None
@@ -306,6 +312,8 @@ class Run:
             raise ValueError(f"{self.out} already holds a training run: add --resume to continue it, "
                              f"or choose another folder with -o")
         self.tok = tokenizer
+        by_hand = (isinstance(model_config, ModelConfig) or (model_config or {}).get("dropout") is not None
+                   or cfg.transpose is not None or cfg.transpose_share is not None)
         known_styles = model_config.styles if isinstance(model_config, ModelConfig) and (resume or init_from) else None
         self.report, self.store = self._load_data(corpus, {**(data_options or {}), "style": cfg.style,
                                                            "styles": known_styles})
@@ -329,6 +337,9 @@ class Run:
                                                              ("embedding", "hidden", "layers", "dropout")}, **chosen},
                                        controls=controls, styles=tuple(styles) if controls else ())
         self.model_config = model_config
+        # a run the recipe left without regularisation may switch it on when validation stops improving
+        self.may_regularise = (cfg.regularise_when_stuck and not by_hand and start is None
+                               and model_config.dropout == 0 and not (cfg.transpose and cfg.transpose_share))
         self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
@@ -397,7 +408,9 @@ class Run:
                 f"lr {c.lr:g}, " + (f"transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows\n"
                                      if c.transpose and c.transpose_share else "no transposition\n") +
                 f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
-                f"{c.evals} validations, early stop after {c.patience} without improvement")
+                f"{c.evals} validations, early stop after {c.patience} without improvement"
+                + (f" (after {min(c.patience, c.regularise_patience)} the first time: regularise instead)"
+                   if self.may_regularise and c.patience else ""))
 
     @property
     def epochs_done(self) -> float:
@@ -426,6 +439,7 @@ class Run:
         self.step, self.evals_done = state["step"], state.get("evals", 0)
         self.best_val = state.get("best_val") or float("inf")
         self.bad_evals, self.elapsed = state.get("bad_evals", 0), state.get("elapsed", 0.0)
+        self.may_regularise = state.get("may_regularise", False)
 
     # -------------------------------------------------------- checkpoints and logs
 
@@ -435,6 +449,7 @@ class Run:
         tensors, groups = optimizer_to_tensors(self.optimizer)
         state = {"step": self.step, "evals": self.evals_done, "best_val": self._finite(self.best_val),
                  "bad_evals": self.bad_evals, "elapsed": self.elapsed, "param_groups": groups,
+                 "may_regularise": self.may_regularise,
                  "train_config": asdict(self.cfg)}
         meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "corpus": {k: self.report[k] for k in ("files_used", "notes", "tokens", "seconds")},
@@ -488,6 +503,8 @@ class Run:
         elif nll < self.best_val - 1e-4:
             self.best_val, self.bad_evals = nll, 0
             self.save("best.safetensors", nll)
+            if self.may_regularise:
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.bad_evals += 1
         self.save("last.safetensors")
@@ -495,7 +512,8 @@ class Run:
             self.log(f"step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
                      f"validation {nll:.4f} nats/token"
                      + (f", {record['val_bits_per_note']:.2f} bits/note" if record["val_bits_per_note"] else ""))
-        return self.cfg.patience > 0 and self.bad_evals >= self.cfg.patience
+        patience = min(self.cfg.patience, self.cfg.regularise_patience) if self.may_regularise else self.cfg.patience
+        return patience > 0 and self.bad_evals >= patience
 
     def train(self, clock=time.perf_counter) -> str:
         """Run until the budget is spent; returns 'done', 'early-stopped' or 'interrupted'.
@@ -544,8 +562,10 @@ class Run:
                         self.next_eval = self._eval_after(self.step, progress)
                         evaluated_at = self.step
                         if self.evaluate_and_save():
-                            status = "early-stopped"
-                            break
+                            if not self.may_regularise:
+                                status = "early-stopped"
+                                break
+                            self.regularise()
                         last_save = now
                     if now - last_save > cfg.save_interval:
                         self.save("last.safetensors")
@@ -562,6 +582,29 @@ class Run:
             self.write_loss_curve()
         self.check_ranks_in_sync()
         return status
+
+    def regularise(self) -> None:
+        """Validation stopped improving although the recipe forecast too few passes to memorise the
+        music (few long, repetitive pieces, such as pop songs, are learnt by heart sooner): rather
+        than end the run mid-schedule with the learning rate still high, go back to the best weights
+        and spend the rest of the budget with dropout and transposition on."""
+        dropout, transpose, share = regularisation(len(self.store.train))
+        best = self.best_weights
+        if best is None and (self.out / "best.safetensors").exists():  # resumed since the best
+            best = {k: torch.from_numpy(v.copy()) for k, v in load_checkpoint(self.out / "best.safetensors").float_weights().items()}
+        if best is not None:
+            self.model.load_state_dict(best)
+        self.model.set_dropout(dropout)
+        self.model_config = self.model.config
+        self.cfg = replace(self.cfg, transpose=transpose, transpose_share=share)
+        self.sampler.transpose, self.sampler.transpose_share = transpose, share
+        self.may_regularise, self.best_weights, self.bad_evals = False, None, 0
+        self.log_metrics({"step": self.step, "regularised": {"dropout": dropout, "transpose": transpose,
+                                                             "transpose_share": share}})
+        if self.dist.main:
+            self.log(f"validation stopped improving after {self.epochs_done:.1f} passes: back to the best weights, "
+                     f"with dropout {dropout} and transposition +-{transpose} on {share:.0%} of the windows "
+                     f"for the rest of the budget")
 
     @contextlib.contextmanager
     def _ctrl_c_ends_the_step(self):

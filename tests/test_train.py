@@ -252,6 +252,58 @@ def test_early_stopping_counts_validations(tiny_corpus, tmp_path):
     assert sorted(records(tmp_path / "run", "val_nll")) == [10, 20, 30] and run.step == 30
 
 
+def scripted_validation(run, values):
+    """Make `run` see these validation losses in turn (then the last one forever); the weights
+    each validation saw are kept, to check which ones training goes back to."""
+    seen, queue = [], list(values)
+
+    def validate():
+        seen.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    run.validate = validate
+    return seen
+
+
+def test_a_run_that_stops_improving_regularises_once_then_stops(tiny_corpus, tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), batch_size=2, seq_len=16, lr=1e-2, warmup=5, log_every=1,
+                      epochs=4, evals=20, patience=3)
+    run = Run(tiny_corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 2}, cfg, progress=False, log=lambda m: None,
+              data_options={"cache_dir": tmp_path / "cache", "jobs": 1})
+    assert run.recipe.dropout == 0 and not run.cfg.transpose and run.may_regularise  # a few passes: none planned
+    assert "regularise instead" in run.describe_plan()
+    # best at the 2nd validation; two without improvement (regularise_patience) switch it on at the
+    # 4th: back to the 2nd's weights; it never beats the best again, so patience (3) stops it at the 7th
+    seen = scripted_validation(run, [3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
+    restored = []
+    run.regularise = (lambda original: lambda: (original(), restored.append(
+        {k: v.detach().clone() for k, v in run.model.state_dict().items()})))(run.regularise)
+    assert run.train(clock=FakeClock()) == "early-stopped"
+    validated = sorted(records(tmp_path / "run", "val_nll"))
+    assert len(validated) == 7 and run.step == validated[6] < run.budget.steps
+    assert sorted(records(tmp_path / "run", "regularised")) == [validated[3]]
+    assert all(torch.equal(restored[0][k], seen[1][k]) for k in seen[1])  # the best weights, not step 40's
+    assert not all(torch.equal(seen[3][k], seen[1][k]) for k in seen[1])
+    assert run.model.drop.p == 0.2 and run.model.lstm.dropout == 0.2 and run.sampler.transpose == 5
+    # the checkpoints carry the switch, so --resume keeps it and does not switch twice
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors", with_train_state=True)
+    assert last.model_config.dropout == 0.2 and last.train_state["train_config"]["transpose"] == 5
+    assert last.train_state["may_regularise"] is False
+    best = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert best.meta["val_nll"] == 2.0 and best.meta["step"] == validated[1]
+
+
+def test_regularisation_set_by_hand_is_left_alone(tiny_corpus, tmp_path):
+    for options, kw in (({"dropout": 0.0}, {}), ({}, {"transpose": 0})):
+        cfg = TrainConfig(out=str(tmp_path / f"run{len(kw)}"), batch_size=2, seq_len=16, epochs=4, evals=10,
+                          patience=2, **kw)
+        run = Run(tiny_corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 1, **options}, cfg, progress=False,
+                  log=lambda m: None, data_options={"cache_dir": tmp_path / "cache", "jobs": 1})
+        scripted_validation(run, [3.0, 3.0])
+        assert not run.may_regularise and run.train(clock=FakeClock()) == "early-stopped"
+        assert len(records(cfg.out, "val_nll")) == 3 and not records(cfg.out, "regularised")
+
+
 def test_resume_mid_schedule_gives_the_same_schedule(tiny_corpus, tmp_path):
     ref = make_run(tiny_corpus, tmp_path / "ref", tmp_path / "cache", max_time=10.0, patience=0, evals=2)
     ref.train(clock=FakeClock())
