@@ -86,7 +86,7 @@ def recipe_for(train_tokens: int, seconds: float = 0.0, step_seconds=None, steps
         # cheapest first, so the costly sizes can be extrapolated from a measured one
         buys = [(size, int(seconds / max(1e-6, step_seconds(size)))) for size in SIZES[:cap + 1]]
         size, expected = next(((s, n) for s, n in reversed(buys) if n >= MIN_STEPS), buys[0])
-        why += (f"; {seconds / 60:g} minutes buy a {size.name} model about {expected:,} steps"
+        why += (f"; in {minutes(seconds)} a {size.name} model gets about {expected:,} steps"
                 + (f" (a bigger one would get fewer than {MIN_STEPS:,})" if size is not SIZES[cap] else ""))
     if not epochs:
         planned = expected or steps or default_steps(train_tokens, size.batch_size * size.seq_len)
@@ -99,6 +99,10 @@ def recipe_for(train_tokens: int, seconds: float = 0.0, step_seconds=None, steps
         why += f"; ~{epochs:.1f} passes over the music: too few to need dropout or transposition"
     return Recipe(size.name, size.layers, size.hidden, size.embedding, dropout, size.seq_len, size.batch_size,
                   size.lr, transpose, share, why, expected)
+
+
+def minutes(seconds: float) -> str:
+    return "1 minute" if seconds == 60 else f"{seconds / 60:g} minutes"
 
 
 def regularisation(train_tokens: int) -> tuple[float, int, float]:

@@ -30,7 +30,7 @@ from .config import CONTROL_DIMS
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
 from .config import ModelConfig
 from .model import MelodyLSTM
-from .recipe import Size, recipe_for, regularisation
+from .recipe import Size, minutes, recipe_for, regularisation
 from .tokenizer import PAD, Tokenizer
 
 
@@ -147,7 +147,7 @@ class Budget:
         return min(1.0, done)
 
     def describe(self) -> str:
-        parts = ([f"{self.steps:,} steps"] if self.steps else []) + ([f"{self.seconds / 60:g} minutes"] if self.seconds else [])
+        parts = ([f"{self.steps:,} steps"] if self.steps else []) + ([minutes(self.seconds)] if self.seconds else [])
         return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
 
 
