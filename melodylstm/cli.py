@@ -223,6 +223,7 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
             f"{run.store.meta['train_tokens']:,} training / {run.store.meta['val_tokens']:,} validation tokens")
         log(run.describe_plan() + (f"; resuming at step {run.step:,}" if resume else ""))
     status = run.train()
+    run.close()
     if run.dist.main:
         best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
         log(f"{status} at step {run.step:,} ({run.epochs_done:.1f} epochs, {run.elapsed / 60:.1f} min): "

@@ -636,10 +636,17 @@ class Run:
         torch.distributed.broadcast(value, 0)
         return float(value)
 
+    def close(self) -> None:
+        """Leave the process group together: a rank that exits while its peer still talks to it
+        can take the peer down with it (gloo aborts on a closed connection)."""
+        if self.dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def check_ranks_in_sync(self) -> None:
         if self.dist.world <= 1:
             return
-        checksum = torch.tensor([sum(float(p.double().sum()) for p in self.model.parameters())], dtype=torch.float64)
+        checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in self.model.parameters())], dtype=torch.float64)
         gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
         torch.distributed.all_gather(gathered, checksum)
         in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
