@@ -214,6 +214,10 @@ def validation_nll(model, windows: np.ndarray, device, autocast, batch_size: int
 
 # ---------------------------------------------------------------- optimizer state <-> tensors
 
+def torch_weights(ckpt) -> dict:
+    return {k: torch.from_numpy(v.copy()) for k, v in ckpt.float_weights().items()}
+
+
 def optimizer_to_tensors(optimizer) -> tuple[dict, list]:
     state = optimizer.state_dict()
     tensors = {}
@@ -338,8 +342,7 @@ class Run:
                                        controls=controls, styles=tuple(styles) if controls else ())
         self.model_config = model_config
         # a run the recipe left without regularisation may switch it on when validation stops improving
-        self.may_regularise = (cfg.regularise_when_stuck and not by_hand and start is None
-                               and model_config.dropout == 0 and not (cfg.transpose and cfg.transpose_share))
+        self.may_regularise = cfg.regularise_when_stuck and not by_hand and start is None and not self.recipe.dropout
         self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
@@ -409,8 +412,7 @@ class Run:
                                      if c.transpose and c.transpose_share else "no transposition\n") +
                 f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
                 f"{c.evals} validations, early stop after {c.patience} without improvement"
-                + (f" (after {min(c.patience, c.regularise_patience)} the first time: regularise instead)"
-                   if self.may_regularise and c.patience else ""))
+                + (f" (after {self.patience} the first time: regularise instead)" if self.may_regularise and c.patience else ""))
 
     @property
     def epochs_done(self) -> float:
@@ -433,7 +435,7 @@ class Run:
         return report, store
 
     def _restore(self, ckpt) -> None:
-        self.model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ckpt.float_weights().items()})
+        self.model.load_state_dict(torch_weights(ckpt))
         state = ckpt.train_state
         optimizer_from_tensors(self.optimizer, ckpt.train_tensors_torch(), state["param_groups"])
         self.step, self.evals_done = state["step"], state.get("evals", 0)
@@ -512,8 +514,12 @@ class Run:
             self.log(f"step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
                      f"validation {nll:.4f} nats/token"
                      + (f", {record['val_bits_per_note']:.2f} bits/note" if record["val_bits_per_note"] else ""))
-        patience = min(self.cfg.patience, self.cfg.regularise_patience) if self.may_regularise else self.cfg.patience
-        return patience > 0 and self.bad_evals >= patience
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    @property
+    def patience(self) -> int:
+        """Validations without improvement that end this phase: the switch to regularisation, or the run."""
+        return min(self.cfg.patience, self.cfg.regularise_patience) if self.may_regularise else self.cfg.patience
 
     def train(self, clock=time.perf_counter) -> str:
         """Run until the budget is spent; returns 'done', 'early-stopped' or 'interrupted'.
@@ -591,7 +597,7 @@ class Run:
         dropout, transpose, share = regularisation(len(self.store.train))
         best = self.best_weights
         if best is None and (self.out / "best.safetensors").exists():  # resumed since the best
-            best = {k: torch.from_numpy(v.copy()) for k, v in load_checkpoint(self.out / "best.safetensors").float_weights().items()}
+            best = torch_weights(load_checkpoint(self.out / "best.safetensors"))
         if best is not None:
             self.model.load_state_dict(best)
         self.model.set_dropout(dropout)
