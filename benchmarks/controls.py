@@ -143,16 +143,17 @@ def main():
     chord["corpus_against_its_estimated_chords"] = float(np.nanmean(corpus_rates))
     out["chord_control"] = chord
 
-    # 4. likelihood with controls given and hidden
+    # 4. likelihood: causal (key, chord, density hidden), then conditional (each given, labelled)
     ckpt = gen.checkpoint
     if ckpt.model_config.controls:
-        lik = {}
-        for hide in [[]] + [[n] for n in ckpt.model_config.control_names] + [ckpt.model_config.control_names]:
-            r = evaluate_folder(ckpt, args.reference, "val", style=style, hide=hide, baseline_train=None)
-            name = "all given" if not hide else ("all hidden" if len(hide) > 1 else f"{hide[0]} hidden")
-            lik[name] = round(r["lstm"]["nats_per_token"], 4)
-            if not hide and r.get("ngram"):
-                lik["5-gram"] = round(r["ngram"]["nats_per_token"], 4)
+        r = evaluate_folder(ckpt, args.reference, "val", style=style, baseline_train=None)
+        lik = {"causal (key, chord, density hidden)": round(r["lstm"]["nats_per_token"], 4)}
+        if r.get("ngram"):
+            lik["5-gram"] = round(r["ngram"]["nats_per_token"], 4)
+        for name in [n for n in ckpt.model_config.control_names if n in ctl.FROM_FUTURE_NOTES]:
+            hide = [n for n in ctl.FROM_FUTURE_NOTES if n != name]
+            r = evaluate_folder(ckpt, args.reference, "val", style=style, hide=hide, conditional=True)
+            lik[f"conditional: the real {name} given"] = round(r["lstm"]["nats_per_token"], 4)
         out["likelihood_nats_per_token"] = lik
     print(format_markdown(out))
     if args.json:

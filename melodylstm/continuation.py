@@ -152,10 +152,17 @@ def against(real: dict, answer: dict) -> dict:
 # ---------------------------------------------------------------- likelihood
 
 def continuation_nll(model, tok, primer: Song, real: np.ndarray, style: int | None = None) -> tuple[float, int]:
-    """(nats, tokens) of the real continuation's tokens given the primer: one LSTM pass over
-    primer + continuation, counting only the tokens after the primer's (the closing EOS, which
-    only marks where the cut was, is not counted). A model with controls is told what `continue`
-    would tell it: the primer's key and density, its chords only within the primer, `style`."""
+    """(nats, tokens) of the real continuation's tokens given the primer (`continuation_losses`)."""
+    losses = continuation_losses(model, tok, primer, real, style)
+    return float(losses.sum()), len(losses)
+
+
+def continuation_losses(model, tok, primer: Song, real: np.ndarray, style: int | None = None) -> np.ndarray:
+    """NLL in nats of each of the real continuation's tokens given the primer: one LSTM pass
+    over primer + continuation, keeping only the tokens after the primer's (the closing EOS,
+    which only marks where the cut was, is not counted). A model with controls is told what
+    `continue` would tell it, all causal: the primer's key and density, its chords only within
+    the primer, `style`."""
     import torch
     import torch.nn.functional as F
 
@@ -166,7 +173,7 @@ def continuation_nll(model, tok, primer: Song, real: np.ndarray, style: int | No
         raise RuntimeError("the primer's tokens are not a prefix of the whole piece's")
     first, last = len(prefix), len(joint) - 1  # targets joint[first:last]
     if last <= first:
-        return 0.0, 0
+        return np.zeros(0)
     tokens = torch.from_numpy(joint[:last].astype(np.int64))
     controls = None
     if model.config.controls:
@@ -176,14 +183,17 @@ def continuation_nll(model, tok, primer: Song, real: np.ndarray, style: int | No
         song = Song(np.concatenate([primer.notes, real]), primer.resolution, primer.tempos, primer.time_signatures)
         file_controls = ctl.controls_for(song, joint, tok).astype(np.int64)
         primer_part = ctl.controls_for(primer, tok.encode_normalized(primer), tok)
+        # causal: within the primer, its own controls; after the cut, the primer's key and last
+        # density (what `continue` tells) and no chord
+        file_controls[:first] = primer_part[:first]
         file_controls[:, ctl.KEY] = primer_part[0, ctl.KEY]
         file_controls[first:, ctl.CHORD] = ctl.CHORD_UNKNOWN
         file_controls[first:, ctl.DENSITY] = primer_part[-1, ctl.DENSITY]
-        controls = torch.from_numpy(model_controls(model.config, file_controls, style)[:last - 1])[None]
+        controls = torch.from_numpy(model_controls(model.config, file_controls, style, hide=())[:last - 1])[None]
     with torch.inference_mode():
         logits, _ = model(tokens[None, :-1], controls=controls)  # logits[k] predicts tokens[k + 1]
         losses = F.cross_entropy(logits[0].float(), tokens[1:], reduction="none")
-    return float(losses[first - 1:].sum()), last - first
+    return losses[first - 1:].numpy()
 
 
 # ---------------------------------------------------------------- one folder

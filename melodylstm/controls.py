@@ -240,6 +240,10 @@ def bar_densities(notes: np.ndarray, grid: BarGrid, n_bars: int, resolution: int
 
 COLUMNS = ("key", "chord", "density", "position", "style")
 KEY, CHORD, DENSITY, POSITION, STYLE = range(len(COLUMNS))
+# Computed from the notes of the whole beat, bar or piece, so they tell the model about notes it
+# has not seen yet: right for generation (the user states them), wrong for a likelihood figure.
+# Every figure hides them (causal); position follows from past tokens and style is a label.
+FROM_FUTURE_NOTES = ("key", "chord", "density")
 POSITION_BEATS = 8  # positions are told exactly up to 8 beats into a bar, then "unknown"
 
 
@@ -373,6 +377,18 @@ def columns_of(model_config) -> list:
 
 def unknown_of(model_config) -> np.ndarray:
     return np.array([values - 1 for _, values, _ in model_config.controls], dtype=np.int64)
+
+
+def causal(controls: np.ndarray, model_config, hide=FROM_FUTURE_NOTES) -> np.ndarray:
+    """A copy of a model's control inputs (..., n controls, in the model's order) with the
+    controls named in `hide` set to unknown: by default every control computed from notes the
+    model is about to predict, so a likelihood measured with them is causal."""
+    out = np.array(controls, dtype=np.int64, copy=True)
+    unknown = unknown_of(model_config)
+    for i, name in enumerate(model_config.control_names):
+        if name in hide:
+            out[..., i] = unknown[i]
+    return out
 
 
 # ---------------------------------------------------------------- at generation time

@@ -3,7 +3,12 @@ that than a smoothed n-gram model on the same tokens.
 
 Each file runs through the LSTM from BOS to EOS with the state carried the whole way (no
 context limit). Bits per note and bits per second do not depend on the tokenization, so they
-compare models with different tokenizers."""
+compare models with different tokenizers.
+
+The figure is causal: the model is never told a control computed from the notes it predicts
+(key, chord and density are hidden, `controls.FROM_FUTURE_NOTES`). `conditional=True` gives
+them, for a figure "given the real key, chords and density", which no baseline can be set
+beside."""
 from __future__ import annotations
 
 import math
@@ -18,39 +23,48 @@ from .ngram import NGramModel
 LN2 = math.log(2)
 
 
-def model_controls(config, file_controls: np.ndarray | None, style: int | None, hide=()) -> np.ndarray | None:
-    """The control inputs a model reads for one file: (T, C) int64, hidden ones set to unknown."""
+def model_controls(config, file_controls: np.ndarray | None, style: int | None, hide=ctl.FROM_FUTURE_NOTES) -> np.ndarray | None:
+    """The control inputs a model reads for one file: (T, C) int64, hidden ones set to unknown
+    (by default the ones computed from future notes: the causal inputs)."""
     if not config.controls or file_controls is None:
         return None
     unknown_style = len(config.styles)
     full = np.concatenate([file_controls.astype(np.int64),
                            np.full((len(file_controls), 1), unknown_style if style is None else style)], axis=1)
-    out = full[:, ctl.columns_of(config)]
-    unknown = ctl.unknown_of(config)
-    for i, name in enumerate(config.control_names):
-        if name in hide:
-            out[:, i] = unknown[i]
-    return out
+    return ctl.causal(full[:, ctl.columns_of(config)], config, hide)
+
+
+def hidden_controls(config, hide=(), conditional: bool = False) -> set:
+    """The controls a figure hides: `hide`, and unless `conditional` the ones computed from the
+    notes being scored."""
+    return set(hide) | (set() if conditional else set(ctl.FROM_FUTURE_NOTES) & set(config.control_names))
+
+
+def token_log_probs(model, tokens: np.ndarray, controls: np.ndarray | None = None, chunk: int = 2048):
+    """(T - 1, vocab) float32 tensor: log-probabilities of the token after each position of one
+    sequence, the LSTM state carried across chunks."""
+    import torch
+
+    out, state = [], None
+    x = torch.from_numpy(tokens.astype(np.int64))[None]
+    c = None if controls is None else torch.from_numpy(controls)[None]
+    with torch.inference_mode():
+        for start in range(0, len(tokens) - 1, chunk):
+            inputs = x[:, start: min(start + chunk, len(tokens) - 1)]
+            ctl_in = None if c is None else c[:, start: start + inputs.shape[1]]
+            logits, state = model(inputs, state, ctl_in)
+            out.append(torch.log_softmax(logits[0].float(), dim=-1))
+    return torch.cat(out) if out else torch.zeros((0, model.config.vocab_size))
 
 
 def lstm_file_nll(model, tokens: np.ndarray, controls: np.ndarray | None = None, chunk: int = 2048) -> tuple[float, int, int]:
     """(total nats, predicted tokens, correct argmax predictions) for one token sequence."""
     import torch
-    import torch.nn.functional as F
 
-    total, correct, state = 0.0, 0, None
-    x = torch.from_numpy(tokens.astype(np.int64))[None]
-    c = None if controls is None else torch.from_numpy(controls)[None]
-    with torch.inference_mode():
-        for start in range(0, len(tokens) - 1, chunk):
-            inputs = x[:, start: start + chunk]
-            targets = x[:, start + 1: start + chunk + 1]
-            inputs = inputs[:, : targets.shape[1]]
-            ctl_in = None if c is None else c[:, start: start + inputs.shape[1]]
-            logits, state = model(inputs, state, ctl_in)
-            logits = logits[0].float()
-            total += float(F.cross_entropy(logits, targets[0], reduction="sum"))
-            correct += int((logits.argmax(-1) == targets[0]).sum())
+    log_probs = token_log_probs(model, tokens, controls, chunk)
+    targets = torch.from_numpy(tokens[1:].astype(np.int64))
+    total = -float(log_probs.gather(1, targets[:, None]).sum())
+    correct = int((log_probs.argmax(-1) == targets).sum())
     return total, len(tokens) - 1, correct
 
 
@@ -92,8 +106,12 @@ def file_style(checkpoint, folder, path, style: str | None) -> int | None:
 
 
 def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None, order: int = 5,
-                    progress: bool = False, jobs: int = 0, style: str | None = None, hide=()) -> dict:
+                    progress: bool = False, jobs: int = 0, style: str | None = None, hide=(),
+                    conditional: bool = False) -> dict:
     """Figures for the LSTM and an n-gram baseline on the same files.
+
+    Causal unless `conditional`: key, chord and density are hidden (besides `hide`). A
+    conditional figure gets no n-gram beside it (the n-gram is not told those controls).
 
     split: 'val' / 'train' keep only the files the checkpoint's content-hash split put there
     (use it when FOLDER is the training corpus); 'all' takes every file.
@@ -117,8 +135,9 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
     if unknown:
         raise ValueError(f"--hide {', '.join(sorted(unknown))}: this model's controls are "
                          f"{', '.join(checkpoint.model_config.control_names) or 'none'}")
+    hidden = hidden_controls(checkpoint.model_config, hide, conditional)
     for r in tqdm(used, disable=not progress, unit="file", leave=False):
-        controls = model_controls(checkpoint.model_config, r.controls, file_style(checkpoint, folder, r.path, style), hide)
+        controls = model_controls(checkpoint.model_config, r.controls, file_style(checkpoint, folder, r.path, style), hidden)
         n, c, k = lstm_file_nll(model, r.tokens, controls)
         nats, count, correct = nats + n, count + c, correct + k
     notes = sum(r.notes for r in used)
@@ -126,7 +145,13 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
     report = {"files": len(used), "files_skipped": skipped, "tokens": count, "notes": notes, "seconds": seconds,
               "lstm": figures(nats, count, notes, seconds, correct)}
 
-    report["hidden_controls"] = sorted(hide)
+    report["hidden_controls"] = sorted(hidden)
+    report["causal"] = not (set(ctl.FROM_FUTURE_NOTES) & set(checkpoint.model_config.control_names) - hidden)
+    if not report["causal"]:
+        report["ngram"] = None
+        report["note"] = ("conditional figure: the model was told the key, chords and density of the music it "
+                          "predicts; no baseline is set beside it")
+        return report
     recorded = [p for p, _ in checkpoint.meta.get("sources", [])] or [checkpoint.meta.get("corpus_path")]
     train_folders = [baseline_train] if baseline_train else [f for f in map(resolve_corpus, recorded) if f]
     if train_folders:
@@ -155,7 +180,7 @@ def resolve_corpus(path):
 
 
 def format_report(report: dict) -> str:
-    rows = [("LSTM", report["lstm"])]
+    rows = [("LSTM" + (" (causal)" if report.get("causal", True) else " (CONDITIONAL)"), report["lstm"])]
     if report.get("ngram"):
         rows.append((f"{report['ngram']['order']}-gram (Kneser-Ney)", report["ngram"]))
     lines = [f"{report['files']} files, {report['notes']:,} notes, {report['tokens']:,} tokens, "
@@ -165,6 +190,8 @@ def format_report(report: dict) -> str:
         acc = f"{f['accuracy']:.1%}" if "accuracy" in f else "-"
         lines.append(f"{name:<24}{f['nats_per_token']:>11.4f}{f['perplexity']:>11.3f}{f['bits_per_note']:>11.3f}"
                      f"{f['bits_per_second']:>9.2f}{acc:>10}")
+    if report.get("hidden_controls"):
+        lines.append(f"controls hidden from the model: {', '.join(report['hidden_controls'])}")
     if report.get("note"):
         lines.append(report["note"])
     return "\n".join(lines)

@@ -192,24 +192,31 @@ def train_step(model, optimizer, batch, controls, autocast, scaler, grad_clip: f
 
 
 @torch.no_grad()
-def validation_nll(model, windows: np.ndarray, device, autocast, batch_size: int = 32, controls=None) -> float:
-    """Mean NLL in nats per token over fixed validation windows (controls given, none hidden)."""
-    if len(windows) == 0:
-        return float("nan")
+def window_losses(model, windows: np.ndarray, device, autocast, batch_size: int = 32, controls=None) -> torch.Tensor:
+    """(windows, len - 1) NLL in nats of each window's tokens after the first (0 at padding),
+    with the controls given (the caller hides those a causal figure must not see:
+    `controls.causal`)."""
+    was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    out = []
     for i in range(0, len(windows), batch_size):
         batch = to_device(windows[i:i + batch_size], device)
-        ctl = None if controls is None else to_device(controls[i:i + batch_size, :-1], device)
+        given = None if controls is None else to_device(controls[i:i + batch_size, :-1], device)
         with autocast():
-            logits, _ = model(batch[:, :-1], controls=ctl)
+            logits, _ = model(batch[:, :-1], controls=given)
         targets = batch[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                              ignore_index=PAD, reduction="sum")
-        total += float(nll)
-        count += int((targets != PAD).sum())
-    model.train()
-    return total / max(count, 1)
+        out.append(F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=PAD, reduction="none").cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, max(windows.shape[1] - 1, 0) if windows.ndim == 2 else 0))
+
+
+def validation_nll(model, windows: np.ndarray, device, autocast, batch_size: int = 32, controls=None) -> float:
+    """Mean NLL in nats per token over fixed validation windows (see `window_losses`)."""
+    if len(windows) == 0:
+        return float("nan")
+    losses = window_losses(model, windows, device, autocast, batch_size, controls)
+    count = int((torch.from_numpy(windows[:, 1:]) != PAD).sum())
+    return float(losses.double().sum()) / max(count, 1)
 
 
 # ---------------------------------------------------------------- optimizer state <-> tensors
@@ -481,10 +488,17 @@ class Run:
 
     # -------------------------------------------------------- loop
 
+    def validation_controls(self) -> np.ndarray | None:
+        """The control inputs validation gives: causal, since key, chord and density describe
+        notes still to come (the best checkpoint, early stopping and the switch to regularise
+        all follow this figure)."""
+        return None if self.val_controls is None else ctl.causal(self.val_controls, self.model_config)
+
     def validate(self) -> float:
         nll = float("nan")
         if self.dist.main:
-            nll = validation_nll(self.model, self.val_windows, self.device, self.autocast, controls=self.val_controls)
+            nll = validation_nll(self.model, self.val_windows, self.device, self.autocast,
+                                 controls=self.validation_controls())
         if self.dist.world > 1:
             value = torch.tensor([nll], dtype=torch.float64)
             torch.distributed.broadcast(value, 0)
