@@ -12,12 +12,15 @@ piece's real next B bars are described by the same features a musician would che
   note_length_overlap  rhythm: shared area of the note-length histograms (stats.LENGTH_CLASSES)
                        of the answer and of the real continuation (1 = the same, 0 = disjoint)
   inter_onset_overlap  the same for the time between successive onsets
+  silent_share         share of the span with no note sounding (holes)
+  motif                share of the top line's 3-note interval patterns also heard in the primer
 
-The figures are averaged over samples, then over pieces. Next to them: the absolute difference of
-the model's and the baseline's averages to the real average (`diff`), and the average over
-pieces of each piece's own absolute difference (`error`). The model's bits per note of the real
-continuation given the primer (LSTM state carried through the primer) measure the same thing from
-the likelihood side.
+Per piece, each answer's distance to the real continuation is |answer - real| (1 - overlap for
+the two overlaps), averaged over the samples; the repeat baseline's distance likewise. The
+report gives the medians over pieces and the share of pieces where the model is at least as
+close as the repeat baseline, and the averages over pieces next to them. The headline is the
+model's bits per note of the real continuation given the primer (causal: the LSTM state carried
+through the primer, no control computed from the continuation).
 
 The cut is exact on the grid: the primer keeps the notes starting before bar P (notes held over
 the bar line end at it), the real continuation the notes starting in bars P..P+B-1 (cut at the
@@ -37,10 +40,12 @@ from .sampling import SCALES, estimate_key, key_name
 from .stats import inter_onset_histogram, note_length_histogram
 
 FEATURES = ("in_key", "polyphony", "mean_pitch", "pitch_range", "notes_per_beat",
-            "note_length_overlap", "inter_onset_overlap")
+            "note_length_overlap", "inter_onset_overlap", "silent_share", "motif")
+OVERLAPS = ("note_length_overlap", "inter_onset_overlap")  # compared with the real histograms
 LABELS = {"in_key": "in-key rate", "polyphony": "notes sounding together", "mean_pitch": "mean pitch",
           "pitch_range": "pitch range", "notes_per_beat": "notes per beat",
-          "note_length_overlap": "note-length overlap", "inter_onset_overlap": "inter-onset overlap"}
+          "note_length_overlap": "note-length overlap", "inter_onset_overlap": "inter-onset overlap",
+          "silent_share": "silent time", "motif": "primer motifs"}
 NAN = float("nan")
 
 
@@ -126,8 +131,40 @@ def histogram_overlap(p: np.ndarray, q: np.ndarray) -> float:
     return min(1.0, float(np.minimum(np.asarray(p) / sp, np.asarray(q) / sq).sum()))  # 1 + rounding -> 1
 
 
-def note_features(notes: np.ndarray, resolution: int, key: tuple[int, str], steps: int) -> dict:
-    """Features of the pitched notes of a span `steps` long; histograms kept for the overlaps."""
+def silent_share(notes: np.ndarray, start: int, steps: int) -> float:
+    """Share of the steps of [start, start + steps) with no note sounding."""
+    if steps <= 0:
+        return NAN
+    sounding = np.zeros(steps + 1, dtype=np.int64)
+    lo = np.clip(notes[:, ONSET] - start, 0, steps)
+    hi = np.clip(notes[:, ONSET] + notes[:, DURATION] - start, 0, steps)
+    np.add.at(sounding, lo, 1)
+    np.add.at(sounding, hi, -1)
+    return float((np.cumsum(sounding)[:steps] == 0).mean())
+
+
+def interval_patterns(notes: np.ndarray, n: int = 2) -> list:
+    """The top line's successive pitch intervals, as n-interval patterns (n + 1 notes): the
+    shapes a listener recognises as a motif, in any transposition."""
+    if len(notes) == 0:
+        return []
+    order = np.lexsort((-notes[:, PITCH], notes[:, ONSET]))
+    onsets, pitches = notes[order, ONSET], notes[order, PITCH]
+    top = pitches[np.r_[True, onsets[1:] != onsets[:-1]]]  # the highest note at each onset
+    steps = np.diff(top)
+    return [tuple(steps[i:i + n]) for i in range(len(steps) - n + 1)]
+
+
+def motif_share(notes: np.ndarray, primer_patterns: set) -> float:
+    """Share of the notes' interval patterns that the primer has too (NaN without patterns)."""
+    patterns = interval_patterns(notes)
+    return float(np.mean([p in primer_patterns for p in patterns])) if patterns else NAN
+
+
+def note_features(notes: np.ndarray, resolution: int, key: tuple[int, str], steps: int, start: int = 0,
+                  primer_patterns: set | None = None) -> dict:
+    """Features of the pitched notes of the span [start, start + steps); histograms kept for the
+    overlaps; the motif share against `primer_patterns`."""
     notes = notes[notes[:, PROGRAM] != DRUMS]
     pitches = notes[:, PITCH]
     return {"in_key": in_key_rate(notes, key),
@@ -135,6 +172,8 @@ def note_features(notes: np.ndarray, resolution: int, key: tuple[int, str], step
             "mean_pitch": float(pitches.mean()) if len(notes) else NAN,
             "pitch_range": float(pitches.max() - pitches.min()) if len(notes) else NAN,
             "notes_per_beat": len(notes) / (steps / resolution),
+            "silent_share": silent_share(notes, start, steps),
+            "motif": motif_share(notes, primer_patterns) if primer_patterns is not None else NAN,
             "notes": len(notes),
             "note_length_hist": note_length_histogram(notes, resolution),
             "inter_onset_hist": inter_onset_histogram(notes, resolution)}
@@ -142,11 +181,19 @@ def note_features(notes: np.ndarray, resolution: int, key: tuple[int, str], step
 
 def against(real: dict, answer: dict) -> dict:
     """An answer's scalar features, with its histograms replaced by their overlap with the real ones."""
-    out = {k: answer[k] for k in FEATURES[:5]}
+    out = {k: answer[k] for k in FEATURES if k not in OVERLAPS}
     out["note_length_overlap"] = histogram_overlap(answer["note_length_hist"], real["note_length_hist"])
     out["inter_onset_overlap"] = histogram_overlap(answer["inter_onset_hist"], real["inter_onset_hist"])
     out["notes"] = answer["notes"]
     return out
+
+
+def distance(name: str, answer: dict, real: dict) -> float:
+    """How far one answer's feature is from the real continuation's (0 = the same)."""
+    if name in OVERLAPS:
+        return 1.0 - answer[name] if answer[name] is not None and math.isfinite(answer[name]) else NAN
+    a, r = answer[name], real[name]
+    return abs(a - r) if a is not None and r is not None else NAN
 
 
 # ---------------------------------------------------------------- likelihood
@@ -286,14 +333,19 @@ def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int,
     span = cut.end - cut.cut
     answers = gen.continue_(primer, bars=bars_to_generate(primer, primer_bars, bars), seed=seed,
                             temperature=temperature, num=samples, key_strength=key_strength)
-    real = note_features(cut.real, res, key, span)
+    patterns = set(interval_patterns(primer.notes[primer.notes[:, PROGRAM] != DRUMS]))
+
+    def features(notes):
+        return note_features(notes, res, key, span, cut.cut, patterns)
+
+    real = features(cut.real)
     model_rows, early = [], 0
     for answer in answers:
         notes = answer.notes.notes
         early += int((notes[:, ONSET] < cut.cut).sum())  # added to the primer's last bar: not compared
         notes = clip_durations(notes[(notes[:, ONSET] >= cut.cut) & (notes[:, ONSET] < cut.end)], cut.end, gen.tok)
-        model_rows.append(against(real, note_features(notes, res, key, span)))
-    repeat = against(real, note_features(repeat_baseline(primer, primer_bars, bars, gen.tok), res, key, span))
+        model_rows.append(against(real, features(notes)))
+    repeat = against(real, features(repeat_baseline(primer, primer_bars, bars, gen.tok)))
     chosen = (gen.last_controls or {}).get("style")
     nats, tokens = continuation_nll(model, gen.tok, primer, cut.real, gen.styles.index(chosen) if chosen in gen.styles else None)
     primer_features = note_features(primer.notes, res, key, cut.cut)
@@ -308,20 +360,33 @@ def _mean(values) -> float:
     return float(values.mean()) if len(values) else NAN
 
 
+def _median(values) -> float:
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else NAN
+
+
+def piece_distances(record: dict, name: str) -> tuple[float, float]:
+    """(model, repeat) distance to the real continuation of one piece, the model's averaged over
+    its samples."""
+    real = record["real"]
+    return _mean(distance(name, s, real) for s in record["model"]), distance(name, record["repeat"], real)
+
+
 def summarize(records: list[dict]) -> dict:
-    """Averages over samples, then pieces; differences to the real average; per-piece errors."""
+    """Per feature: averages over samples, then pieces; per-piece distances to the real
+    continuation (medians, and the share of pieces where the model is at least as close as the
+    repeat baseline); the likelihood of the real continuations; the goals."""
     features = {}
     for name in FEATURES:
-        real = [r["real"][name] for r in records]
-        model = [_mean(s[name] for s in r["model"]) for r in records]
-        repeat = [r["repeat"][name] for r in records]
-        model_error = [_mean(abs(s[name] - r["real"][name]) for s in r["model"]) for r in records]
-        repeat_error = [abs(r["repeat"][name] - r["real"][name]) for r in records]
-        row = {"real": _mean(real), "model": _mean(model), "repeat": _mean(repeat)}
-        row["model_diff"] = abs(row["model"] - row["real"])
-        row["repeat_diff"] = abs(row["repeat"] - row["real"])
-        row["model_error"] = _mean(model_error)
-        row["repeat_error"] = _mean(repeat_error)
+        pairs = [piece_distances(r, name) for r in records]
+        both = [(m, b) for m, b in pairs if math.isfinite(m) and b is not None and math.isfinite(b)]
+        row = {"real": _mean(r["real"][name] for r in records),
+               "model": _mean(_mean(s[name] for s in r["model"]) for r in records),
+               "repeat": _mean(r["repeat"][name] for r in records),
+               "model_distance": _median(m for m, _ in pairs), "repeat_distance": _median(b for _, b in pairs),
+               "model_error": _mean(m for m, _ in pairs), "repeat_error": _mean(b for _, b in pairs),
+               "model_as_close": float(np.mean([m <= b + 1e-9 for m, b in both])) if both else NAN}
         features[name] = row
     nats = sum(r["nats"] for r in records)
     notes = sum(r["real_notes"] for r in records)
@@ -335,25 +400,34 @@ def summarize(records: list[dict]) -> dict:
 
 
 def goals(features: dict, records: list[dict]) -> dict:
-    """The figures issue #14 asks the continuations to meet (value, target, ok)."""
+    """What a continuation should reach (value, target, ok): close to the real continuation per
+    piece, at least as often as repeating the primer; the primer's texture kept; no holes."""
     f = features
     mono = [r for r in records if r["primer_polyphony"] <= 1.0 + 1e-9]
+    poly = [r for r in records if r["primer_polyphony"] > 1.0 + 1e-9]
     mono_poly = _mean(_mean(s["polyphony"] for s in r["model"]) for r in mono)
-    density = f["notes_per_beat"]["model_diff"] / f["notes_per_beat"]["real"] if f["notes_per_beat"]["real"] else NAN
+    texture = _median(piece_distances(r, "polyphony")[0] / r["real"]["polyphony"] for r in poly
+                      if r["real"]["polyphony"])
+    pitch, silent = f["mean_pitch"], f["silent_share"]
 
     def goal(value, target, ok):
         return {"value": value, "target": target, "ok": None if not math.isfinite(value) else bool(ok)}
 
+    ratio = pitch["model_distance"] / pitch["repeat_distance"] if pitch["repeat_distance"] else NAN
     return {
-        "monophonic_polyphony": {**goal(mono_poly, "<= 1.05", mono_poly <= 1.05),
-                                 "pieces": len(mono)},
-        "in_key_diff": goal(f["in_key"]["model_diff"], "<= 0.03", f["in_key"]["model_diff"] <= 0.03),
-        "mean_pitch_diff": goal(f["mean_pitch"]["model_diff"], "<= 3 semitones", f["mean_pitch"]["model_diff"] <= 3),
-        "density_relative_diff": goal(density, "<= 0.20", density <= 0.2),
-        "note_length_overlap": goal(f["note_length_overlap"]["model"], ">= 0.7", f["note_length_overlap"]["model"] >= 0.7),
-        "in_key_vs_repeat": {**goal(f["in_key"]["model_diff"], "<= the repeat baseline's diff",
-                                    f["in_key"]["model_diff"] <= f["in_key"]["repeat_diff"]),
-                             "repeat": f["in_key"]["repeat_diff"]},
+        "pitch_distance": goal(pitch["model_distance"], "<= 2.5 semitones", pitch["model_distance"] <= 2.5),
+        "pitch_distance_vs_repeat": goal(ratio, "<= 1.5x repeat's", ratio <= 1.5),
+        "note_length_overlap": goal(1 - f["note_length_overlap"]["model_distance"], ">= 0.75",
+                                    1 - f["note_length_overlap"]["model_distance"] >= 0.75),
+        "as_close_pitch": goal(pitch["model_as_close"], ">= 40% of pieces", pitch["model_as_close"] >= 0.4),
+        "as_close_density": goal(f["notes_per_beat"]["model_as_close"], ">= 40% of pieces",
+                                 f["notes_per_beat"]["model_as_close"] >= 0.4),
+        "as_close_lengths": goal(f["note_length_overlap"]["model_as_close"], ">= 40% of pieces",
+                                 f["note_length_overlap"]["model_as_close"] >= 0.4),
+        "monophonic_polyphony": {**goal(mono_poly, "<= 1.05", mono_poly <= 1.05), "pieces": len(mono)},
+        "polyphonic_texture": {**goal(texture, "<= 10% off", texture <= 0.1), "pieces": len(poly)},
+        "silent_share_diff": goal(abs(silent["model"] - silent["real"]), "<= 3 points",
+                                  abs(silent["model"] - silent["real"]) <= 0.03),
     }
 
 
@@ -376,38 +450,38 @@ def format_continuation(report: dict) -> str:
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    fmts = {"in_key": ".3f", "polyphony": ".2f", "mean_pitch": ".1f", "pitch_range": ".1f",
-            "notes_per_beat": ".2f", "note_length_overlap": ".2f", "inter_onset_overlap": ".2f"}
+    fmts = {"in_key": ".3f", "polyphony": ".2f", "mean_pitch": ".1f", "pitch_range": ".1f", "notes_per_beat": ".2f",
+            "note_length_overlap": ".2f", "inter_onset_overlap": ".2f", "silent_share": ".3f", "motif": ".2f"}
     r = report
+    lk = r["real_continuation_likelihood"]
     head = (f"{r['pieces']} pieces{' (track ' + repr(r['track']) + ')' if r['track'] else ''}: {r['primer_bars']} bars "
             f"of primer, {r['bars']} bars continued, {r['samples']} sample(s) each at temperature {r['temperature']:g}, "
             f"seed {r['seed']} ({r['too_short']} too short, {len(r['skipped'])} skipped)")
-    lines = [head, "",
-             f"{'feature':<24}{'real':>8}{'model':>8}{'repeat':>8}   {'|model-real|':>12}{'|repeat-real|':>14}"
-             f"   {'per piece: model':>16}{'repeat':>8}"]
+    lines = [head,
+             f"bits/note of the real continuation given the primer (causal): {num(lk['bits_per_note'], '.3f')} "
+             f"({lk['notes']:,} notes, {lk['tokens']:,} tokens)", "",
+             f"{'feature':<24}{'real':>8}{'model':>8}{'repeat':>8}   {'median distance: model':>22}{'repeat':>8}"
+             f"{'model as close':>16}"]
     for name in FEATURES:
         f, fmt = r["features"][name], fmts[name]
+        share = "-" if f["model_as_close"] is None else f"{f['model_as_close']:.0%}"
         lines.append(f"{LABELS[name]:<24}{num(f['real'], fmt):>8}{num(f['model'], fmt):>8}{num(f['repeat'], fmt):>8}   "
-                     f"{num(f['model_diff'], fmt):>12}{num(f['repeat_diff'], fmt):>14}   "
-                     f"{num(f['model_error'], fmt):>16}{num(f['repeat_error'], fmt):>8}")
-    lk = r["real_continuation_likelihood"]
+                     f"{num(f['model_distance'], fmt):>22}{num(f['repeat_distance'], fmt):>8}{share:>16}")
     lines += ["",
-              "overlaps: shared area of the answer's and the real continuation's normalized histograms (1 = same);",
-              "per piece: average over pieces of |value - that piece's real value|; notes per beat: per quarter note",
-              f"bits/note of the real continuation given the primer: {num(lk['bits_per_note'], '.3f')} "
-              f"({lk['notes']:,} notes, {lk['tokens']:,} tokens)"]
+              "real/model/repeat: averages over pieces; distance: per piece |answer - real| (1 - overlap for the",
+              "overlaps), median over pieces; model as close: pieces where the model is at least as close as the",
+              "repeat baseline (the primer's last bars played again)"]
     if r["empty_answers"] or r["model_notes_before_cut"]:
         lines.append(f"{r['empty_answers']} answer(s) without a note; {r['model_notes_before_cut']} note(s) the model "
                      "added before the cut (not compared)")
     lines += ["", "goals"]
-    names = {"monophonic_polyphony": "notes sounding together (model)",
-             "in_key_diff": "in-key |model-real|", "mean_pitch_diff": "mean pitch |model-real|",
-             "density_relative_diff": "notes per beat |model-real| / real",
-             "note_length_overlap": "note-length overlap (model)", "in_key_vs_repeat": "in-key |model-real|"}
+    names = {"pitch_distance": "mean pitch, median distance", "pitch_distance_vs_repeat": "  ... / the repeat's",
+             "note_length_overlap": "note-length overlap, median", "as_close_pitch": "as close as repeat: mean pitch",
+             "as_close_density": "as close as repeat: density", "as_close_lengths": "as close as repeat: note lengths",
+             "monophonic_polyphony": "one-voice primers: notes together", "polyphonic_texture":
+             "many-voice primers: texture off by", "silent_share_diff": "silent time |model - real|"}
     for key, g in r["goals"].items():
-        extra = f", {g['pieces']} monophonic primers" if key == "monophonic_polyphony" else \
-            f" vs repeat {num(g['repeat'], '.3f')}" if key == "in_key_vs_repeat" else ""
+        extra = f" ({g['pieces']} pieces)" if "pieces" in g else ""
         verdict = {True: "ok", False: "missed", None: "n/a"}[g["ok"]]
-        target = "<= repeat" if key == "in_key_vs_repeat" else g["target"]
-        lines.append(f"  {names[key] + extra:<52}{num(g['value'], '.3f'):>8}  {target:<16}{verdict}")
+        lines.append(f"  {names[key] + extra:<48}{num(g['value'], '.3f'):>8}  {g['target']:<20}{verdict}")
     return "\n".join(lines)

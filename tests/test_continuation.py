@@ -37,6 +37,43 @@ def test_features_of_a_c_major_scale():
     assert cont.note_features(C_MAJOR, RES, (0, "major"), 192)["notes_per_beat"] == 0.5
 
 
+def test_silent_share_and_motif_share():
+    # two quarter notes in a 4-beat span, the second starting after a one-beat hole
+    two = notes([[0, 12, 60, 80, 0], [24, 12, 62, 80, 0]])
+    assert cont.silent_share(two, 0, 48) == 0.5
+    assert cont.silent_share(two, 24, 24) == 0.5 and cont.silent_share(notes([]), 0, 12) == 1.0
+    # the top line of a chord melody: intervals of the highest notes
+    chordal = notes([[0, 12, 60, 80, 0], [0, 12, 48, 80, 0], [12, 12, 64, 80, 0], [24, 12, 67, 80, 0]])
+    assert cont.interval_patterns(chordal) == [(4, 3)]
+    primer = set(cont.interval_patterns(C_MAJOR))  # (2, 2), (2, 1), (1, 2), ...
+    moved = C_MAJOR.copy()
+    moved[:, 2] += 5  # the same shape a fourth higher: the same motifs
+    assert cont.motif_share(moved, primer) == 1.0
+    leaps = notes([[i * 12, 12, p, 80, 0] for i, p in enumerate([60, 67, 55, 72])])
+    assert cont.motif_share(leaps, primer) == 0.0
+
+
+def test_per_piece_distances_and_share_as_close_as_repeat():
+    """Two synthetic pieces: on the first the model is further than the repeat baseline from the
+    real continuation's register, on the second closer; medians and shares follow."""
+    def row(pitch, overlap):
+        return {**{k: 0.0 for k in cont.FEATURES}, "mean_pitch": pitch, "note_length_overlap": overlap,
+                "inter_onset_overlap": overlap, "polyphony": 1.0, "notes": 4}
+
+    pieces = [{"real": row(60, 1.0), "model": [row(66, 0.5), row(64, 0.5)], "repeat": row(61, 0.9),
+               "primer_polyphony": 1.0, "nats": 10.0, "tokens": 10, "real_notes": 4, "model_notes_before_cut": 0},
+              {"real": row(70, 1.0), "model": [row(70, 0.8), row(71, 0.8)], "repeat": row(73, 0.6),
+               "primer_polyphony": 1.0, "nats": 10.0, "tokens": 10, "real_notes": 4, "model_notes_before_cut": 0}]
+    summary = cont.summarize(pieces)
+    pitch = summary["features"]["mean_pitch"]
+    assert pitch["model_distance"] == pytest.approx((5 + 0.5) / 2) and pitch["repeat_distance"] == pytest.approx(2)
+    assert pitch["model_as_close"] == 0.5
+    lengths = summary["features"]["note_length_overlap"]
+    assert lengths["model_distance"] == pytest.approx(0.35) and lengths["model_as_close"] == 0.5
+    assert summary["goals"]["pitch_distance"]["ok"] is False  # 2.75 > 2.5 semitones
+    assert summary["goals"]["as_close_pitch"]["ok"] is True
+
+
 def test_polyphony_counts_held_notes_and_overlap_is_shared_area():
     held = notes([[0, 24, 48, 80, 0], [0, 12, 60, 80, 0], [12, 12, 62, 80, 0]])
     assert cont.polyphony_at_onsets(held) == 2.0  # onset 0: two notes; onset 12: the held 48 and 62
@@ -85,7 +122,7 @@ def test_repeat_baseline_on_a_repeating_piece_matches_the_real_continuation(untr
     record = cont.score_piece(Generator(ckpt), ckpt.build_model().eval(), c, primer_bars, bars, 2, 0, 1.0)
     summary = cont.summarize([record])
     for name, row in summary["features"].items():
-        assert row["repeat_diff"] == 0 and row["repeat_error"] == 0, name
+        assert row["repeat_distance"] == 0 and row["repeat_error"] == 0, name
     assert record["real"]["note_length_overlap"] == 1.0 and record["real"]["in_key"] == 1.0
     assert record["primer_polyphony"] > 1
     assert len(record["model"]) == 2
@@ -142,11 +179,12 @@ def test_cli_evaluate_continuation_json(untrained_checkpoint, tiny_corpus):
     assert (report["primer_bars"], report["bars"], report["samples"], report["seed"], report["temperature"]) == (2, 2, 2, 5, 0.9)
     assert set(report["features"]) == set(cont.FEATURES)
     for row in report["features"].values():
-        assert set(row) == {"real", "model", "repeat", "model_diff", "repeat_diff", "model_error", "repeat_error"}
+        assert set(row) == {"real", "model", "repeat", "model_distance", "repeat_distance", "model_error",
+                            "repeat_error", "model_as_close"}
     assert report["features"]["in_key"]["real"] == 1.0  # the corpus melodies are all in C major
     assert report["real_continuation_likelihood"]["bits_per_note"] > 0
-    assert set(report["goals"]) == {"monophonic_polyphony", "in_key_diff", "mean_pitch_diff", "density_relative_diff",
-                                    "note_length_overlap", "in_key_vs_repeat"}
+    assert {"pitch_distance", "note_length_overlap", "as_close_pitch", "monophonic_polyphony",
+            "silent_share_diff"} <= set(report["goals"])
     assert any(s["reason"] for s in report["skipped"])  # the broken files are listed, not fatal
     table = cont.format_continuation(report)
     assert "notes sounding together" in table and "bits/note" in table and "goals" in table
