@@ -439,7 +439,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     except (ValueError, AssertionError):
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
     progression = read_progression(chords, chords_file)
-    play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
+    play_fn, no_device = open_live_playback(ctx, soundfont, synth, midi_out, play, window)
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -457,13 +457,15 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
                   + controls_summary(gen.last_controls))
 
-    if play or window:
+    if play_fn is not None:
         from .midi import Song
 
         like = Song([], gen.tok.config.resolution, [(0, round(60e6 / tempo))], [(0, numerator, denominator)])
         play_while_generating(play_fn, run, like, on_done=save, say=lambda m: info(ctx, m))
     else:
         save(run())
+        if no_device is not None:
+            raise UserError(no_device_message(no_device, paths[0]))
 
 
 @cli.command("continue")
@@ -491,7 +493,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
     else:
         primer_bars = int(primer_bars)
     progression = read_progression(chords, chords_file)
-    play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
+    play_fn, no_device = open_live_playback(ctx, soundfont, synth, midi_out, play, window)
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -514,13 +516,15 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
                   f"seed {gen.last_seed})" + controls_summary(report))
 
-    if play or window:
+    if play_fn is not None:
         from .midi import read_midi
 
         primer = read_midi(midi_in, gen.tok.config.resolution)
         play_while_generating(play_fn, run, primer, primer=primer, on_done=save, say=lambda m: info(ctx, m))
     else:
         save(run())
+        if no_device is not None:
+            raise UserError(no_device_message(no_device, paths[0]))
 
 
 # ---------------------------------------------------------------- playback
@@ -550,11 +554,35 @@ def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, win
     return open_playback(ctx, soundfont, synth, midi_out, window)(timeline)
 
 
+def no_device_message(exc, midi_path) -> str:
+    """The one line for a missing audio device, naming the file that exists and its render."""
+    from pathlib import Path
+
+    wav = Path(midi_path).with_suffix(".wav")
+    return f"{one_line(exc)}; nothing played. Render {midi_path} instead: melodylstm render {midi_path} -o {wav}"
+
+
+def open_live_playback(ctx, soundfont, synth, midi_out, play, window):
+    """(play, None) for generate/continue --play; (None, error) without an audio device: the
+    music is then generated and written all the same, and the error is reported after it."""
+    from .playback import NoAudioDevice
+
+    if not (play or window):
+        return None, None
+    try:
+        return open_playback(ctx, soundfont, synth, midi_out, window), None
+    except NoAudioDevice as exc:
+        return None, exc
+
+
 def open_playback(ctx, soundfont=None, synth="auto", midi_out=None, window=False):
     """Open the output (port, or synth + audio device + window) and return play(timeline, preroll).
     Opened before a model loads, so sound can start as soon as the first note exists."""
+    from . import playback
     from .playback import PygameOutput, open_midi_output, play_to_device, play_to_port
     from .synth import make_synth
+
+    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])  # -v: show what libasound/rtmidi print
 
     if midi_out:
         port = open_midi_output(midi_out)
@@ -632,13 +660,16 @@ def play_while_generating(play, generate_fn, like, primer=None, on_done=None, sa
 def play(ctx, midi_file, soundfont, synth, midi_out, wav, window):
     """Play a MIDI file through the speakers (or a MIDI port, or a WAV file)."""
     from .midi import read_midi
-    from .playback import Timeline
+    from .playback import NoAudioDevice, Timeline
 
     check_output(midi_file, wav)
     timeline = Timeline()
     timeline.add_song(read_midi(midi_file, 96))
     timeline.close()
-    run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav)
+    try:
+        run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav)
+    except NoAudioDevice as exc:
+        raise UserError(no_device_message(exc, midi_file) + f" (or play {midi_file} --wav FILE)") from None
 
 
 @cli.command()
@@ -700,8 +731,11 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
     MIDI API, e.g. MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK for JACK on Linux."""
     import contextlib
 
+    from . import playback
     from .jam import Jam
     from .playback import open_midi_input, open_midi_output, play_to_port
+
+    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])
 
     # Load the model before opening any port: once jam's input port exists, jam is listening
     # (notes played during the load would otherwise arrive at once and lose their timing).
@@ -775,11 +809,13 @@ def studio(ctx, midi_file, checkpoint, out_dir, in_port, bars, temperature, temp
 
 
 @cli.command()
-def ports():
+@click.pass_context
+def ports(ctx):
     """List MIDI input and output ports (needs python-rtmidi)."""
-    from .playback import list_ports
+    from . import playback
 
-    found = list_ports()
+    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])  # -v: show what libasound/rtmidi print
+    found = playback.list_ports()
     for kind in ("outputs", "inputs"):
         click.echo(f"{kind}:")
         for name in found[kind] or ["(none)"]:
