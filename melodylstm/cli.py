@@ -541,15 +541,34 @@ def playback_options(f):
     return f
 
 
-def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None):
+def peak_option(f):
+    return click.option("--peak", default="-1", show_default=True, metavar="DBFS|off",
+                        help="WAV files are normalised: their loudest sample at this level in dBFS "
+                             "(off: the synth's own level, which differs from synth to synth).")(f)
+
+
+def parse_peak(peak: str) -> float | None:
+    if peak.strip().lower() == "off":
+        return None
+    try:
+        value = float(peak)
+    except ValueError:
+        value = float("nan")
+    if not -60 <= value <= 0:  # also refuses nan
+        raise UserError(f"--peak must be a level from -60 to 0 dBFS, or off (not {peak!r})")
+    return value
+
+
+def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None, peak=-1.0):
     """Play (or render) a timeline; returns when it has played out."""
     if wav:
         from .playback import render_wav
         from .synth import make_synth
 
         engine = make_synth(synth, soundfont)
-        seconds = render_wav(timeline, engine, wav)
-        info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name})")
+        seconds = render_wav(timeline, engine, wav, peak_dbfs=peak)
+        level = "synth level" if peak is None else f"peak {peak:g} dBFS"
+        info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name}, {level})")
         return None
     return open_playback(ctx, soundfont, synth, midi_out, window)(timeline)
 
@@ -656,18 +675,20 @@ def play_while_generating(play, generate_fn, like, primer=None, on_done=None, sa
 @playback_options
 @click.option("--wav", type=click.Path(dir_okay=False), help="Render to this WAV file instead of the speakers.")
 @click.option("--window", is_flag=True, help="Show a scrolling piano roll (space pauses, Esc quits).")
+@peak_option
 @click.pass_context
-def play(ctx, midi_file, soundfont, synth, midi_out, wav, window):
+def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     """Play a MIDI file through the speakers (or a MIDI port, or a WAV file)."""
     from .midi import read_midi
     from .playback import NoAudioDevice, Timeline
 
     check_output(midi_file, wav)
+    level = parse_peak(peak)
     timeline = Timeline()
     timeline.add_song(read_midi(midi_file, 96))
     timeline.close()
     try:
-        run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav)
+        run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav, level)
     except NoAudioDevice as exc:
         raise UserError(no_device_message(exc, midi_file) + f" (or play {midi_file} --wav FILE)") from None
 
@@ -677,10 +698,12 @@ def play(ctx, midi_file, soundfont, synth, midi_out, wav, window):
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
 @click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto", show_default=True)
+@peak_option
 @click.pass_context
-def render(ctx, midi_file, out, soundfont, synth):
-    """Render a MIDI file to a WAV file (no audio device needed)."""
-    ctx.invoke(play, midi_file=midi_file, soundfont=soundfont, synth=synth, midi_out=None, wav=out, window=False)
+def render(ctx, midi_file, out, soundfont, synth, peak):
+    """Render a MIDI file to a WAV file (no audio device needed), normalised to a -1 dBFS peak."""
+    ctx.invoke(play, midi_file=midi_file, soundfont=soundfont, synth=synth, midi_out=None, wav=out, window=False,
+               peak=peak)
 
 
 @cli.command()

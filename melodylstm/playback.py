@@ -265,19 +265,34 @@ def play_to_device(timeline: Timeline, synth, window=None, output=None, preroll:
         output.close()
 
 
-def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0) -> float:
-    """Render offline to a 16-bit stereo WAV (atomically). Returns the length in seconds."""
+PEAK_DBFS = -1.0  # rendered files peak here, whatever the synth (their own levels differ by 12 dB)
+
+
+def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0, peak_dbfs: float | None = PEAK_DBFS) -> float:
+    """Render offline to a 16-bit stereo WAV (atomically), its loudest sample at `peak_dbfs`
+    (None: the synth's own level). Returns the length in seconds.
+
+    Two passes through a float32 scratch file beside the output: the peak is known only at the
+    end, and holding an hour of audio in memory would take 1.3 GB."""
     from .fileio import atomic_path
 
     timeline.close()
     renderer = BlockRenderer(timeline, synth)
     with atomic_path(path) as tmp:
-        with wave.open(tmp, "wb") as wav:
-            wav.setnchannels(2)
-            wav.setsampwidth(2)
-            wav.setframerate(SAMPLE_RATE)
+        with tempfile.TemporaryFile(dir=os.path.dirname(tmp)) as scratch:
+            peak = 0.0
             while not timeline.finished(renderer.now) and renderer.now < max_seconds:
-                wav.writeframes(to_int16(renderer.render(BLOCK * 8)))
+                block = np.asarray(renderer.render(BLOCK * 8), dtype=np.float32)
+                peak = max(peak, float(np.abs(block).max(initial=0.0)))
+                scratch.write(block.tobytes())
+            gain = 10 ** (peak_dbfs / 20) / peak if peak_dbfs is not None and peak > 0 else 1.0
+            scratch.seek(0)
+            with wave.open(tmp, "wb") as wav:
+                wav.setnchannels(2)
+                wav.setsampwidth(2)
+                wav.setframerate(SAMPLE_RATE)
+                while chunk := scratch.read(BLOCK * 64 * 2 * 4):
+                    wav.writeframes(to_int16(np.frombuffer(chunk, dtype=np.float32) * gain))
     return renderer.now
 
 

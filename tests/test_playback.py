@@ -65,6 +65,36 @@ def test_render_is_audible_in_time_and_in_tune(tmp_path, synth):
     assert len(found) == 5 and np.allclose(np.diff(found), 0.3, atol=0.012), found
     assert found[0] < 0.012
     assert dominant_frequency(audio[int(0.02 * SR): int(0.14 * SR)]) == pytest.approx(440, abs=8)
+    with wave.open(str(wav)) as w:  # both channels: the peak may be on either side
+        stereo = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2") / 32768.0
+    assert 20 * np.log10(np.abs(stereo).max()) == pytest.approx(-1.0, abs=0.05)  # normalised, whatever the synth
+
+
+def test_render_peak_is_minus_one_dbfs_for_quiet_and_loud_music_and_off_keeps_the_synth_level(tmp_path):
+    from melodylstm.playback import render_wav
+    from melodylstm.synth import NumpySynth
+
+    def render(velocity, chord, peak):
+        timeline = Timeline()
+        for i in range(4):
+            for p in chord:
+                timeline.add_note(i * 0.3, i * 0.3 + 0.2, p, velocity, 0)
+        path = tmp_path / f"{velocity}-{len(chord)}-{peak}.wav"
+        render_wav(timeline, NumpySynth(), path, peak_dbfs=peak)
+        return 20 * np.log10(np.abs(read_wav(path)).max())
+
+    for velocity, chord in ((20, [69]), (127, [48, 52, 55, 60, 64, 67])):
+        assert render(velocity, chord, -1.0) == pytest.approx(-1.0, abs=0.05)
+        assert render(velocity, chord, -6.0) == pytest.approx(-6.0, abs=0.05)
+    assert render(20, [69], None) < -30  # the synth's own level: quiet
+    assert list(tmp_path.glob("*.tmp")) == [] and sorted(p.suffix for p in tmp_path.iterdir()) == [".wav"] * 5
+
+
+def test_render_peak_option_is_checked(tmp_path):
+    midi = tmp_path / "five.mid"
+    five_notes(midi)
+    result = cli("render", str(midi), "-o", str(tmp_path / "a.wav"), "--peak", "3")
+    assert result.returncode == 1 and "--peak must be" in result.stderr and not (tmp_path / "a.wav").exists()
 
 
 def test_render_refuses_to_overwrite_its_input(tmp_path):
