@@ -267,7 +267,9 @@ def export(ctx, checkpoint, out, fp32):
 @click.argument("folder", type=click.Path(exists=True))
 @click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model).")
 @click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
-              help="With the training corpus as FOLDER: only its held-out (val) or training files.")
+              help="all: every file in FOLDER. With the training corpus as FOLDER: only its held-out (val) or "
+                   "training files. The n-gram baseline is never fitted on files it scores, so with the training "
+                   "corpus and all there is none (use val).")
 @click.option("--baseline-train", type=click.Path(exists=True, file_okay=False),
               help="Fit the n-gram baseline on this folder (default: the checkpoint's training corpus).")
 @click.option("--order", default=5, show_default=True, help="n-gram order of the baseline.")
