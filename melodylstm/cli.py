@@ -473,7 +473,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     else:
         save(run())
         if no_device is not None:
-            raise UserError(no_device_message(no_device, paths[0]))
+            raise UserError(no_device.hint(paths[0]))
 
 
 @cli.command("continue")
@@ -532,7 +532,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
     else:
         save(run())
         if no_device is not None:
-            raise UserError(no_device_message(no_device, paths[0]))
+            raise UserError(no_device.hint(paths[0]))
 
 
 # ---------------------------------------------------------------- playback
@@ -555,18 +555,6 @@ def peak_option(f):
                              "(off: the synth's own level, which differs from synth to synth).")(f)
 
 
-def parse_peak(peak: str) -> float | None:
-    if peak.strip().lower() == "off":
-        return None
-    try:
-        value = float(peak)
-    except ValueError:
-        value = float("nan")
-    if not -60 <= value <= 0:  # also refuses nan
-        raise UserError(f"--peak must be a level from -60 to 0 dBFS, or off (not {peak!r})")
-    return value
-
-
 def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None, peak=-1.0):
     """Play (or render) a timeline; returns when it has played out."""
     if wav:
@@ -579,14 +567,6 @@ def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, win
         info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name}, {level})")
         return None
     return open_playback(ctx, soundfont, synth, midi_out, window)(timeline)
-
-
-def no_device_message(exc, midi_path) -> str:
-    """The one line for a missing audio device, naming the file that exists and its render."""
-    from pathlib import Path
-
-    wav = Path(midi_path).with_suffix(".wav")
-    return f"{one_line(exc)}; nothing played. Render {midi_path} instead: melodylstm render {midi_path} -o {wav}"
 
 
 def open_live_playback(ctx, soundfont, synth, midi_out, play, window):
@@ -688,7 +668,7 @@ def play_while_generating(play, generate_fn, like, primer=None, on_done=None, sa
 def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     """Play a MIDI file through the speakers (or a MIDI port, or a WAV file)."""
     from .midi import read_midi
-    from .playback import NoAudioDevice, Timeline
+    from .playback import NoAudioDevice, Timeline, parse_peak
 
     check_output(midi_file, wav)
     level = parse_peak(peak)
@@ -698,7 +678,7 @@ def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     try:
         run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav, level)
     except NoAudioDevice as exc:
-        raise UserError(no_device_message(exc, midi_file) + f" (or play {midi_file} --wav FILE)") from None
+        raise UserError(exc.hint(midi_file) + f" (or play {midi_file} --wav FILE)") from None
 
 
 @cli.command()

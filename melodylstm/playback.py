@@ -34,6 +34,11 @@ class PlaybackError(RuntimeError):
 class NoAudioDevice(PlaybackError):
     """The mixer cannot open an audio device (headless machine, no sound card)."""
 
+    def hint(self, midi_path) -> str:
+        """The one line to show, naming the MIDI file that exists and how to render it."""
+        wav = os.path.splitext(str(midi_path))[0] + ".wav"
+        return f"{_one_line(self)}; nothing played. Render {midi_path} instead: melodylstm render {midi_path} -o {wav}"
+
 
 SHOW_BACKEND_NOISE = False  # the CLI sets it with -v: show what the audio/MIDI libraries print
 
@@ -266,6 +271,19 @@ def play_to_device(timeline: Timeline, synth, window=None, output=None, preroll:
 
 
 PEAK_DBFS = -1.0  # rendered files peak here, whatever the synth (their own levels differ by 12 dB)
+
+
+def parse_peak(text: str) -> float | None:
+    """--peak: a level in dBFS, or 'off' (None: the synth's own level)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -60 <= value <= 0:  # also refuses nan
+        raise ValueError(f"--peak must be a level from -60 to 0 dBFS, or off (not {text!r})")
+    return value
 
 
 def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0, peak_dbfs: float | None = PEAK_DBFS) -> float:
