@@ -305,7 +305,7 @@ def case_stall(folder, load):
                                                        "--seed", "2"], load)
     wav = os.path.join(folder, "offline.wav")
     subprocess.run([sys.executable, "-m", "melodylstm", "render", os.path.join(folder, "session.mid"), "-o", wav,
-                    "--synth", "numpy"], check=True, capture_output=True, cwd=ROOT)
+                    "--synth", "numpy", "--peak", "off"], check=True, capture_output=True, cwd=ROOT)  # stream level
     with wave.open(wav) as w:
         offline = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
 

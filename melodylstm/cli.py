@@ -267,7 +267,9 @@ def export(ctx, checkpoint, out, fp32):
 @click.argument("folder", type=click.Path(exists=True))
 @click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model).")
 @click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
-              help="With the training corpus as FOLDER: only its held-out (val) or training files.")
+              help="all: every file in FOLDER. With the training corpus as FOLDER: only its held-out (val) or "
+                   "training files. The n-gram baseline is never fitted on files it scores, so with the training "
+                   "corpus and all there is none (use val).")
 @click.option("--baseline-train", type=click.Path(exists=True, file_okay=False),
               help="Fit the n-gram baseline on this folder (default: the checkpoint's training corpus).")
 @click.option("--order", default=5, show_default=True, help="n-gram order of the baseline.")
@@ -319,13 +321,19 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, con
 @click.option("--reference-split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
               help="With a training corpus as REFERENCE: only its held-out (val) or training files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+@click.option("--max-pieces", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Pieces per set: a larger folder is sampled (memory and time stay bounded).")
+@click.option("--seed", default=0, show_default=True, help="Picks the sampled pieces and distance pairs.")
 @click.pass_context
-def stats(ctx, generated, reference, out, reference_split, as_json):
-    """Compare GENERATED pieces with a REFERENCE folder on musical features (Yang & Lerch 2018)."""
+def stats(ctx, generated, reference, out, reference_split, as_json, max_pieces, seed):
+    """Compare GENERATED pieces with a REFERENCE folder on musical features (Yang & Lerch 2018).
+
+    Each distance distribution uses every pair of pieces up to 100,000 pairs, and beyond that
+    100,000 pairs drawn at random (--seed): memory stays flat whatever the folders hold."""
     from . import stats as music_stats
 
     check_output(generated, out)
-    rep = music_stats.report(generated, reference, reference_split)
+    rep = music_stats.report(generated, reference, reference_split, max_pieces, seed)
     music_stats.plot_report(rep, out)
     click.echo(json.dumps(music_stats.as_json(rep), indent=2) if as_json else music_stats.format_table(rep))
     info(ctx, f"wrote {out}")
@@ -439,7 +447,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     except (ValueError, AssertionError):
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
     progression = read_progression(chords, chords_file)
-    play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
+    play_fn, no_device = open_live_playback(ctx, soundfont, synth, midi_out, play, window)
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -457,13 +465,15 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
                   + controls_summary(gen.last_controls))
 
-    if play or window:
+    if play_fn is not None:
         from .midi import Song
 
         like = Song([], gen.tok.config.resolution, [(0, round(60e6 / tempo))], [(0, numerator, denominator)])
         play_while_generating(play_fn, run, like, on_done=save, say=lambda m: info(ctx, m))
     else:
         save(run())
+        if no_device is not None:
+            raise UserError(no_device.hint(paths[0]))
 
 
 @cli.command("continue")
@@ -491,7 +501,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
     else:
         primer_bars = int(primer_bars)
     progression = read_progression(chords, chords_file)
-    play_fn = open_playback(ctx, soundfont, synth, midi_out, window) if play or window else None
+    play_fn, no_device = open_live_playback(ctx, soundfont, synth, midi_out, play, window)
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -514,13 +524,15 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
                   f"seed {gen.last_seed})" + controls_summary(report))
 
-    if play or window:
+    if play_fn is not None:
         from .midi import read_midi
 
         primer = read_midi(midi_in, gen.tok.config.resolution)
         play_while_generating(play_fn, run, primer, primer=primer, on_done=save, say=lambda m: info(ctx, m))
     else:
         save(run())
+        if no_device is not None:
+            raise UserError(no_device.hint(paths[0]))
 
 
 # ---------------------------------------------------------------- playback
@@ -537,24 +549,47 @@ def playback_options(f):
     return f
 
 
-def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None):
+def peak_option(f):
+    return click.option("--peak", default="-1", show_default=True, metavar="DBFS|off",
+                        help="WAV files are normalised: their loudest sample at this level in dBFS "
+                             "(off: the synth's own level, which differs from synth to synth).")(f)
+
+
+def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None, peak=-1.0):
     """Play (or render) a timeline; returns when it has played out."""
     if wav:
         from .playback import render_wav
         from .synth import make_synth
 
         engine = make_synth(synth, soundfont)
-        seconds = render_wav(timeline, engine, wav)
-        info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name})")
+        seconds = render_wav(timeline, engine, wav, peak_dbfs=peak)
+        level = "synth level" if peak is None else f"peak {peak:g} dBFS"
+        info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name}, {level})")
         return None
     return open_playback(ctx, soundfont, synth, midi_out, window)(timeline)
+
+
+def open_live_playback(ctx, soundfont, synth, midi_out, play, window):
+    """(play, None) for generate/continue --play; (None, error) without an audio device: the
+    music is then generated and written all the same, and the error is reported after it."""
+    from .playback import NoAudioDevice
+
+    if not (play or window):
+        return None, None
+    try:
+        return open_playback(ctx, soundfont, synth, midi_out, window), None
+    except NoAudioDevice as exc:
+        return None, exc
 
 
 def open_playback(ctx, soundfont=None, synth="auto", midi_out=None, window=False):
     """Open the output (port, or synth + audio device + window) and return play(timeline, preroll).
     Opened before a model loads, so sound can start as soon as the first note exists."""
+    from . import playback
     from .playback import PygameOutput, open_midi_output, play_to_device, play_to_port
     from .synth import make_synth
+
+    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])  # -v: show what libasound/rtmidi print
 
     if midi_out:
         port = open_midi_output(midi_out)
@@ -628,17 +663,22 @@ def play_while_generating(play, generate_fn, like, primer=None, on_done=None, sa
 @playback_options
 @click.option("--wav", type=click.Path(dir_okay=False), help="Render to this WAV file instead of the speakers.")
 @click.option("--window", is_flag=True, help="Show a scrolling piano roll (space pauses, Esc quits).")
+@peak_option
 @click.pass_context
-def play(ctx, midi_file, soundfont, synth, midi_out, wav, window):
+def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     """Play a MIDI file through the speakers (or a MIDI port, or a WAV file)."""
     from .midi import read_midi
-    from .playback import Timeline
+    from .playback import NoAudioDevice, Timeline, parse_peak
 
     check_output(midi_file, wav)
+    level = parse_peak(peak)
     timeline = Timeline()
     timeline.add_song(read_midi(midi_file, 96))
     timeline.close()
-    run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav)
+    try:
+        run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav, level)
+    except NoAudioDevice as exc:
+        raise UserError(exc.hint(midi_file) + f" (or play {midi_file} --wav FILE)") from None
 
 
 @cli.command()
@@ -646,10 +686,12 @@ def play(ctx, midi_file, soundfont, synth, midi_out, wav, window):
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
 @click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto", show_default=True)
+@peak_option
 @click.pass_context
-def render(ctx, midi_file, out, soundfont, synth):
-    """Render a MIDI file to a WAV file (no audio device needed)."""
-    ctx.invoke(play, midi_file=midi_file, soundfont=soundfont, synth=synth, midi_out=None, wav=out, window=False)
+def render(ctx, midi_file, out, soundfont, synth, peak):
+    """Render a MIDI file to a WAV file (no audio device needed), normalised to a -1 dBFS peak."""
+    ctx.invoke(play, midi_file=midi_file, soundfont=soundfont, synth=synth, midi_out=None, wav=out, window=False,
+               peak=peak)
 
 
 @cli.command()
@@ -700,8 +742,11 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
     MIDI API, e.g. MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK for JACK on Linux."""
     import contextlib
 
+    from . import playback
     from .jam import Jam
     from .playback import open_midi_input, open_midi_output, play_to_port
+
+    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])
 
     # Load the model before opening any port: once jam's input port exists, jam is listening
     # (notes played during the load would otherwise arrive at once and lose their timing).
@@ -775,11 +820,13 @@ def studio(ctx, midi_file, checkpoint, out_dir, in_port, bars, temperature, temp
 
 
 @cli.command()
-def ports():
+@click.pass_context
+def ports(ctx):
     """List MIDI input and output ports (needs python-rtmidi)."""
-    from .playback import list_ports
+    from . import playback
 
-    found = list_ports()
+    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])  # -v: show what libasound/rtmidi print
+    found = playback.list_ports()
     for kind in ("outputs", "inputs"):
         click.echo(f"{kind}:")
         for name in found[kind] or ["(none)"]:

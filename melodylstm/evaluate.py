@@ -160,9 +160,17 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
         if not baseline_train:  # the checkpoint's own corpus: fit on its training split only
             train_results = select_split(train_results, "train", val_fraction)
         held = {r.content_hash for r in used}
-        ngram = NGramModel(len(tok), order).fit([r.tokens for r in train_results if r.content_hash not in held])
-        n_nats, n_count = ngram.nll([r.tokens for r in used])
-        report["ngram"] = {"order": order, "train_files": len(train_results), **figures(n_nats, n_count, notes, seconds)}
+        fit = [r.tokens for r in train_results if r.content_hash not in held]  # never the files it scores
+        if fit:
+            ngram = NGramModel(len(tok), order).fit(fit)
+            n_nats, n_count = ngram.nll([r.tokens for r in used])
+            report["ngram"] = {"order": order, "train_files": len(fit), **figures(n_nats, n_count, notes, seconds)}
+        else:  # fitted on nothing it would score the uniform distribution (perplexity = vocabulary size)
+            report["ngram"] = None
+            report["note"] = ("no n-gram baseline: " + (
+                f"every one of its {len(train_results)} training files is among the files evaluated; "
+                "use --split val (the held-out files) or --baseline-train DIR" if train_results else
+                "no usable MIDI file to fit it on; pass --baseline-train DIR"))
     else:
         report["ngram"] = None
         report["note"] = "no n-gram baseline: pass --baseline-train DIR (the checkpoint records no corpus folder here)"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import sys
+import tempfile
 import threading
 import time
 import wave
@@ -27,6 +29,51 @@ TAIL_SECONDS = 0.6  # let the last notes ring out
 
 class PlaybackError(RuntimeError):
     pass
+
+
+class NoAudioDevice(PlaybackError):
+    """The mixer cannot open an audio device (headless machine, no sound card)."""
+
+    def hint(self, midi_path) -> str:
+        """The one line to show, naming the MIDI file that exists and how to render it."""
+        wav = os.path.splitext(str(midi_path))[0] + ".wav"
+        return f"{_one_line(self)}; nothing played. Render {midi_path} instead: melodylstm render {midi_path} -o {wav}"
+
+
+SHOW_BACKEND_NOISE = False  # the CLI sets it with -v: show what the audio/MIDI libraries print
+
+
+class quiet_stderr:
+    """Capture file descriptor 2 while audio or MIDI devices are probed: without a sound card
+    libasound prints eight `ALSA lib ...` lines before every error. pygame bundles its own copy
+    of libasound, so setting the system library's error handler would not reach it; only the fd
+    does. What was captured is shown when SHOW_BACKEND_NOISE is set (-v)."""
+
+    def __enter__(self):
+        self.saved = self.capture = None
+        try:
+            sys.stderr.flush()
+            self.capture = tempfile.TemporaryFile()
+            self.saved = os.dup(2)
+            os.dup2(self.capture.fileno(), 2)
+        except (OSError, ValueError):  # no fd 2 (or no temp dir): leave stderr as it is
+            if self.capture is not None:
+                self.capture.close()
+            self.saved = self.capture = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            return False
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.capture.seek(0)
+        noise = self.capture.read().decode("utf-8", "replace")
+        self.capture.close()
+        if SHOW_BACKEND_NOISE and noise:
+            sys.stderr.write(noise)
+            sys.stderr.flush()
+        return False
 
 
 class Timeline:
@@ -140,11 +187,11 @@ def init_pygame_audio(buffer: int = BLOCK):
     except ImportError as exc:
         raise PlaybackError(f"pygame is not installed ({exc})") from None
     try:
-        pygame.mixer.pre_init(SAMPLE_RATE, -16, 2, buffer)
-        pygame.mixer.init()
+        with quiet_stderr():
+            pygame.mixer.pre_init(SAMPLE_RATE, -16, 2, buffer)
+            pygame.mixer.init()
     except (pygame.error, AttributeError, NotImplementedError) as exc:
-        raise PlaybackError(f"no audio device ({exc}); render to a file instead: `melodylstm render FILE "
-                            f"-o out.wav` (or `play FILE --wav out.wav`)") from None
+        raise NoAudioDevice(f"no audio device ({exc})") from None
     return pygame
 
 
@@ -223,19 +270,47 @@ def play_to_device(timeline: Timeline, synth, window=None, output=None, preroll:
         output.close()
 
 
-def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0) -> float:
-    """Render offline to a 16-bit stereo WAV (atomically). Returns the length in seconds."""
+PEAK_DBFS = -1.0  # rendered files peak here, whatever the synth (their own levels differ by 12 dB)
+
+
+def parse_peak(text: str) -> float | None:
+    """--peak: a level in dBFS, or 'off' (None: the synth's own level)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -60 <= value <= 0:  # also refuses nan
+        raise ValueError(f"--peak must be a level from -60 to 0 dBFS, or off (not {text!r})")
+    return value
+
+
+def render_wav(timeline: Timeline, synth, path, max_seconds: float = 3600.0, peak_dbfs: float | None = PEAK_DBFS) -> float:
+    """Render offline to a 16-bit stereo WAV (atomically), its loudest sample at `peak_dbfs`
+    (None: the synth's own level). Returns the length in seconds.
+
+    Two passes through a float32 scratch file beside the output: the peak is known only at the
+    end, and holding an hour of audio in memory would take 1.3 GB."""
     from .fileio import atomic_path
 
     timeline.close()
     renderer = BlockRenderer(timeline, synth)
     with atomic_path(path) as tmp:
-        with wave.open(tmp, "wb") as wav:
-            wav.setnchannels(2)
-            wav.setsampwidth(2)
-            wav.setframerate(SAMPLE_RATE)
+        with tempfile.TemporaryFile(dir=os.path.dirname(tmp)) as scratch:
+            peak = 0.0
             while not timeline.finished(renderer.now) and renderer.now < max_seconds:
-                wav.writeframes(to_int16(renderer.render(BLOCK * 8)))
+                block = np.asarray(renderer.render(BLOCK * 8), dtype=np.float32)
+                peak = max(peak, float(np.abs(block).max(initial=0.0)))
+                scratch.write(block.tobytes())
+            gain = 10 ** (peak_dbfs / 20) / peak if peak_dbfs is not None and peak > 0 else 1.0
+            scratch.seek(0)
+            with wave.open(tmp, "wb") as wav:
+                wav.setnchannels(2)
+                wav.setsampwidth(2)
+                wav.setframerate(SAMPLE_RATE)
+                while chunk := scratch.read(BLOCK * 64 * 2 * 4):
+                    wav.writeframes(to_int16(np.frombuffer(chunk, dtype=np.float32) * gain))
     return renderer.now
 
 
@@ -254,22 +329,32 @@ def _open_midi_port(opener: str, name: str):
     try:
         import mido
 
-        if name.startswith("virtual:"):
-            return getattr(mido, opener)(name[len("virtual:"):], virtual=True)
-        return getattr(mido, opener)(name)
+        with quiet_stderr():
+            if name.startswith("virtual:"):
+                return getattr(mido, opener)(name[len("virtual:"):], virtual=True)
+            return getattr(mido, opener)(name)
     except ImportError as exc:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
-    except (OSError, IOError, RuntimeError, NotImplementedError) as exc:
-        raise PlaybackError(f"cannot open MIDI port {name!r} ({exc}); `melodylstm ports` lists them") from None
+    except Exception as exc:  # noqa: BLE001 - rtmidi's errors (e.g. no ALSA sequencer) derive from Exception only
+        raise PlaybackError(f"cannot open MIDI port {name!r} ({_one_line(exc)}); `melodylstm ports` lists them") from None
 
 
 def list_ports() -> dict:
     try:
         import mido
 
-        return {"outputs": mido.get_output_names(), "inputs": mido.get_input_names()}
+        with quiet_stderr():
+            return {"outputs": mido.get_output_names(), "inputs": mido.get_input_names()}
     except ImportError as exc:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - rtmidi.SystemError when the MIDI system cannot start
+        raise PlaybackError(f"no MIDI system available here ({_one_line(exc)}); on Linux the ALSA sequencer "
+                            f"(/dev/snd/seq) or JACK (MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK) is needed") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep, preroll: float = 0.0,

@@ -7,6 +7,11 @@ and across the sets (inter-set), smoothed by a Gaussian KDE on one shared grid. 
 area (OA) and KL divergence between the reference's intra-set curve and the inter-set curve say
 how far the generated set sits from the reference's own variety: OA near 1 and KL near 0 mean
 the generated pieces are as close to the corpus as corpus pieces are to each other.
+
+Memory stays flat whatever the folders hold: each set is at most MAX_PIECES pieces (a seeded
+random sample of its files beyond that), each distance distribution at most MAX_PAIRS pairs (all
+pairs up to that, a seeded random sample beyond), and the KDE sums its kernels in chunks. The
+pairwise distances of 2,861 pieces were 4 million per feature, and their KDE needed 24 GB.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ RESOLUTION = 12
 # note-length classes in beats, from 1/8 to 4 beats (Yang & Lerch use 12 classes; these are ours)
 LENGTH_CLASSES = np.array([1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 1, 3 / 2, 2, 3, 4])
 IOI_CLASSES = LENGTH_CLASSES
+MAX_PIECES = 2000  # pieces per set; the 410 chorales are all used
+MAX_PAIRS = 100_000  # distances per distribution: every pair of up to 447 pieces (the chorales: 83,845)
+KDE_CHUNK = 2048  # samples per step of the KDE: 256 x 2048 doubles = 4 MB per temporary
 
 
 def pitched(song: Song) -> np.ndarray:
@@ -136,9 +144,11 @@ def piece_features(song: Song) -> dict:
     return out
 
 
-def load_set(path, split: str = "all", val_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
-    """Features of every readable MIDI file in a folder (or one file); plus skipped files.
-    split 'val'/'train' keeps only that part of the content-hash split training uses."""
+def load_set(path, split: str = "all", val_fraction: float = 0.1, max_pieces: int = MAX_PIECES,
+             seed: int = 0) -> tuple[list[dict], list[dict], int]:
+    """Features of every readable MIDI file in a folder (or one file); skipped files; files found.
+    split 'val'/'train' keeps only that part of the content-hash split training uses. Beyond
+    `max_pieces` files, a random sample of them (the same for the same `seed`)."""
     import hashlib
 
     from .data import find_midi_files, is_validation
@@ -148,6 +158,10 @@ def load_set(path, split: str = "all", val_fraction: float = 0.1) -> tuple[list[
         files = [f for f in files
                  if is_validation(hashlib.blake2b(open(f, "rb").read(), digest_size=16).hexdigest(), val_fraction)
                  == (split == "val")]
+    found = len(files)
+    if found > max_pieces:
+        keep = np.random.default_rng(seed).choice(len(files), max_pieces, replace=False)
+        files = [files[i] for i in sorted(keep)]
     features = []
     for f in files:
         try:
@@ -159,17 +173,31 @@ def load_set(path, split: str = "all", val_fraction: float = 0.1) -> tuple[list[
             skipped.append({"path": str(f), "reason": "fewer than 2 pitched notes"})
             continue
         features.append(piece_features(song))
-    return features, skipped
+    return features, skipped, found
 
 
 # ---------------------------------------------------------------- distances and their distributions
 
-def pairwise(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """Euclidean distances between rows: within a (each pair once) or across a and b."""
-    if b is None:
-        i, j = np.triu_indices(len(a), k=1)
-        return np.linalg.norm(a[i] - a[j], axis=1)
-    return np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2).ravel()
+def pair_indices(n: int, m: int | None = None, max_pairs: int = MAX_PAIRS, rng=None):
+    """Row indices of the pairs to compare: within n rows (each pair once) or across n and m rows.
+    Every pair while there are at most `max_pairs`, else `max_pairs` pairs drawn at random."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    if m is None:
+        if n * (n - 1) // 2 <= max_pairs:
+            return np.triu_indices(n, k=1)
+        i = rng.integers(0, n, max_pairs)
+        j = rng.integers(0, n - 1, max_pairs)
+        return i, j + (j >= i)  # uniform over the other rows: never a piece with itself
+    if n * m <= max_pairs:
+        return np.divmod(np.arange(n * m), m)
+    return rng.integers(0, n, max_pairs), rng.integers(0, m, max_pairs)
+
+
+def pairwise(a: np.ndarray, b: np.ndarray | None = None, max_pairs: int = MAX_PAIRS, rng=None) -> np.ndarray:
+    """Euclidean distances between rows: within a (each pair once) or across a and b; at most
+    `max_pairs` of them (a random sample of the pairs beyond that)."""
+    i, j = pair_indices(len(a), None if b is None else len(b), max_pairs, rng)
+    return np.linalg.norm(a[i] - (a if b is None else b)[j], axis=1)
 
 
 def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -178,8 +206,10 @@ def kde(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
         return np.zeros_like(grid)
     std = samples.std()
     bandwidth = max(std * len(samples) ** (-1 / 5), (grid[-1] - grid[0]) / 200, 1e-9)
-    z = (grid[:, None] - samples[None, :]) / bandwidth
-    density = np.exp(-0.5 * z * z).sum(axis=1)
+    density = np.zeros(len(grid))
+    for start in range(0, len(samples), KDE_CHUNK):  # grid x chunk at a time, not grid x samples
+        z = (grid[:, None] - samples[None, start:start + KDE_CHUNK]) / bandwidth
+        density += np.exp(-0.5 * z * z).sum(axis=1)
     area = np.trapezoid(density, grid) if hasattr(np, "trapezoid") else np.trapz(density, grid)
     return density / area if area > 0 else density
 
@@ -195,14 +225,17 @@ def kl_divergence(p, q, grid) -> float:
     return float(max(0.0, np.trapezoid(f, grid) if hasattr(np, "trapezoid") else np.trapz(f, grid)))
 
 
-def compare(generated: list[dict], reference: list[dict], grid_points: int = 256) -> dict:
+def compare(generated: list[dict], reference: list[dict], grid_points: int = 256, seed: int = 0,
+            max_pairs: int = MAX_PAIRS) -> dict:
     if len(generated) < 2 or len(reference) < 2:
         raise ValueError("stats needs at least 2 usable pieces in each set")
+    rng = np.random.default_rng(seed)
     out = {}
     for name in generated[0]:
         g = np.stack([f[name] for f in generated])
         r = np.stack([f[name] for f in reference])
-        intra_g, intra_r, inter = pairwise(g), pairwise(r), pairwise(g, r)
+        intra_g, intra_r = pairwise(g, None, max_pairs, rng), pairwise(r, None, max_pairs, rng)
+        inter = pairwise(g, r, max_pairs, rng)
         top = max(intra_g.max(initial=0), intra_r.max(initial=0), inter.max(initial=0))
         grid = np.linspace(0, top * 1.1 + 1e-6, grid_points)  # one shared grid for every curve
         pg, pr, pi = kde(intra_g, grid), kde(intra_r, grid), kde(inter, grid)
@@ -216,12 +249,15 @@ def compare(generated: list[dict], reference: list[dict], grid_points: int = 256
     return out
 
 
-def report(generated_path, reference_path, reference_split: str = "all") -> dict:
-    gen, gen_skipped = load_set(generated_path)
-    ref, ref_skipped = load_set(reference_path, reference_split)
-    results = compare(gen, ref)
-    return {"generated": {"path": str(generated_path), "pieces": len(gen), "skipped": gen_skipped},
-            "reference": {"path": str(reference_path), "pieces": len(ref), "skipped": ref_skipped},
+def report(generated_path, reference_path, reference_split: str = "all", max_pieces: int = MAX_PIECES,
+           seed: int = 0) -> dict:
+    gen, gen_skipped, gen_files = load_set(generated_path, max_pieces=max_pieces, seed=seed)
+    ref, ref_skipped, ref_files = load_set(reference_path, reference_split, max_pieces=max_pieces, seed=seed)
+    results = compare(gen, ref, seed=seed)
+    return {"generated": {"path": str(generated_path), "pieces": len(gen), "files": gen_files, "skipped": gen_skipped},
+            "reference": {"path": str(reference_path), "pieces": len(ref), "files": ref_files,
+                          "skipped": ref_skipped},
+            "sample": {"max_pieces": max_pieces, "max_pairs": MAX_PAIRS, "seed": seed},
             "features": results}
 
 
@@ -233,7 +269,12 @@ def as_json(rep: dict) -> dict:
 
 
 def format_table(rep: dict) -> str:
-    lines = [f"generated: {rep['generated']['pieces']} pieces, reference: {rep['reference']['pieces']} pieces",
+    def count(part):
+        files = part.get("files", part["pieces"])
+        return f"{part['pieces']} pieces" + (f" (a sample of {files} files, --seed)" if files > rep["sample"]["max_pieces"]
+                                             else "")
+
+    lines = [f"generated: {count(rep['generated'])}, reference: {count(rep['reference'])}",
              f"{'feature':<24}{'generated':>12}{'reference':>12}{'overlap':>9}{'KL':>8}"]
     for name, f in rep["features"].items():
         gm, rm = f["generated_mean"], f["reference_mean"]

@@ -14,6 +14,8 @@ from melodylstm.tokenizer import Tokenizer
 
 from conftest import scale_song
 
+from melodylstm.midi import write_midi
+
 TOK = Tokenizer()
 
 
@@ -53,7 +55,12 @@ def test_evaluate_reports_lstm_and_baseline(tiny_corpus, tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, MelodyLSTM(ModelConfig(len(TOK), 8, 16, 1, 0.0)), TOK, meta={"corpus_path": str(tiny_corpus)})
-    report = evaluate_folder(load_checkpoint(path), tiny_corpus, split="all", baseline_train=tiny_corpus)
+    other = tmp_path / "other"  # the baseline is fitted on other pieces of the same kind
+    other.mkdir()
+    for i in range(100, 112):
+        write_midi(scale_song(i), other / f"{i}.mid")
+    report = evaluate_folder(load_checkpoint(path), tiny_corpus, split="all", baseline_train=other)
+    assert report["ngram"]["train_files"] == 12
     lstm = report["lstm"]
     # an untrained model is close to uniform over the vocabulary
     assert lstm["nats_per_token"] == pytest.approx(np.log(len(TOK)), rel=0.1)
@@ -65,3 +72,24 @@ def test_evaluate_reports_lstm_and_baseline(tiny_corpus, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["lstm"]) >= {"nats_per_token", "bits_per_note", "bits_per_second", "perplexity", "accuracy"}
+
+
+def test_evaluate_never_reports_a_baseline_fitted_on_nothing(tiny_corpus, tmp_path):
+    """The training corpus with --split all: every training file is evaluated, so none is left to
+    fit the n-gram on (it would score the uniform distribution, perplexity = vocabulary size)."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, MelodyLSTM(ModelConfig(len(TOK), 8, 16, 1, 0.0)), TOK, meta={"corpus_path": str(tiny_corpus)})
+    report = evaluate_folder(load_checkpoint(path), tiny_corpus, split="all")
+    assert report["ngram"] is None and "training files is among the files evaluated" in report["note"]
+    held_out = evaluate_folder(load_checkpoint(path), tiny_corpus, split="val")
+    assert held_out["ngram"]["train_files"] == 12 - held_out["files"] > 0  # every training-split file
+    assert held_out["ngram"]["perplexity"] < len(TOK) / 2  # fitted on real training files
+    out = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(tiny_corpus), "-c", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Kneser-Ney" not in out.stdout  # no baseline row
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"no n-gram baseline: every one of its {12 - held_out['files']} training files"), last

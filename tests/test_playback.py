@@ -65,6 +65,36 @@ def test_render_is_audible_in_time_and_in_tune(tmp_path, synth):
     assert len(found) == 5 and np.allclose(np.diff(found), 0.3, atol=0.012), found
     assert found[0] < 0.012
     assert dominant_frequency(audio[int(0.02 * SR): int(0.14 * SR)]) == pytest.approx(440, abs=8)
+    with wave.open(str(wav)) as w:  # both channels: the peak may be on either side
+        stereo = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2") / 32768.0
+    assert 20 * np.log10(np.abs(stereo).max()) == pytest.approx(-1.0, abs=0.05)  # normalised, whatever the synth
+
+
+def test_render_peak_is_minus_one_dbfs_for_quiet_and_loud_music_and_off_keeps_the_synth_level(tmp_path):
+    from melodylstm.playback import render_wav
+    from melodylstm.synth import NumpySynth
+
+    def render(velocity, chord, peak):
+        timeline = Timeline()
+        for i in range(4):
+            for p in chord:
+                timeline.add_note(i * 0.3, i * 0.3 + 0.2, p, velocity, 0)
+        path = tmp_path / f"{velocity}-{len(chord)}-{peak}.wav"
+        render_wav(timeline, NumpySynth(), path, peak_dbfs=peak)
+        return 20 * np.log10(np.abs(read_wav(path)).max())
+
+    for velocity, chord in ((20, [69]), (127, [48, 52, 55, 60, 64, 67])):
+        assert render(velocity, chord, -1.0) == pytest.approx(-1.0, abs=0.05)
+        assert render(velocity, chord, -6.0) == pytest.approx(-6.0, abs=0.05)
+    assert render(20, [69], None) < -30  # the synth's own level: quiet
+    assert list(tmp_path.glob("*.tmp")) == [] and sorted(p.suffix for p in tmp_path.iterdir()) == [".wav"] * 5
+
+
+def test_render_peak_option_is_checked(tmp_path):
+    midi = tmp_path / "five.mid"
+    five_notes(midi)
+    result = cli("render", str(midi), "-o", str(tmp_path / "a.wav"), "--peak", "3")
+    assert result.returncode == 1 and "--peak must be" in result.stderr and not (tmp_path / "a.wav").exists()
 
 
 def test_render_refuses_to_overwrite_its_input(tmp_path):
@@ -93,7 +123,79 @@ def test_no_audio_device_is_a_one_line_error(tmp_path):
     five_notes(midi)
     result = cli("play", str(midi), env={**ENV, "SDL_AUDIODRIVER": "no_such_driver"})
     assert result.returncode == 1 and "no audio device" in result.stderr and "--wav" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"melodylstm render {midi} -o {tmp_path / 'five.wav'}" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["generate", "continue"])
+def test_play_without_audio_device_still_writes_the_file_and_names_it(tmp_path, untrained_checkpoint, command):
+    """No sound card: the music is generated and written all the same, then one error line says
+    so and how to render the file that now exists."""
+    primer, out = tmp_path / "five.mid", tmp_path / "out.mid"
+    five_notes(primer)
+    args = [command, *([str(primer)] if command == "continue" else []), "-o", str(out), "--play",
+            "-c", str(untrained_checkpoint), "--bars", "1", "--seed", "1"]
+    result = cli(*args, env={**ENV, "SDL_AUDIODRIVER": "no_such_driver"})
+    assert result.returncode == 1, result.stderr
+    from melodylstm.midi import read_midi
+
+    assert len(read_midi(out, 12).notes) > 0  # a real MIDI file, with the music
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"wrote {out}")  # written first, then the error
+    assert lines[1].startswith("Error: no audio device") and len(lines) == 2, lines
+    assert f"melodylstm render {out} -o {tmp_path / 'out.wav'}" in lines[1]
+
+
+def test_no_alsa_noise_without_a_sound_card(tmp_path):
+    """libasound prints `ALSA lib ...` lines when it finds no card: none reach stderr, -v shows them.
+    Skipped where ALSA finds a device (then there is nothing to hide)."""
+    midi = tmp_path / "five.mid"
+    five_notes(midi)
+    env = {**ENV, "SDL_AUDIODRIVER": "alsa", "AUDIODEV": "no_such_card_melodylstm"}
+    result = cli("play", str(midi), "--synth", "numpy", env=env)
+    if result.returncode == 0 or "no audio device" not in result.stderr:
+        pytest.skip("ALSA opened a device here")
+    assert "ALSA lib" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    verbose = cli("-v", "play", str(midi), "--synth", "numpy", env=env)
+    assert "no audio device" in verbose.stderr
+
+
+QUIET_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from melodylstm import playback
+    playback.SHOW_BACKEND_NOISE = sys.argv[1] == "show"
+    with playback.quiet_stderr():
+        os.write(2, b"ALSA lib noise from C\\n")
+    os.write(2, b"after\\n")
+""")
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_quiet_stderr_captures_the_file_descriptor(show):
+    result = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, "show" if show else "hide"], capture_output=True,
+                            text=True, env=ENV, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("ALSA lib noise from C" in result.stderr) == show and result.stderr.endswith("after\n")
+
+
+def test_ports_says_in_one_line_when_the_midi_system_fails(monkeypatch):
+    """rtmidi raises its own error (not an OSError) when e.g. the ALSA sequencer is missing."""
+    import mido
+    from click.testing import CliRunner
+
+    from melodylstm.cli import cli as melodylstm
+
+    class SystemError_(Exception):  # what rtmidi raises: a plain Exception subclass
+        pass
+
+    def fail():
+        raise SystemError_("MidiInAlsa::initialize: error creating ALSA sequencer client object.")
+
+    monkeypatch.setattr(mido, "get_output_names", fail)
+    result = CliRunner().invoke(melodylstm, ["ports"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no MIDI system available here"), lines
 
 
 STREAM_SCRIPT = textwrap.dedent("""

@@ -81,3 +81,51 @@ def test_bar_repetition_counts_exact_and_transposed_repeats():
     notes += [(3 * 48, 48, 69, 80, 0)]
     value = stats.bar_repetition(np.array(notes), BarGrid([(0, 4, 4)], 12))
     assert value == pytest.approx(2 / 4)
+
+
+def synthetic_features(n: int, seed: int) -> list[dict]:
+    """n feature rows shaped like piece_features' (histograms and scalars), random values."""
+    template = stats.piece_features(scale_song(0, bars=4))
+    rng = np.random.default_rng(seed)
+    return [{name: rng.random(value.shape) for name, value in template.items()} for _ in range(n)]
+
+
+def test_stats_memory_stays_flat_on_a_large_reference():
+    """10,000 reference pieces: all pairs would be 50 million distances per feature (the KDE of
+    4 million took 24 GB); sampled pairs and a chunked KDE keep the peak far below 200 MB."""
+    import tracemalloc
+
+    generated, reference = synthetic_features(40, 1), synthetic_features(10_000, 2)
+    tracemalloc.start()
+    try:
+        result = stats.compare(generated, reference)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200e6, f"peak {peak / 1e6:.0f} MB"
+    assert 0 <= result["polyphony"]["overlap_area"] <= 1.0001
+    # same seed, same sample; the sample is a fair one (random sets overlap almost fully)
+    again = stats.compare(generated, reference)
+    assert again["pitch_range"]["overlap_area"] == result["pitch_range"]["overlap_area"] > 0.8
+
+
+def test_pairs_are_all_pairs_up_to_the_bound_then_a_seeded_sample_without_self_pairs():
+    i, j = stats.pair_indices(5)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(a, b) for a in range(5) for b in range(a + 1, 5)]
+    i, j = stats.pair_indices(3, 4)
+    assert len(i) == 12 and set(zip(i.tolist(), j.tolist())) == {(a, b) for a in range(3) for b in range(4)}
+    i, j = stats.pair_indices(1000, max_pairs=5000, rng=np.random.default_rng(7))
+    assert len(i) == 5000 and not (i == j).any() and i.max() == 999 and j.max() == 999
+    i2, _ = stats.pair_indices(1000, max_pairs=5000, rng=np.random.default_rng(7))
+    assert (i == i2).all()
+
+
+def test_stats_samples_a_large_folder_with_a_seed(tmp_path):
+    for i in range(12):
+        write_midi(scale_song(i, bars=2), tmp_path / f"{i:02}.mid")
+    a, _, found = stats.load_set(tmp_path, max_pieces=5, seed=3)
+    b, _, _ = stats.load_set(tmp_path, max_pieces=5, seed=3)
+    c, _, _ = stats.load_set(tmp_path, max_pieces=5, seed=4)
+    assert found == 12 and len(a) == 5
+    key = lambda feats: [f["pitch_class_histogram"].tolist() for f in feats]  # noqa: E731
+    assert key(a) == key(b) and key(a) != key(c)
