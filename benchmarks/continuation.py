@@ -1,0 +1,160 @@
+"""Continuations on held-out melody sets unlike the bundled tunes: per piece, how close the
+model's answer is to the real continuation, next to repeating the primer.
+
+    python benchmarks/continuation.py                 # build the sets, default model, 4 + 4 bars
+    python benchmarks/continuation.py --sets chorale-soprano --pieces 20 -c checkpoints/run
+
+The sets (built into --work, never committed, never trained on by the default model):
+  chorale-soprano     the soprano line of the held-out chorales (the default model's own
+                      validation split of datasets/bach_chorales) as a one-voice melody
+  palestrina-cantus   the top voice of Palestrina's masses in music21's corpus: slow,
+                      hymn-like lines in whole and half notes
+  nottingham-melody   the Nottingham folk melodies without their chords (../shared/midi,
+                      when present)
+Tune on chorale-soprano; the others are reported, not tuned on.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from melodylstm.midi import ONSET, Song, crop_song, read_midi, read_midi_tracks, write_midi  # noqa: E402
+
+RES = 12
+
+
+def from_first_bar(song: Song) -> Song:
+    """The song from the bar line before its first note (a voice that enters late starts at once)."""
+    grid = song.bar_grid()
+    first = int(song.notes[:, ONSET].min())
+    return crop_song(song, grid.start(grid.index_at_or_after(first + 1) - 1))
+
+
+def one_track(path: Path, name: str) -> Song | None:
+    for track, song in read_midi_tracks(path, RES):
+        if name.lower() in track.lower() and len(song.notes):
+            return from_first_bar(song)
+    return None
+
+
+def chorale_sopranos(out: Path, val_fraction: float = 0.1) -> int:
+    from melodylstm.data import is_validation
+
+    count = 0
+    for path in sorted((ROOT / "datasets" / "bach_chorales").glob("*.mid")):
+        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        song = one_track(path, "soprano") if is_validation(digest, val_fraction) else None
+        if song is not None:
+            write_midi(song, out / path.name)
+            count += 1
+    return count
+
+
+def nottingham_melodies(out: Path) -> int:
+    folder = ROOT.parent / "shared" / "midi" / "nottingham"
+    count = 0
+    for path in sorted(folder.glob("*.mid")) if folder.is_dir() else []:
+        song = one_track(path, "melody")
+        if song is not None:
+            write_midi(song, out / path.name)
+            count += 1
+    return count
+
+
+def palestrina_cantus(out: Path, pieces: int = 60) -> int:
+    """The first (top) part of an evenly spaced sample of Palestrina's pieces in music21."""
+    from music21 import corpus
+
+    paths = sorted(str(p) for p in corpus.getComposer("palestrina"))
+    chosen = paths[:: max(1, len(paths) // pieces)][:pieces]
+    count = 0
+    for path in chosen:
+        try:
+            part = corpus.parse(path).parts[0]
+            target = out / (Path(path).stem + ".mid")
+            part.write("midi", fp=str(target))
+            write_midi(from_first_bar(read_midi(target, RES)), target)
+            count += 1
+        except Exception as exc:  # a corpus file music21 cannot convert: skip it, say so
+            print(f"skipped {Path(path).name}: {exc}", file=sys.stderr)
+    return count
+
+
+BUILDERS = {"chorale-soprano": chorale_sopranos, "palestrina-cantus": palestrina_cantus,
+            "nottingham-melody": nottingham_melodies}
+
+
+def build(name: str, work: Path) -> Path | None:
+    out = work / name
+    if out.is_dir() and any(out.glob("*.mid")):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    n = BUILDERS[name](out)
+    print(f"{name}: {n} pieces in {out}", file=sys.stderr)
+    return out if n else None
+
+
+ROWS = [("mean_pitch", "mean pitch (semitones)", ".2f"), ("pitch_range", "pitch range", ".1f"),
+        ("in_key", "in-key rate", ".3f"), ("notes_per_beat", "notes per beat", ".2f"),
+        ("note_length_overlap", "note lengths (1 - overlap)", ".2f"),
+        ("inter_onset_overlap", "inter-onsets (1 - overlap)", ".2f"), ("polyphony", "notes sounding together", ".2f"),
+        ("silent_share", "silent time", ".3f"), ("motif", "primer motifs", ".2f")]
+
+
+def table(name: str, report: dict) -> str:
+    lk = report["real_continuation_likelihood"]
+    lines = [f"**{name}** ({report['pieces']} pieces; real continuation given the primer: "
+             f"{lk['bits_per_note']:.2f} bits/note, causal)", "",
+             "| feature | real | model | repeat | median distance: model / repeat | model as close |",
+             "|---|---|---|---|---|---|"]
+    for key, label, fmt in ROWS:
+        f = report["features"][key]
+
+        def v(x):
+            return "-" if x is None else format(x, fmt)
+        share = "-" if f["model_as_close"] is None else f"{f['model_as_close']:.0%}"
+        lines.append(f"| {label} | {v(f['real'])} | {v(f['model'])} | {v(f['repeat'])} | "
+                     f"{v(f['model_distance'])} / {v(f['repeat_distance'])} | {share} |")
+    missed = [k for k, g in report["goals"].items() if g["ok"] is False]
+    lines += ["", "goals missed: " + (", ".join(missed) if missed else "none")]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from melodylstm.checkpoint import load_checkpoint
+    from melodylstm.continuation import evaluate_continuation
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", "--checkpoint", default=None, help="default: the bundled default model")
+    ap.add_argument("--sets", default=",".join(BUILDERS))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/melodylstm-melody-sets"))
+    ap.add_argument("--pieces", type=int, default=60)
+    ap.add_argument("--primer-bars", type=int, default=4)
+    ap.add_argument("--bars", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)  # None: the bundled default model
+    results = {}
+    for name in args.sets.split(","):
+        folder = build(name, args.work)
+        if folder is None:
+            print(f"{name}: not available here, skipped", file=sys.stderr)
+            continue
+        report = evaluate_continuation(ckpt, folder, "all", args.primer_bars, args.bars, args.pieces, seed=args.seed)
+        results[name] = report
+        print(table(name, report) + "\n", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
