@@ -767,6 +767,9 @@ def studio(ctx, midi_file, checkpoint, out_dir, in_port, bars, temperature, temp
         raise UserError("--time-signature must look like 3/4 and --size like 1100x560") from None
     if not 20 <= tempo <= 400:
         raise UserError("--tempo must be between 20 and 400 bpm")
+    if bars < 1 or temperature < 0 or (pause is not None and pause < 0):
+        raise UserError("--bars must be 1 or more, --temperature and --pause 0 or more")
+    # key, style and MIDI_FILE are checked against the model by run_studio, before the window opens
     ctx.exit(run_studio(midi_file, checkpoint, out_dir, in_port, bars, temperature, tempo, metre, key, style, pause,
                         not no_metronome, seed, synth, soundfont, (width, height)))
 

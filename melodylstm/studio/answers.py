@@ -230,8 +230,14 @@ def check_controls(generator, key=None, style=None) -> list[str]:
             messages.append(f"this model has no {name} control: answering without {name} {value}")
     if request:
         key = request.get("key")
-        generator._control_request(None if key == "auto" else key, request.get("style"), None, None, False,
-                                   auto_key=key == "auto")
+        try:
+            generator._control_request(None if key == "auto" else key, request.get("style"), None, None, False,
+                                       auto_key=key == "auto")
+        except ValueError as exc:
+            if "--strict-key" in str(exc):  # a flag of generate's: the studio has none
+                raise ValueError(f"--key {key}: the studio keeps answers in major and minor keys "
+                                 "(e.g. D:minor, F#) or auto") from None
+            raise
     return messages
 
 
