@@ -303,6 +303,24 @@ def test_session_api_answer_undo_save(tmp_path, untrained_checkpoint):
     assert [p.kind for p in session.parts] == ["phrase"]
 
 
+def test_session_edits_remove_the_very_part_and_retime_from_the_next_bar():
+    session = Session(bpm=120)
+    session.add_note(60, 0.0, 0.4)
+    first, second = session.begin_answer(seed=1), session.begin_answer(seed=1)  # equal, field by field
+    session.mark_saved(session.version)
+    assert session.remove(second) and session.parts[-1] is first  # that one, not the first equal one
+    assert not session.dirty  # an empty part removed changes nothing to save
+    session.extend_answer(first, [[4.0, 4.5, 62, 90, 0]])
+    assert session.dirty and session.note_count() == 2
+    session.mark_saved(session.version)
+    assert session.remove(first) and session.dirty and not session.remove(first)
+    session.retime(3.0, bpm=60)  # notes recorded: from the next bar line (4 s) on
+    assert session.meter.seconds(8 * 480) == pytest.approx(4.0) and session.meter.seconds(9 * 480) == pytest.approx(5.0)
+    empty = Session(bpm=120)
+    empty.retime(3.0, bpm=60, metre=(3, 4))  # nothing recorded: the grid moves from time 0
+    assert empty.meter.seconds(480) == pytest.approx(1.0) and empty.meter.signatures == [(0, 3, 4)]
+
+
 def test_piano_roll_colours_tracks_apart_unless_some_notes_are_the_models():
     from melodylstm.pianoroll import INSTRUMENTS, note_colours
 
