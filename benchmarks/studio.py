@@ -73,8 +73,8 @@ CHILD = textwrap.dedent("""
         return r.ru_utime + r.ru_stime
 
     def keys(app):  # key presses while the model samples a long answer, then with nothing going on
-        app.gen_options["pitch_range"] = "C2-B4"
-        app.pause = 1e9  # no answers but the ones asked for
+        app.answerer.gen_options["pitch_range"] = "C2-B4"
+        app.answerer.pause = 1e9  # no answers but the ones asked for
         time.sleep(1.0)
         for key in "adgk":
             tap(key)

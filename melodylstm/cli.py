@@ -729,13 +729,16 @@ def show(ctx, midi_file, out, width, height, new_from):
 @click.option("--bars", default=2, show_default=True, help="Length of each answer.")
 @click.option("-t", "--temperature", default=CONTINUE_TEMPERATURE, show_default=True)
 @click.option("--tempo", default=120.0, show_default=True, help="Beats per minute used to read your playing.")
+@click.option("--time-signature", default="4/4", show_default=True,
+              help="Metre used to read your playing (a phrase's first note is a downbeat).")
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
 @click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto")
 @click.option("--answers", type=click.IntRange(min=1), help="Stop after this many answers (for scripts; default: until Ctrl-C).")
 @click.option("--seed", type=int, help="Random seed: the same phrase gets the same answer.")
 @click.pass_context
-def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, soundfont, synth, answers, seed):
+def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, time_signature, pause, soundfont, synth, answers,
+        seed):
     """Call and response: play a phrase on a MIDI keyboard, pause, and the model answers.
 
     Ports come from mido + python-rtmidi; the MIDO_BACKEND environment variable picks the
@@ -747,7 +750,13 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
     from .playback import open_midi_input, open_midi_output, play_to_port
 
     playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])
-
+    try:
+        metre = tuple(int(x) for x in time_signature.split("/"))
+        assert len(metre) == 2 and metre[0] > 0 and metre[1] in (1, 2, 4, 8, 16, 32)
+    except (ValueError, AssertionError):
+        raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
+    if not 20 <= tempo <= 400:
+        raise UserError("--tempo must be between 20 and 400 bpm")
     # Load the model before opening any port: once jam's input port exists, jam is listening
     # (notes played during the load would otherwise arrive at once and lose their timing).
     gen = load_generator(ctx, checkpoint)
@@ -764,7 +773,7 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, pause, sou
 
         info(ctx, f"listening on {in_port}: play a phrase, then pause; Ctrl-C ends")
         try:
-            Jam(gen, respond, bars, temperature, tempo, pause, seed=seed).run(inport, max_answers=answers)
+            Jam(gen, respond, bars, temperature, tempo, pause, seed=seed, metre=metre).run(inport, max_answers=answers)
         except KeyboardInterrupt:  # the normal way to end a jam: no "Aborted!", exit status 0
             info(ctx, "stopped")
 
@@ -815,6 +824,9 @@ def studio(ctx, midi_file, checkpoint, out_dir, in_port, bars, temperature, temp
         raise UserError("--time-signature must look like 3/4 and --size like 1100x560") from None
     if not 20 <= tempo <= 400:
         raise UserError("--tempo must be between 20 and 400 bpm")
+    if bars < 1 or temperature < 0 or (pause is not None and pause < 0):
+        raise UserError("--bars must be 1 or more, --temperature and --pause 0 or more")
+    # key, style and MIDI_FILE are checked against the model by run_studio, before the window opens
     ctx.exit(run_studio(midi_file, checkpoint, out_dir, in_port, bars, temperature, tempo, metre, key, style, pause,
                         not no_metronome, seed, synth, soundfont, (width, height)))
 

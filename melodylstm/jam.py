@@ -1,7 +1,9 @@
-"""`melodylstm jam`: call and response with a MIDI keyboard.
+"""`melodylstm jam`: call and response with a MIDI keyboard, in any metre.
 
 The player plays a phrase; after a pause (default: one bar of silence) the model answers with
-a continuation of it, played live; then it listens again."""
+a continuation of it, played live; then it listens again. Each phrase is captured in a studio
+`Session` whose clock starts at its first note (with no metronome to play to, that note is the
+downbeat), so the primer has the session's tempo and metre."""
 from __future__ import annotations
 
 import time
@@ -9,54 +11,60 @@ import time
 import numpy as np
 
 from .config import CONTINUE_TEMPERATURE
-from .midi import Song
 from .playback import Timeline
+from .studio.session import Session
+
+DEFAULT_RESOLUTION = 12  # the grid of a jam without a model (tests): the bundled model's
 
 
 class Jam:
     def __init__(self, generator, respond, bars=2, temperature=CONTINUE_TEMPERATURE, tempo=120.0, pause=None, seed=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, metre=(4, 4)):
         self.gen, self.respond, self.clock = generator, respond, clock
-        self.bars, self.temperature, self.tempo, self.seed = bars, temperature, tempo, seed
-        self.bar_seconds = 4 * 60.0 / tempo  # one 4/4 bar
+        self.bars, self.temperature, self.tempo, self.metre, self.seed = bars, temperature, tempo, tuple(metre), seed
+        self.resolution = generator.tok.config.resolution if generator is not None else DEFAULT_RESOLUTION
+        self.listen()
+        self.bar_seconds = self.session.meter.bar_seconds()
         self.pause = pause if pause is not None else self.bar_seconds  # one bar of silence ends a phrase
-        self.held = {}  # pitch -> (start seconds, velocity)
-        self.phrase = []  # (start s, end s, pitch, velocity)
-        self.last_event = None
         self.answers = 0
+
+    def listen(self) -> None:
+        """A new phrase: a fresh session, its clock started by the next note."""
+        self.session = Session(self.tempo, self.metre, self.resolution)
+        self.t0 = None  # the clock's time of the phrase's first note: the session's time 0
+        self.last_event = None
+
+    @property
+    def phrase(self) -> list:
+        """The notes played so far: [start s, end s, pitch, velocity, program] (keys held are not in it)."""
+        part = self.session.last_part()
+        return part.notes if part is not None else []
 
     def feed(self, msg, now: float) -> None:
         if msg.type == "note_on" and msg.velocity > 0:
-            self.held[msg.note] = (now, msg.velocity)
-        elif msg.type in ("note_off", "note_on") and msg.note in self.held:
-            start, velocity = self.held.pop(msg.note)
-            self.phrase.append((start, now, msg.note, velocity))
+            self.t0 = now if self.t0 is None else self.t0
+            self.session.note_on(msg.note, msg.velocity, now - self.t0)
+        elif msg.type in ("note_off", "note_on") and msg.note in self.session.held:
+            self.session.note_off(msg.note, now - self.t0)
         else:
             return
         self.last_event = now
 
     def ready(self, now: float) -> bool:
         self.release_stuck(now)
-        return bool(self.phrase) and not self.held and now - self.last_event >= self.pause
+        session = self.session
+        return session.unanswered() and not session.held and now - self.last_event >= self.pause
 
     def release_stuck(self, now: float) -> None:
         """A note held over four bars of silence is taken as released: a lost note-off (MIDI drivers
         drop events under load) must not stop the jam from ever answering."""
-        if self.held and now - self.last_event >= 4 * self.bar_seconds:
-            for pitch, (start, velocity) in list(self.held.items()):
-                self.phrase.append((start, self.last_event, pitch, velocity))
-            self.held.clear()
-
-    def phrase_song(self) -> Song:
-        res = self.gen.tok.config.resolution
-        step = 60.0 / self.tempo / res
-        t0 = min(p[0] for p in self.phrase)
-        notes = [[round((s - t0) / step), max(1, round((e - s) / step)), pitch, vel, 0] for s, e, pitch, vel in self.phrase]
-        return Song(np.array(notes), res, [(0, round(60e6 / self.tempo))], [(0, 4, 4)])
+        if self.session.held and now - self.last_event >= 4 * self.bar_seconds:
+            for pitch in list(self.session.held):
+                self.session.note_off(pitch, self.last_event - self.t0)
 
     def answer(self) -> Timeline:
         """The model's continuation as a timeline starting now (the phrase is not replayed)."""
-        primer = self.phrase_song()
+        primer, _ = self.session.primer()
         result = self.gen.continue_(primer, bars=self.bars, temperature=self.temperature, seed=self.seed)[0]
         timeline = Timeline()
         start = result.start
@@ -67,7 +75,7 @@ class Jam:
             for (onset, dur, pitch, vel, prog), s, e in zip(notes.tolist(), np.atleast_1d(seconds), np.atleast_1d(ends)):
                 timeline.add_note(max(0.0, float(s)), float(e), pitch, vel, prog)
         timeline.close()
-        self.phrase, self.held, self.last_event = [], {}, None
+        self.listen()
         self.answers += 1
         return timeline
 

@@ -303,6 +303,24 @@ def test_session_api_answer_undo_save(tmp_path, untrained_checkpoint):
     assert [p.kind for p in session.parts] == ["phrase"]
 
 
+def test_session_edits_remove_the_very_part_and_retime_from_the_next_bar():
+    session = Session(bpm=120)
+    session.add_note(60, 0.0, 0.4)
+    first, second = session.begin_answer(seed=1), session.begin_answer(seed=1)  # equal, field by field
+    session.mark_saved(session.version)
+    assert session.remove(second) and session.parts[-1] is first  # that one, not the first equal one
+    assert not session.dirty  # an empty part removed changes nothing to save
+    session.extend_answer(first, [[4.0, 4.5, 62, 90, 0]])
+    assert session.dirty and session.note_count() == 2
+    session.mark_saved(session.version)
+    assert session.remove(first) and session.dirty and not session.remove(first)
+    session.retime(3.0, bpm=60)  # notes recorded: from the next bar line (4 s) on
+    assert session.meter.seconds(8 * 480) == pytest.approx(4.0) and session.meter.seconds(9 * 480) == pytest.approx(5.0)
+    empty = Session(bpm=120)
+    empty.retime(3.0, bpm=60, metre=(3, 4))  # nothing recorded: the grid moves from time 0
+    assert empty.meter.seconds(480) == pytest.approx(1.0) and empty.meter.signatures == [(0, 3, 4)]
+
+
 def test_piano_roll_colours_tracks_apart_unless_some_notes_are_the_models():
     from melodylstm.pianoroll import INSTRUMENTS, note_colours
 
@@ -349,6 +367,86 @@ def test_stuck_stream_channel_moves_on():
     time.sleep(playback.STUCK_SECONDS)
     output._unstick()
     assert output.channel.i == 1 and output.channel.played == "block" and output.restarts == 1
+
+
+# ---------------------------------------------------------------- controls and options, checked first
+
+def test_controls_the_model_lacks_are_left_out_with_a_message(untrained_checkpoint):
+    """The studio's key and style reach the model only if its checkpoint has those controls;
+    otherwise the answer comes without them and the status line says so."""
+    from melodylstm.generate import Generator
+    from melodylstm.studio import Answerer, NullAudio, sample_answer, supported_controls
+
+    plain, full = Generator.load(untrained_checkpoint), Generator.load()
+    assert supported_controls(plain) == set()  # trained without controls
+    assert {"key", "style"} <= supported_controls(full)
+    said = []
+    session = Session()
+    session.add_note(60, 0.0, 0.4)
+    session.add_note(64, 0.5, 0.9)
+    answerer = Answerer(session, plain, NullAudio(), None, lambda text, **kw: said.append(text), [],
+                        bars=1, key="D:minor", style="tune")
+    kwargs = answerer.controls()
+    assert "key" not in kwargs and "style" not in kwargs
+    assert said == ["this model has no key control: answering without key D:minor",
+                    "this model has no style control: answering without style tune"]
+    reports = []  # and the answer comes (the model would refuse a key it was not trained with)
+    sample_answer(plain, session.primer()[0], kwargs, 1, lambda kind, payload: reports.append(kind), lambda: False)
+    assert reports[-1] == "done" and "note" in reports
+    said.clear()
+    answerer.gen = full
+    kwargs = answerer.controls()
+    assert (kwargs["key"], kwargs["style"], said) == ("D:minor", "tune", [])
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--key", "Q:lydian"], "Error: unknown key 'Q:lydian'"),
+    (["--key", "C:lydian"], "Error: --key C:lydian: the studio keeps answers in major and minor keys"),
+    (["--style", "\N{VIOLIN}"], "Error: unknown style '\N{VIOLIN}': this model knows chorale, tune"),
+    (["missing.mid"], "Error: cannot load missing.mid: cannot read"),
+    (["junk.mid"], "Error: cannot load junk.mid: not a MIDI file"),
+    (["empty.mid"], "Error: cannot load empty.mid: the file has no notes"),
+    (["--bars", "0"], "Error: --bars must be 1 or more"),
+    (["-t", "-1"], "Error: --bars must be 1 or more, --temperature and --pause 0 or more"),
+])
+def test_bad_options_and_files_exit_1_before_the_window_opens(tmp_path, monkeypatch, args, error):
+    from click.testing import CliRunner
+
+    from melodylstm.cli import cli
+    from melodylstm.studio import window
+
+    (tmp_path / "junk.mid").write_text("not music")
+    write_midi(Song(np.zeros((0, 5), dtype=np.int64), 12, [(0, 500000)]), tmp_path / "empty.mid")
+    opened = []
+    monkeypatch.setattr(window.Studio, "run", lambda app: opened.append(app) or 0)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["studio", *args, "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and not opened, result.output
+    assert result.output.startswith(error) and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_good_options_and_file_open_the_window(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from melodylstm.cli import cli
+    from melodylstm.studio import NullAudio, window
+
+    def no_process(checkpoint):
+        raise OSError("not in this test")
+
+    write_midi(Song(np.array([[0, 12, 62, 90, 0], [12, 12, 65, 90, 0]]), 12, [(0, 500000)]), tmp_path / "p.mid")
+    opened = []
+    monkeypatch.setattr(window.Studio, "run", lambda app: opened.append(app) or 0)
+    monkeypatch.setattr(window, "SamplerProcess", no_process)
+    monkeypatch.setattr(window, "open_audio", lambda synth, soundfont, messages: NullAudio())
+    result = CliRunner().invoke(cli, ["studio", str(tmp_path / "p.mid"), "--key", "D:minor", "--style", "tune",
+                                      "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    (app,) = opened
+    assert (app.answerer.key, app.answerer.style) == ("D:minor", "tune")
+    assert [n[2] for n in app.session.parts[0].notes] == [62, 65]  # the file, read once before the window
+    app.answerer.cancel()
 
 
 # ---------------------------------------------------------------- generate --play and Ctrl-C
