@@ -18,7 +18,9 @@ import numpy as np
 
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, BarGrid
 
-CONTROLS_VERSION = 1  # part of the token cache key: bump when any estimate below changes
+import os
+CAUSAL_INPUTS = os.environ.get("MELODYLSTM_CAUSAL_INPUTS") == "1"  # prototype switch
+CONTROLS_VERSION = 2 if CAUSAL_INPUTS else 1  # part of the token cache key: bump when any estimate below changes
 
 # ---------------------------------------------------------------- keys
 
@@ -302,6 +304,30 @@ def token_times(tokens, tok, grid: BarGrid) -> np.ndarray:
     return out
 
 
+def running_keys(notes: np.ndarray, n_beats: int, resolution: int, min_notes: int = 8) -> np.ndarray:
+    """Key index per beat from the notes that start before that beat (Krumhansl-Schmuckler on
+    the duration-weighted pitch classes heard so far); unknown until `min_notes` have started."""
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    out = np.full(n_beats, KEY_UNKNOWN, dtype=np.int64)
+    if len(pitched) == 0 or n_beats == 0:
+        return out
+    beat = np.minimum(pitched[:, ONSET] // resolution, n_beats - 1).astype(np.int64)
+    hist = np.zeros((n_beats, 12))
+    np.add.at(hist, (beat, pitched[:, PITCH] % 12), pitched[:, DURATION])
+    count = np.bincount(beat, minlength=n_beats)
+    # before beat b: the sum over beats < b
+    heard = np.vstack([np.zeros((1, 12)), np.cumsum(hist, axis=0)[:-1]])
+    heard_count = np.concatenate([[0], np.cumsum(count)[:-1]])
+    profiles = np.stack([np.roll(p, t) for p in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])  # (24, 12)
+    z = (profiles - profiles.mean(1, keepdims=True)) / profiles.std(1, keepdims=True)
+    h = heard - heard.mean(1, keepdims=True)
+    sd = h.std(1, keepdims=True)
+    scores = np.divide(h, sd, out=np.zeros_like(h), where=sd > 0) @ z.T
+    known = (heard_count >= min_notes) & (sd[:, 0] > 0)
+    out[known] = scores[known].argmax(1)
+    return out
+
+
 def controls_for(song, tokens, tok) -> np.ndarray:
     """(len(tokens), 4) uint8: key, chord, density, position after each token of `song`'s
     encoding (style is added per file when the corpus is stored)."""
@@ -312,9 +338,17 @@ def controls_for(song, tokens, tok) -> np.ndarray:
     n_beats = last // res + 1
     n_bars = int(bar_at(grid, np.array([last]))[0]) + 2
     out = np.empty((len(tokens), 4), dtype=np.uint8)
-    out[:, KEY] = estimate_key_index(song.notes)
-    out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[times // res]
-    out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bar_at(grid, times)]
+    beats, bars = times // res, bar_at(grid, times)
+    if CAUSAL_INPUTS:
+        out[:, KEY] = running_keys(song.notes, n_beats, res)[beats]
+        chords = np.concatenate([[NO_CHORD], estimate_chords(song.notes, n_beats, res)])  # the beat before
+        out[:, CHORD] = chords[beats]
+        densities = np.concatenate([[DENSITY_UNKNOWN], bar_densities(song.notes, grid, n_bars, res)])
+        out[:, DENSITY] = densities[bars]
+    else:
+        out[:, KEY] = estimate_key_index(song.notes)
+        out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[beats]
+        out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bars]
     out[:, POSITION] = position_in_bar(grid, times, res)
     return out
 
@@ -331,10 +365,15 @@ def transpose(controls: np.ndarray, shift: np.ndarray) -> None:
     controls[..., CHORD] = np.where(known, ((chord // q + s) % 12) * q + chord % q, chord)
 
 
-def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray) -> None:
+def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray, together: float = 0.0,
+         group=None) -> None:
     """Set each control of each row to "unknown" with `probability` (in place; (B, T, C)):
-    the model learns to do without any of them."""
+    the model learns to do without any of them. With `together`, the columns in `group` (a
+    boolean mask) are also hidden all at once in that share of the rows: the causal figure
+    sees none of them, so the model must practise that case too."""
     hidden = rng.random((controls.shape[0], controls.shape[2])) < probability
+    if together and group is not None:
+        hidden |= (rng.random(controls.shape[0]) < together)[:, None] & np.asarray(group, bool)[None, :]
     controls[:] = np.where(hidden[:, None, :], unknown[None, None, :controls.shape[2]], controls)
 
 

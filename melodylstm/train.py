@@ -369,8 +369,11 @@ class Run:
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         columns = ctl.columns_of(model_config)
         train_controls = self.store.train_controls[:, columns] if columns else None
+        group = [name in ctl.FROM_FUTURE_NOTES for name in model_config.control_names]
         self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
-                                     train_controls, ctl.unknown_of(model_config), transpose_share=cfg.transpose_share)
+                                     train_controls, ctl.unknown_of(model_config), transpose_share=cfg.transpose_share,
+                                     hide_together=float(os.environ.get("MELODYLSTM_HIDE_TOGETHER", "0")),
+                                     together_group=group)
         index = validation_index(len(self.store.val), self.sampler.seq_len, MAX_VAL_TOKENS)
         self.val_windows = self.store.val[index].astype(np.int64)
         self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None
@@ -492,7 +495,9 @@ class Run:
         """The control inputs validation gives: causal, since key, chord and density describe
         notes still to come (the best checkpoint, early stopping and the switch to regularise
         all follow this figure)."""
-        return None if self.val_controls is None else ctl.causal(self.val_controls, self.model_config)
+        if self.val_controls is None or ctl.CAUSAL_INPUTS:
+            return self.val_controls
+        return ctl.causal(self.val_controls, self.model_config)
 
     def validate(self) -> float:
         nll = float("nan")
