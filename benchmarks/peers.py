@@ -228,8 +228,8 @@ def train_gpt(seqs, vocab: int, size: GPTSize, minutes: float, check_seqs=(), se
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        while checks and progress() >= checks[0]:
-            checks.pop(0)
+        if checks and progress() >= checks[0]:
+            checks = [c for c in checks if c > progress()]  # one check for every fraction passed
             nats = check_nats(model, check_seqs, size.context)
             if nats < best[0]:
                 best = (nats, copy.deepcopy(model.state_dict()), step)

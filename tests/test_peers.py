@@ -70,7 +70,7 @@ def test_gpt_schedule_ends_with_the_time_budget(files):
     seqs, vocab = peers.tsd_tokens(files[0])
     started = time.perf_counter()
     _, info = peers.train_gpt(seqs, vocab, TINY[0], minutes=0.02)
-    assert 1.2 <= time.perf_counter() - started < 4 and info["steps"] > 0
+    assert 1.2 <= time.perf_counter() - started < 6 and info["steps"] > 0
 
 
 @pytest.mark.parametrize("seed", range(3))
