@@ -1,5 +1,6 @@
-"""Quality per CPU-minute: `melodylstm train` with its defaults against a plain PyTorch loop (the
-peer) and a Kneser-Ney 5-gram, on each corpus's held-out files, for fixed time budgets.
+"""Quality per CPU-minute: `melodylstm train` with its defaults against two peers (a plain PyTorch
+LSTM loop and a small GPT, `peers.py`) and a Kneser-Ney 5-gram, on each corpus's held-out files,
+for fixed time budgets.
 
     python benchmarks/quality.py                       # 1, 5 and 10 minutes on every corpus found
     python benchmarks/quality.py --minutes 1 --corpus chorales=datasets/bach_chorales
@@ -7,10 +8,12 @@ peer) and a Kneser-Ney 5-gram, on each corpus's held-out files, for fixed time b
 
 Corpora: the bundled chorales and tunes, and ../shared/midi/nottingham and ../shared/midi/pop909
 when present. Every figure is bits per note on the same held-out files (melodylstm's content-hash
-validation split), so the three models are compared on the same music whatever their tokens.
-The peer is what a user would write in 40 lines: MidiTok TSD tokens, nn.LSTM 2x256, AdamW at a
-constant 2e-3, random windows of 128 tokens, no augmentation. Runs one thing at a time: a timed
-run must have the machine to itself.
+validation split), so the four models are compared on the same music whatever their tokens.
+The LSTM peer ("peer" in the JSON) is what a user would write in 40 lines: MidiTok TSD tokens,
+nn.LSTM 2x256, AdamW at a constant 2e-3, random windows of 128 tokens, no augmentation. The GPT
+peer ("gpt") is a small Transformer on the same tokens, the better of two sizes each trained for
+the same minutes (chosen on 5% of the training files, never on the held-out ones). Runs one thing
+at a time: a timed run must have the machine to itself.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from peers import gpt_bits, lstm_loop_bits, tsd_tokens  # noqa: F401 (tsd_tokens: kept importable from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 LN2 = math.log(2)
@@ -66,69 +71,11 @@ def melodylstm_bits(folder: Path, minutes: float, workdir: Path, threads: int = 
             "regularised_at": switched[0] if switched else None}
 
 
-# ---------------------------------------------------------------- the peer: a plain loop
-
-def tsd_tokens(files):
-    import miditok
-    import symusic
-
-    tok = miditok.TSD(miditok.TokenizerConfig(use_programs=True, num_velocities=32))
-    seqs = []
-    for f in files:
-        ids = tok.encode(symusic.Score(f.path)).ids
-        seqs.append(np.array([tok["BOS_None"]] + list(ids) + [tok["EOS_None"]], dtype=np.int64))
-    return seqs, len(tok)
-
-
-def peer_bits(train, val, minutes: float, seed: int = 0, threads: int = 0) -> dict:
-    """The 40-line loop a user would write; bits/note on the validation files, state carried."""
-    import torch
-    from torch import nn
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    train_seqs, vocab = tsd_tokens(train)
-    val_seqs, _ = tsd_tokens(val)
-    stream = torch.from_numpy(np.concatenate(train_seqs))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb, self.lstm, self.head = nn.Embedding(vocab, 128), nn.LSTM(128, 256, 2, batch_first=True, dropout=0.2), nn.Linear(256, vocab)
-
-        def forward(self, x, state=None):
-            y, state = self.lstm(self.emb(x), state)
-            return self.head(y), state
-
-    net = Net()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
-    deadline, steps, g = time.perf_counter() + minutes * 60, 0, torch.Generator().manual_seed(seed)
-    while time.perf_counter() < deadline:
-        starts = torch.randint(0, len(stream) - 129, (32,), generator=g)
-        batch = stream[starts[:, None] + torch.arange(129)]
-        logits, _ = net(batch[:, :-1])
-        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), batch[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        steps += 1
-    net.eval()
-    nats = 0.0
-    with torch.no_grad():
-        for seq in val_seqs:
-            x = torch.from_numpy(seq)[None]
-            logits, _ = net(x[:, :-1])
-            nats += float(nn.functional.cross_entropy(logits[0], x[0, 1:], reduction="sum"))
-    notes = sum(r.notes for r in val)
-    return {"bits_per_note": nats / LN2 / notes, "steps": steps}
-
-
 # ---------------------------------------------------------------- the table
 
 def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, peer_rows=()) -> list:
-    """peer_rows: rows of an earlier run whose peer figures are reused (the peer is not re-trained)."""
+    """peer_rows: rows of an earlier run whose peer figures are reused (a peer the earlier run has
+    no figure for is trained)."""
     earlier = {(r["corpus"], r["minutes"]): r for r in peer_rows}
     rows = []
     for name, folder in corpora.items():
@@ -136,20 +83,25 @@ def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, pe
         for minutes in minutes_list:
             with tempfile.TemporaryDirectory() as tmp:
                 ours = melodylstm_bits(folder, minutes, Path(tmp), threads)
-            old = earlier.get((name, minutes))
-            peer = ({"bits_per_note": old["peer"], "steps": old["peer_steps"]} if old
-                    else peer_bits(train, val, minutes, threads=threads))
+            old = earlier.get((name, minutes), {})
+            peer = ({"bits_per_note": old["peer"], "steps": old["peer_steps"]} if "peer" in old
+                    else lstm_loop_bits(train, val, minutes, threads=threads))
+            gpt = ({"bits_per_note": old["gpt"], "steps": old["gpt_steps"], "size": old["gpt_size"], "tried": old.get("gpt_tried")}
+                   if "gpt" in old else gpt_bits(train, val, minutes, threads=threads))
             row = {"corpus": name, "train_files": len(train), "val_files": len(val),
                    "train_tokens": int(sum(len(r.tokens) for r in train)), "minutes": minutes,
                    "melodylstm": ours["bits_per_note"], "melodylstm_steps": ours["steps"],
-                   "regularised_at": ours["regularised_at"], "peer_from_earlier_run": bool(old),
-                   "peer": peer["bits_per_note"], "peer_steps": peer["steps"], "ngram5": ours["ngram_bits_per_note"]}
+                   "regularised_at": ours["regularised_at"], "peer_from_earlier_run": "peer" in old,
+                   "peer": peer["bits_per_note"], "peer_steps": peer["steps"],
+                   "gpt_from_earlier_run": "gpt" in old, "gpt": float(gpt["bits_per_note"]), "gpt_steps": gpt["steps"],
+                   "gpt_size": gpt["size"], "gpt_tried": gpt["tried"], "ngram5": ours["ngram_bits_per_note"]}
             row["vs_peer"] = 1 - row["melodylstm"] / row["peer"]
+            row["vs_gpt"] = 1 - row["melodylstm"] / row["gpt"]
             row["vs_ngram"] = 1 - row["melodylstm"] / row["ngram5"] if row["ngram5"] else None
             rows.append(row)
             print(format_row(row), flush=True)
             if out_json:
-                out_json.write_text(json.dumps(rows, indent=2))
+                out_json.write_text(json.dumps(rows, indent=2, default=float))
     return rows
 
 
@@ -159,7 +111,8 @@ def format_row(r) -> str:
     vs_ngram = f"{-r['vs_ngram']:+.0%}" if r["vs_ngram"] is not None else "-"
     steps = f"{r['melodylstm_steps']:,}" + (f" (regularised from {r['regularised_at']:,})" if r.get("regularised_at") else "")
     return (f"| {r['corpus']} ({r['train_files']}/{r['val_files']} files) | {r['minutes']:g} | **{r['melodylstm']:.2f}** "
-            f"| {steps} | {r['peer']:.2f} | {ngram} | {-r['vs_peer']:+.0%} | {vs_ngram} |")
+            f"| {steps} | {r['peer']:.2f} | {r['gpt']:.2f} ({r['gpt_size']}) | {ngram} | {-r['vs_peer']:+.0%} "
+            f"| {-r['vs_gpt']:+.0%} | {vs_ngram} |")
 
 
 def main():
@@ -168,14 +121,16 @@ def main():
     parser.add_argument("--corpus", action="append", help="NAME=FOLDER (repeatable; default: every corpus found)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: PyTorch's default)")
-    parser.add_argument("--peer-from", type=Path, help="reuse the peer figures of an earlier --json (same corpora, minutes)")
+    parser.add_argument("--peer-from", type=Path, help="reuse the peers' figures of an earlier --json (same corpora, minutes); "
+                        "a peer it lacks (the GPT, in a JSON from before it) is trained")
     args = parser.parse_args()
     corpora = dict(c.split("=", 1) for c in args.corpus) if args.corpus else default_corpora()
     corpora = {k: Path(v) for k, v in corpora.items()}
     print(f"machine: {os.cpu_count()} cores, {args.threads or 'default'} thread(s) per run; "
           "bits/note on held-out files (lower is better)")
-    print("| corpus (train/val files) | minutes | melodylstm train | its steps | plain loop (peer) | 5-gram | vs peer | vs 5-gram |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| corpus (train/val files) | minutes | melodylstm train | its steps | plain loop (peer) | small GPT (size) "
+          "| 5-gram | vs peer | vs GPT | vs 5-gram |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     peer_rows = json.loads(args.peer_from.read_text()) if args.peer_from else ()
     run(corpora, args.minutes, args.json, args.threads, peer_rows)
 
