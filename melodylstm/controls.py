@@ -399,6 +399,27 @@ def key_prior(controls: np.ndarray, styles) -> dict:
     return prior
 
 
+def style_voices(tokens: np.ndarray, controls: np.ndarray, tok, styles, share: float = 0.95) -> dict:
+    """Per style name ("" for music without a style): how many notes start together at `share`
+    of the corpus's note onsets (1: the style is a single line; 4: four-part chords). Generation
+    holds a style to this texture, so guidance or a wrong style guess cannot turn a line into
+    chords."""
+    from .tokenizer import BAR, BOS, DURATION_T, EOS, SHIFT
+
+    kinds = tok.token_type[np.asarray(tokens, dtype=np.int64)]
+    notes = kinds == DURATION_T  # one DURATION token per note
+    onset = np.cumsum(np.isin(kinds, [BOS, EOS, BAR, SHIFT]))  # time moves only at these
+    out = {}
+    style_ids = controls[:, STYLE].astype(np.int64)
+    for sid in np.unique(style_ids):
+        picked = notes & (style_ids == sid)
+        if not picked.any():
+            continue
+        sizes = np.unique(onset[picked], return_counts=True)[1]
+        out[styles[sid] if sid < len(styles) else ""] = int(np.ceil(np.quantile(sizes, share)))
+    return out
+
+
 def pick_key(prior: dict, style: str | None, rng: np.random.Generator) -> int:
     """A key drawn from the style's share of the corpus (all styles together when the style is
     not in the prior; every key equally for a checkpoint without one)."""

@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .config import (CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH, PICKED_KEY_STRENGTH,
                      PRIMER_KEY_STRENGTH)
 from .fileio import atomic_write_bytes
-from .midi import (DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
+from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
 from . import controls as ctl
 from .sampling import FastLSTM, KeyGuide, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
@@ -142,7 +142,7 @@ class Generator:
     def generate(self, bars=None, seconds=None, tokens=None, num=1, temperature=DEFAULT_TEMPERATURE, top_k=0, top_p=1.0, seed=None,
                  key=None, pitch_range=None, tempo=120.0, time_signature=(4, 4), on_note=None,
                  style=None, chords=None, density=None, strict_key=False,
-                 key_strength=None) -> list[Song]:
+                 key_strength=None, voices=None) -> list[Song]:
         """New pieces from nothing. Returns `num` Songs.
 
         Controls (for a model trained with them): key ('D:minor'), style (a name the model knows;
@@ -151,7 +151,9 @@ class Generator:
         pitches outside the key's scale; key_strength is how hard the key pulls the pitches
         (classifier-free guidance; 0: the model's own conditioning only, -1: the key ignored;
         None: 3 for a key given here, 0 for one drawn from the keys of the corpus's pieces in this
-        style, as happens when no key is given; continue: -0.5 for the primer's key). `self.last_controls` says what was used."""
+        style, as happens when no key is given; continue: -0.5 for the primer's key). voices: at
+        most this many notes sounding at once (None: the style's texture in the corpus, when the
+        checkpoint records it; 0: no limit). `self.last_controls` says what was used."""
         if key == "auto":
             raise ValueError("--key auto needs a primer to listen to; name a key (e.g. D:minor) for generate")
         if not 20 <= tempo <= 400:
@@ -167,6 +169,7 @@ class Generator:
         request = self._control_request(key, style, chords, density, strict_key, key_strength=key_strength,
                                         unnamed_strength=PICKED_KEY_STRENGTH)
         request["style_picked"] = picked
+        request["voices"] = self._voices(voices, style_voices(self.checkpoint.meta, style))
         if key is None and "key" in self.checkpoint.model_config.control_names:
             # the corpus's key for this style: P(key) P(music | key), rather than the key-hidden model
             rng = np.random.default_rng([seed, 1])
@@ -179,11 +182,12 @@ class Generator:
     def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=CONTINUE_TEMPERATURE, top_k=0, top_p=1.0,
                   seed=None, key=None, pitch_range=None, primer_bars=DEFAULT_PRIMER_BARS, on_note=None,
                   style=None, chords=None, density=None, strict_key=False,
-                  key_strength=None) -> list[Continuation]:
+                  key_strength=None, voices="auto") -> list[Continuation]:
         """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song) from its last
         `primer_bars` bars (None: all of it). Controls as for `generate`; by default the primer's
-        key and density are kept, its style is the one under which it is most likely, and the
-        model chooses the chords."""
+        key, density and texture are kept (voices "auto": at most as many notes sounding at once
+        as the primer ever starts together, so a melody is answered with a melody), its style is
+        the one under which it is most likely, and the model chooses the chords."""
         song, source = self._read_primer(primer)
         kept, _ = self.tok.normalize(song)
         if len(kept.notes) == 0:
@@ -199,6 +203,7 @@ class Generator:
         request = self._control_request(None if key == "auto" else key, style, chords, density, strict_key,
                                         auto_key=key == "auto", key_strength=key_strength)
         request["primer_bars"] = primer_bars if total_bars is not None and total_bars > primer_bars else None
+        request["voices"] = self._voices(primer_voices(kept) if voices == "auto" else voices, None)
         songs, used_key = self._sample(kept, kept, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
                                        self._seed(seed), request, pitch_range, on_note, offset)
         results = []
@@ -209,6 +214,15 @@ class Generator:
         return results
 
     # ------------------------------------------------------------ internals
+
+    @staticmethod
+    def _voices(voices, default) -> int | None:
+        """The voice limit asked for (None: `default`; 0: none), checked."""
+        if voices is None:
+            return default
+        if isinstance(voices, bool) or not isinstance(voices, (int, np.integer)) or not 0 <= voices <= Sampler.MAX_CHORD:
+            raise ValueError(f"voices must be a whole number from 0 (no limit) to {Sampler.MAX_CHORD}, not {voices!r}")
+        return int(voices) or None
 
     def _read_primer(self, primer):
         res = self.tok.config.resolution
@@ -316,11 +330,11 @@ class Generator:
             if primer_controls is not None:
                 res = tok.config.resolution
                 earlier_chords = ctl.estimate_chords(primer.notes, primer.end // res + 2, res)
-                if density is None and "density" in names:  # keep the primer's pace
-                    beats = max(1.0, primer.end / res)
-                    density = ctl.density_bucket(len(np.unique(primer.notes[:, ONSET])) / beats)
+                if density is None and "density" in names:  # keep the pace of the primer's last bars
+                    density = ctl.density_bucket(recent_onsets_per_beat(primer, res))
             with few_blas_threads(1):  # priming steps one row (or one per style) at a time
-                style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guide is not None)
+                style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guide is not None,
+                                          voices=request.get("voices"))
             # rows 0..num-1 told the key; with guidance, rows num.. the same with the key hidden
             self.net.reset(len(h[0]) * num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
             state = start_state(tok, num, grid, decoder, int(prefix[-1]))
@@ -344,13 +358,18 @@ class Generator:
             ("primer" if density is not None else None),
             "chords": " ".join("/".join(ctl.chord_label(c) for c in bar) for bar in request["progression"])
             if request["progression"] else ("the model's" if "chord" in names else None),
-            "primer_bars": request.get("primer_bars"), "temperature": temperature,
+            "primer_bars": request.get("primer_bars"), "temperature": temperature, "voices": request.get("voices"),
         })
         self.last_controls = report
 
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
-        sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide)
+        max_rest = longest_rest(primer) if primer is not None else None  # no holes the primer lacks
+        if primer is not None and RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
+            bias = note_length_bias(tok, primer, RHYTHM_STRENGTH)
+            constraint = bias if constraint is None else constraint + bias
+        sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
+                          max_rest)
         with few_blas_threads(num):
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
@@ -365,10 +384,11 @@ class Generator:
         used_key = report["scale_mask"] or report["key"]
         return songs, used_key
 
-    def _prime(self, prefix, primer_controls, style, report, guided=False):
+    def _prime(self, prefix, primer_controls, style, report, guided=False, voices=None):
         """Run the primer through the network: (style id or None, h, c). Without a given style,
         the primer is run once per style (as rows of one batch) and the style under which it is
-        most likely wins. guided: a second row with the key hidden (for KeyGuide)."""
+        most likely wins, among the styles whose texture fits the primer's `voices`. guided: a
+        second row with the key hidden (for KeyGuide)."""
         config = self.checkpoint.model_config
         if primer_controls is None:
             h, c = self.net.prime(prefix[:-1])
@@ -376,7 +396,7 @@ class Generator:
         columns = ctl.columns_of(config)
         full = np.concatenate([primer_controls, np.zeros((len(primer_controls), 1), np.uint8)], axis=1).astype(np.int64)
         if "style" in config.control_names and style is None:
-            style = self._most_likely_style(prefix, full, columns, report)
+            style = self._most_likely_style(prefix, full, columns, report, self._texture_styles(voices))
         rows = np.repeat(full[None, :-1], 2 if guided else 1, axis=0)
         if style is not None:
             rows[:, :, ctl.STYLE] = style
@@ -385,7 +405,18 @@ class Generator:
         h, c = self.net.prime(prefix[:-1], rows[..., columns], rows=len(rows))
         return style, h, c
 
-    def _most_likely_style(self, prefix, full, columns, report) -> int:
+    def _texture_styles(self, voices) -> list[int]:
+        """The styles a primer with `voices` notes at once may be heard as: a melody (one voice)
+        only as a style the corpus plays in one voice, when the checkpoint records one, so that
+        rhythm alone never turns a melody into chords; any style otherwise."""
+        table = self.checkpoint.meta.get("style_voices")
+        everything = list(range(len(self.styles)))
+        if voices != 1 or not isinstance(table, dict):
+            return everything
+        melodic = [i for i, name in enumerate(self.styles) if table.get(name) == 1]
+        return melodic or everything
+
+    def _most_likely_style(self, prefix, full, columns, report, candidates=None) -> int:
         """The style under which the primer's notes are most likely: the primer runs once per style
         (rows of one batch) with key and density hidden, so the style has to explain the notes
         by itself (a density alone can tell chorales from reels)."""
@@ -402,6 +433,9 @@ class Generator:
         score = (np.take_along_axis(logits, target, -1)[..., 0] - log_z).sum(1)
         report["style_source"] = "primer"
         report["style_scores"] = {name: round(float(v), 1) for name, v in zip(self.styles, score)}
+        if candidates is not None and len(candidates) < len(self.styles):
+            report["style_source"] = "primer (one voice: melodic styles only)"
+            return max(candidates, key=lambda i: score[i])
         return int(score.argmax())
 
 
@@ -472,3 +506,63 @@ def clip_notes(notes: np.ndarray, end: int | None) -> np.ndarray:
     notes = notes[notes[:, ONSET] < end].copy()
     notes[:, DURATION] = np.minimum(notes[:, DURATION], end - notes[:, ONSET])
     return notes
+
+
+def primer_voices(song: Song) -> int:
+    """The most pitched notes the primer starts at one moment (1 for a melody, 4 for a chorale):
+    the answer's voice limit, so its texture follows the primer's whatever the style."""
+    notes = song.notes[song.notes[:, PROGRAM] != DRUMS]
+    if len(notes) == 0:
+        return 0
+    return int(np.unique(notes[:, ONSET], return_counts=True)[1].max())
+
+
+def style_voices(meta: dict, style: str | None) -> int | None:
+    """The voice limit a checkpoint recorded for a style (its corpus's texture), if any."""
+    table = meta.get("style_voices") if isinstance(meta, dict) else None
+    value = table.get(style or "") if isinstance(table, dict) else None
+    return int(value) if isinstance(value, int) and 0 < value <= Sampler.MAX_CHORD else None
+
+
+RECENT_BARS = 2  # the primer's pace and rests are read from its last bars: where the answer starts
+
+
+def recent_span(song: Song, bars: int = RECENT_BARS) -> int:
+    """The step where the song's last `bars` bars begin."""
+    grid = song.bar_grid()
+    return grid.start(max(0, grid.index_at_or_after(song.end) - bars))
+
+
+def recent_onsets_per_beat(song: Song, resolution: int) -> float:
+    """Distinct note onsets per beat over the song's last bars."""
+    start = recent_span(song)
+    onsets = np.unique(song.notes[song.notes[:, ONSET] >= start, ONSET])
+    return len(onsets) / max(1.0, (song.end - start) / resolution)
+
+
+def longest_rest(song: Song) -> int:
+    """The longest silence (steps) between the notes of the song's last bars, the one after its
+    last note included: an answer rests no longer than the phrase it continues."""
+    start = recent_span(song)
+    notes = song.notes[(song.notes[:, ONSET] + song.notes[:, DURATION] > start)]
+    if len(notes) == 0:
+        return song.end - start
+    order = np.argsort(notes[:, ONSET], kind="stable")
+    onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
+    gaps = onsets[1:] - ends[:-1]
+    return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
+
+
+RHYTHM_STRENGTH = float(os.environ.get("MELODYLSTM_RHYTHM", "1.0"))
+
+
+def note_length_bias(tok, song: Song, strength: float) -> np.ndarray:
+    """Additive logits over the vocabulary: on each DURATION token, `strength` x the log share of
+    the song's last bars' notes with that length (add-half smoothed), 0 elsewhere. Sampling then
+    draws from the model's lengths times the phrase's own, to the power `strength`."""
+    notes = song.notes[song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song)]
+    index = np.searchsorted(tok.durations, notes[:, DURATION]).clip(0, len(tok.durations) - 1)
+    counts = np.bincount(index, minlength=len(tok.durations)) + 0.5
+    bias = np.zeros(len(tok), dtype=np.float32)
+    bias[tok.duration0: tok.duration0 + len(tok.durations)] = strength * np.log(counts / counts.sum())
+    return bias

@@ -274,10 +274,15 @@ class Sampler:
     MAX_CHORD = 16  # notes starting together before time must move on: no runaway chords
 
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
-                 constraint: np.ndarray | None = None, plan=None, guide=None):
+                 constraint: np.ndarray | None = None, plan=None, guide=None, voices: int | None = None,
+                 max_rest: int | None = None):
         """plan: a controls.ControlPlan giving the control inputs at each step (None: a model
-        without controls). guide: a KeyGuide (the network then runs twice the rows)."""
+        without controls). guide: a KeyGuide (the network then runs twice the rows). voices:
+        at most this many notes sounding at once (a new note waits until one ends). max_rest:
+        the longest silence (steps) allowed once a note has sounded (None: any)."""
         self.net, self.tok, self.plan, self.guide = net, tok, plan, guide
+        self.voices = min(int(voices), self.MAX_CHORD) if voices else None
+        self.max_rest = None if max_rest is None else max(0, int(max_rest))
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
         follow[:, EOS] = NEG_INF  # length is set by the options, not by the model stopping early
@@ -315,7 +320,11 @@ class Sampler:
             if tok.config.bar_tokens:
                 room = np.clip(state["next_bar"] - state["time"], 0, tok.max_shift + 1)
                 logits[:, shift_slice] += self.shift_room[room]
+            if self.max_rest is not None:
+                self._no_long_rests(logits, state, shift_slice)
             full = state["chord"] >= self.MAX_CHORD
+            if self.voices:
+                full |= (state["ends"] > state["time"][:, None]).sum(axis=1) >= self.voices
             if full.any():
                 logits[full] += self.note_start
             nxt = self.choose(logits, rng)
@@ -337,9 +346,28 @@ class Sampler:
         tokens, alive = np.stack(history), np.stack(kept)
         return [tokens[alive[:, r], r].tolist() for r in range(rows)]
 
+    def _no_long_rests(self, logits, state, shift_slice) -> None:
+        """Forbid moving time so far that the silence after the last note ends would pass
+        `max_rest` (holes where the primer has none); rows that have heard no note are free."""
+        last_end = state["ends"].max(axis=1)
+        limit = last_end + self.max_rest - state["time"]  # the largest move still allowed
+        bound = (last_end >= 0) & (limit < self.tok.max_shift)
+        if not bound.any():
+            return
+        k = np.arange(1, self.tok.max_shift + 1)[None, :]
+        logits[:, shift_slice] += np.where(bound[:, None] & (k > limit[:, None]), NEG_INF, 0.0).astype(np.float32)
+        if self.tok.config.bar_tokens:
+            too_far = bound & (state["next_bar"] - state["time"] > limit)
+            logits[too_far, BAR] = NEG_INF
+
     def _advance(self, state, tokens, kinds, grid) -> None:
         state["last_type"] = kinds.astype(np.int64)
         state["chord"] += kinds == DURATION_T
+        ended = np.flatnonzero(kinds == DURATION_T)
+        if len(ended):  # a note's end replaces the earliest end on record
+            ends = state["ends"]
+            slot = ends[ended].argmin(axis=1)
+            ends[ended, slot] = state["time"][ended] + self.tok.token_value[tokens[ended]]
         state["chord"][(kinds == SHIFT) | (kinds == BAR)] = 0
         shift = kinds == SHIFT
         if shift.any():
@@ -414,10 +442,15 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_token: int | None = None) -> dict:
     """Per-row grammar state: fresh (the next step feeds BOS) or after a primer, whose decoder
     knows the time and bar; `last_token` is the primer token the next step feeds."""
+    ends = np.full((rows, Sampler.MAX_CHORD), -1, dtype=np.int64)  # when the notes sounding end
     if decoder is None:
         time, bar_index, last_type, last_token = 0, -1, int(tok.token_type[tok.bos]), tok.bos
     else:
         time, bar_index, last_type = decoder.time, decoder.bar_index, decoder.last_type
+        held = sorted((int(n[0]) + int(n[1]) for n in decoder.notes if int(n[0]) + int(n[1]) > time), reverse=True)
+        ends[:, :min(len(held), Sampler.MAX_CHORD)] = held[:Sampler.MAX_CHORD]
+        if not held and decoder.notes:  # the primer's last sound: a rest after it counts from there
+            ends[:, 0] = max(int(n[0]) + int(n[1]) for n in decoder.notes)
     return {
         "grid": grid,
         "last_token": np.full(rows, last_token, dtype=np.int64),
@@ -427,4 +460,5 @@ def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_tok
         "next_bar": np.full(rows, grid.start(bar_index + 1), dtype=np.int64),
         "bars": np.zeros(rows, dtype=np.int64),
         "chord": np.zeros(rows, dtype=np.int64),  # notes at the current time so far
+        "ends": ends,
     }

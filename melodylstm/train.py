@@ -351,6 +351,8 @@ class Run:
         # a run the recipe left without regularisation may switch it on when validation stops improving
         self.may_regularise = cfg.regularise_when_stuck and not by_hand and start is None and not self.recipe.dropout
         self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
+        self.style_voices = ctl.style_voices(np.asarray(self.store.train), np.asarray(self.store.train_controls),
+                                             tokenizer, self.store.styles)
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
         fused = self.device.type == "cuda"
@@ -470,7 +472,8 @@ class Run:
                 "step": self.step, "corpus_path": self.corpus, "val_fraction": self.cfg.val_fraction,
                 "sources": [[str(folder), name] for folder, name in parse_sources(self.corpus, self.cfg.style)],
                 "epochs": round(self.epochs_done, 2), "elapsed_s": round(self.elapsed, 1),
-                "recipe": self.recipe.size, "key_prior": self.key_prior}
+                "recipe": self.recipe.size, "key_prior": self.key_prior,
+                "style_voices": self.style_voices}
         save_checkpoint(self.out / name, self.model, self.tok, state, tensors if name == "last.safetensors" else {}, meta)
 
     @staticmethod
