@@ -373,8 +373,7 @@ def read_progression(chords, chords_file):
     if chords and chords_file:
         raise UserError("give --chords or --chords-file, not both")
     if chords_file:
-        with open(chords_file, encoding="utf-8", errors="replace") as fh:
-            return controls.parse_chords_file(fh.read())
+        return controls.read_chords_file(chords_file)
     return [[c] for c in controls.parse_progression(chords)] if chords is not None else None
 
 

@@ -342,7 +342,7 @@ class Generator:
                                                            "given" if request["style"] is not None else None),
             "density": density_label(density), "density_source": "given" if request["density"] is not None else
             ("primer" if density is not None else None),
-            "chords": " ".join("/".join(ctl.chord_label(c) for c in bar) for bar in request["progression"])
+            "chords": ctl.progression_label(request["progression"])
             if request["progression"] else ("the model's" if "chord" in names else None),
             "primer_bars": request.get("primer_bars"), "temperature": temperature,
         })
