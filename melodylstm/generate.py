@@ -245,7 +245,7 @@ class Generator:
             raise ValueError("--key-strength must be between -1 (ignore the key) and 10")
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
                "strict_key": strict_key, "auto_key": auto_key, "key_strength": float(key_strength)}
-        if key:
+        if key is not None:  # "" is an unknown key, not no key
             tonic, scale = parse_key(key)
             if strict_key:
                 req["mask_key"] = (tonic, scale)
