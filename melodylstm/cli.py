@@ -357,7 +357,8 @@ def sampling_options(f):
                                      "continue the one under which the primer is most likely."),
         click.option("--chords", help='Chord progression, one chord per bar, repeated: "Dm7 G7 Cmaj7 Cmaj7".'),
         click.option("--chords-file", type=click.Path(exists=True, dir_okay=False),
-                     help="Progression file: one bar per line; several chords on a line share the bar (e.g. one per beat)."),
+                     help="Progression file: one bar per line; several chords on a line share the bar (e.g. one per beat); "
+                          "N.C. for a bar with no chord, # for comments, no blank lines between bars."),
         click.option("--density", help="Notes per beat: low, medium, high, or a number (e.g. 2)."),
         click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
         click.option("--play", is_flag=True, help="Play the notes while they are generated."),
