@@ -125,6 +125,13 @@ def _validate(path, metadata, tensors) -> Checkpoint:
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: invalid configuration ({text[:200]})") from None
+    from .data import check_style_name
+
+    for style in model_config.styles:  # printed by info and in every summary: one line each
+        try:
+            check_style_name(style, given=False)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     if model_config.vocab_size != len(tokenizer):
         raise CheckpointError(f"{path}: model vocabulary ({model_config.vocab_size}) does not match "
                               f"its tokenizer ({len(tokenizer)} tokens)")

@@ -172,6 +172,16 @@ def test_checkpoint_meta_of_the_wrong_shape_is_one_line(tmp_path, entries, words
     assert not (tmp_path / "x.mid").exists()
 
 
+def test_checkpoint_style_names_with_line_breaks_are_refused(tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(DEFAULT_CHECKPOINT), framework="numpy") as fh:
+        config = json.loads(fh.metadata()["model_config"])
+    config["styles"][0] = "tune\nError: fake"
+    path = rewrite_checkpoint(tmp_path / "bad.safetensors", model_config=json.dumps(config))
+    one_line_error(invoke("info", path), "style name 'tune\\nError: fake' holds a control character")
+
+
 def test_the_bundled_checkpoint_passes_the_meta_checks():
     assert load_checkpoint().meta["key_prior"]
 
