@@ -112,13 +112,26 @@ def _validate(path, metadata, tensors) -> Checkpoint:
     if metadata.get("format_version") != str(FORMAT_VERSION):
         raise CheckpointError(f"{path}: checkpoint format {metadata.get('format_version')} is not supported "
                               f"by melodylstm {__version__} (expects {FORMAT_VERSION})")
+    for name, text in metadata.items():
+        if len(text) > MAX_METADATA_CHARS:
+            raise CheckpointError(f"{path}: its {name[:40]!r} entry holds {len(text):,} characters; "
+                                  f"at most {MAX_METADATA_CHARS:,}")
     try:
         model_config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
         tokenizer = Tokenizer.from_json(metadata["tokenizer"])
         train_state = json.loads(metadata.get("train_state", "{}"))
         meta = json.loads(metadata.get("meta", "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: invalid configuration ({exc})") from None
+        check_meta(meta, train_state)
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+        text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: invalid configuration ({text[:200]})") from None
+    from .data import check_style_name
+
+    for style in model_config.styles:  # printed by info and in every summary: one line each
+        try:
+            check_style_name(style, given=False)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     if model_config.vocab_size != len(tokenizer):
         raise CheckpointError(f"{path}: model vocabulary ({model_config.vocab_size}) does not match "
                               f"its tokenizer ({len(tokenizer)} tokens)")
@@ -136,6 +149,43 @@ def _validate(path, metadata, tensors) -> Checkpoint:
             raise CheckpointError(f"{path}: weight {name} contains NaN or infinite values")
     train_tensors = {k[len("train."):]: v for k, v in tensors.items() if k.startswith("train.")}
     return Checkpoint(model_config, tokenizer, weights, train_state, train_tensors, meta, str(path))
+
+
+MAX_METADATA_CHARS = 8 << 20  # a few hundred styles' key counts fit in well under a megabyte
+_NUMBER = (int, float)
+# the meta fields that commands read, and the types they need (anything else is kept, unread)
+META_TYPES = {"sources": list, "corpus": dict, "key_prior": dict, "val_nll": _NUMBER, "val_bits_per_note": _NUMBER,
+              "val_fraction": _NUMBER, "step": _NUMBER, "epochs": _NUMBER, "elapsed_s": _NUMBER, "date": str,
+              "melodylstm_version": str, "weights": str, "corpus_path": (str, list), "exported_from": str}
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def check_meta(meta, train_state) -> None:
+    """The shapes that describe, evaluate, generate and resume rely on; TypeError/ValueError otherwise."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta is a JSON {_json_type(meta)}, not an object")
+    if not isinstance(train_state, dict):
+        raise TypeError(f"train_state is a JSON {_json_type(train_state)}, not an object")
+    for name, kind in META_TYPES.items():
+        value = meta.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise TypeError(f"meta field {name!r} is a JSON {_json_type(value)}")
+    for item in meta.get("sources") or []:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and (item[1] is None or isinstance(item[1], str))):
+            raise TypeError("meta field 'sources' must hold [folder, style] pairs")
+    for style, counts in (meta.get("key_prior") or {}).items():
+        if not (isinstance(counts, list) and len(counts) == 24
+                and all(isinstance(c, _NUMBER) and 0 <= c < float("inf") for c in counts) and sum(counts) > 0):
+            raise ValueError(f"meta field 'key_prior' must hold 24 key counts per style ({style[:40]!r} does not)")
+    for name, value in (meta.get("corpus") or {}).items():
+        if not isinstance(value, _NUMBER) or isinstance(value, bool):
+            raise TypeError(f"meta field 'corpus' must hold numbers ({name[:40]!r} does not)")
+    if not isinstance(train_state.get("train_config", {}), dict):
+        raise TypeError("train_state field 'train_config' is not an object")
 
 
 def pick_from_folder(folder: Path) -> Path:

@@ -200,6 +200,7 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
     if max_steps and epochs:
         raise UserError("give --max-steps or --epochs, not both")
     from .data import parse_sources
+    from .fileio import missing_folders, remove_failed_run
 
     sources = parse_sources(folders, style)
     folder = folders[0] if len(folders) == 1 else list(folders)
@@ -214,15 +215,20 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
                       evals=evals, patience=patience,
                       save_interval=save_interval, compile=use_compile, log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
-    run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
-              data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
-              log=log, progress=not ctx.obj["quiet"])
-    if run.dist.main:
-        r = run.report
-        log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "
-            f"{run.store.meta['train_tokens']:,} training / {run.store.meta['val_tokens']:,} validation tokens")
-        log(run.describe_plan() + (f"; resuming at step {run.step:,}" if resume else ""))
-    status = run.train()
+    made = missing_folders(out)
+    try:
+        run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
+                  data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
+                  log=log, progress=not ctx.obj["quiet"])
+        if run.dist.main:
+            r = run.report
+            log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "
+                f"{run.store.meta['train_tokens']:,} training / {run.store.meta['val_tokens']:,} validation tokens")
+            log(run.describe_plan() + (f"; resuming at step {run.step:,}" if resume else ""))
+        status = run.train()
+    except Exception:
+        remove_failed_run(out, made)  # folders this command made, with no checkpoint in them: nothing to resume
+        raise
     run.close()
     if run.dist.main:
         best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
@@ -362,7 +368,8 @@ def sampling_options(f):
                                      "continue the one under which the primer is most likely."),
         click.option("--chords", help='Chord progression, one chord per bar, repeated: "Dm7 G7 Cmaj7 Cmaj7".'),
         click.option("--chords-file", type=click.Path(exists=True, dir_okay=False),
-                     help="Progression file: one bar per line; several chords on a line share the bar (e.g. one per beat)."),
+                     help="Progression file: one bar per line; several chords on a line share the bar (e.g. one per beat); "
+                          "N.C. for a bar with no chord, # for comments, no blank lines between bars."),
         click.option("--density", help="Notes per beat: low, medium, high, or a number (e.g. 2)."),
         click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
         click.option("--play", is_flag=True, help="Play the notes while they are generated."),
@@ -384,8 +391,7 @@ def read_progression(chords, chords_file):
     if chords and chords_file:
         raise UserError("give --chords or --chords-file, not both")
     if chords_file:
-        with open(chords_file, encoding="utf-8", errors="replace") as fh:
-            return controls.parse_chords_file(fh.read())
+        return controls.read_chords_file(chords_file)
     return [[c] for c in controls.parse_progression(chords)] if chords is not None else None
 
 
@@ -413,8 +419,7 @@ def output_paths(out: str, num: int) -> list[str]:
     from pathlib import Path
 
     path = Path(out)
-    if path.is_dir() or out.endswith(os.sep):
-        path.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or out.endswith(os.sep):  # made when the first file is written, so a failure leaves none
         return [str(path / f"melodylstm-{i + 1}.mid") for i in range(num)]
     if num == 1:
         return [out]
@@ -439,6 +444,7 @@ def load_generator(ctx, checkpoint):
 def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, strict_key, key_strength, style,
              chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out, tempo, time_signature):
     """Write new music from scratch."""
+    from .fileio import outputs_or_nothing
     from .midi import write_midi
 
     try:
@@ -460,8 +466,9 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     paths = output_paths(out, num)
 
     def save(songs):
-        for song, path in zip(songs, paths):
-            write_midi(song, path)
+        with outputs_or_nothing(paths):
+            for song, path in zip(songs, paths):
+                write_midi(song, path)
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
                   + controls_summary(gen.last_controls))
 
@@ -489,7 +496,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                  strict_key, key_strength, style, chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out,
                  only_new, primer_bars, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
-    from .fileio import atomic_write_bytes
+    from .fileio import atomic_write_bytes, outputs_or_nothing
 
     paths = output_paths(out, num)
     for path in paths:
@@ -512,8 +519,9 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                              density=density, strict_key=strict_key, key_strength=key_strength)
 
     def save(results):
-        for result, path in zip(results, paths):
-            atomic_write_bytes(path, result.midi_bytes(only_new))
+        with outputs_or_nothing(paths):
+            for result, path in zip(results, paths):
+                atomic_write_bytes(path, result.midi_bytes(only_new))
         report = results[0].controls or {}
         if as_json:
             click.echo(json.dumps({"outputs": paths, "new_notes": [len(r.notes.notes) for r in results],

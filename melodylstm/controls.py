@@ -127,23 +127,38 @@ def parse_chord(text: str) -> int:
     if t.upper().replace(".", "") in ("N", "NC"):
         return NO_CHORD
     accepted = "a root C..B with # or b, then one of: major (nothing), m, dim, aug, 7, maj7, m7; or N.C."
+    shown = repr(t if len(t) <= 24 else t[:24] + "...")  # the message stays one short line
     if not t or t[0].upper() not in "CDEFGAB":
-        raise ValueError(f"unparseable chord {text!r}: use {accepted}")
+        raise ValueError(f"unparseable chord {shown}: use {accepted}")
     root = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[t[0].upper()]
     rest = t[1:]
     while rest[:1] in ("#", "b"):  # no quality name starts with b, so b is always a flat
         root += 1 if rest[0] == "#" else -1
         rest = rest[1:]
     if rest not in QUALITY_ALIASES:
-        raise ValueError(f"unparseable chord {text!r}: use {accepted}")
+        raise ValueError(f"unparseable chord {shown}: use {accepted}")
     return chord_index(root, QUALITY_ALIASES[rest])
 
 
+MAX_PROGRESSION_BARS = 4096  # a progression repeats, so more bars than any piece is never needed
+MAX_CHORDS_PER_BAR = 16
+MAX_CHORDS_FILE_BYTES = 1 << 20
+
+
 def parse_progression(text: str) -> list[int]:
-    chords = [parse_chord(c) for c in text.replace(",", " ").replace("|", " ").split()]
+    words = text.replace(",", " ").replace("|", " ").split()
+    if len(words) > MAX_PROGRESSION_BARS:
+        raise ValueError(f"--chords: {len(words):,} chords; at most {MAX_PROGRESSION_BARS:,} (one per bar, repeated)")
+    chords = [parse_chord(c) for c in words]
     if not chords:
         raise ValueError("--chords: give at least one chord, e.g. \"Dm7 G7 Cmaj7 Cmaj7\"")
     return chords
+
+
+def progression_label(bars, limit: int = 8) -> str:
+    """'Dm7 G7 C/F ...': the first `limit` bars, so a long progression prints one short line."""
+    text = " ".join("/".join(chord_label(c) for c in bar) for bar in bars[:limit])
+    return text + (f" ... ({len(bars):,} bars)" if len(bars) > limit else "")
 
 
 def beat_histograms(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndarray:
@@ -516,12 +531,43 @@ class ControlPlan:
 
 def parse_chords_file(text: str) -> list:
     """One bar per line; several chords on a line share the bar equally (per beat in 4/4 when
-    there are four). Blank lines and text after # are ignored."""
+    there are four). Text after # is a comment and a line holding only a comment is skipped. A
+    blank line between bars is refused: it could mean a bar with no chord (write N.C.) or a
+    section break (write #), and dropping it would shift every later bar. Trailing blank lines
+    are fine."""
     bars = []
-    for line in text.splitlines():
+    lines = text.rstrip().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ValueError(f"--chords-file line {number} is blank: write N.C. for a bar with no chord, "
+                             f"or # for a line that is not a bar")
         line = line.split("#", 1)[0].strip()
-        if line:
-            bars.append([parse_chord(c) for c in line.replace("|", " ").split()])
+        if not line:
+            continue
+        chords = line.replace("|", " ").split()
+        if not chords:
+            raise ValueError(f"--chords-file line {number} holds no chord (N.C.: a bar with no chord)")
+        if len(chords) > MAX_CHORDS_PER_BAR:
+            raise ValueError(f"--chords-file line {number}: {len(chords)} chords in one bar; "
+                             f"at most {MAX_CHORDS_PER_BAR}")
+        if len(bars) == MAX_PROGRESSION_BARS:
+            raise ValueError(f"--chords-file: more than {MAX_PROGRESSION_BARS:,} bars (a progression repeats)")
+        try:
+            bars.append([parse_chord(c) for c in chords])
+        except ValueError as exc:
+            raise ValueError(f"--chords-file line {number}: {exc}") from None
     if not bars:
         raise ValueError("--chords-file holds no chords")
     return bars
+
+
+def read_chords_file(path) -> list:
+    """A bounded read: a device such as /dev/zero or a huge file is refused, not read into memory."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_CHORDS_FILE_BYTES + 1)
+    if len(data) > MAX_CHORDS_FILE_BYTES:
+        raise ValueError(f"--chords-file {path}: larger than {MAX_CHORDS_FILE_BYTES >> 20} MB; "
+                         f"a progression file holds one line per bar")
+    if b"\0" in data:
+        raise ValueError(f"--chords-file {path}: not a text file")
+    return parse_chords_file(data.decode("utf-8", errors="replace"))

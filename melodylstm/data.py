@@ -395,15 +395,35 @@ def validation_index(n_tokens: int, seq_len: int, max_tokens: int = 0) -> np.nda
 
 # ---------------------------------------------------------------- all together
 
+MAX_STYLE_NAME = 64
+
+
+def check_style_name(name: str, given: bool = True) -> str:
+    """A style name names the run folder (checkpoints/NAME) and is printed: it must be a safe
+    file name. Subfolder names (given=False) are file names already; only their characters are checked."""
+    import unicodedata
+
+    shown = repr(name if len(name) <= MAX_STYLE_NAME else name[:MAX_STYLE_NAME] + "...")
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name):  # would break printed lines
+        raise ValueError(f"style name {shown} holds a control character or line break")
+    if given and (len(name) > MAX_STYLE_NAME or name.strip() in ("", ".", "..") or "/" in name or "\\" in name
+                  or name != name.strip()):
+        raise ValueError(f"style name {shown} is not a safe folder name: use at most {MAX_STYLE_NAME} characters, "
+                         f"no / or \\, not . or .., no spaces at the ends")
+    return name
+
+
 def parse_sources(paths, style: str | None = None) -> list[tuple[Path, str | None]]:
     """Training folders as (folder, style): 'NAME=FOLDER' names a folder's style, `style` names
     every plain folder's; otherwise styles are the first-level subfolders (None: no style)."""
     sources = []
+    if style is not None:
+        check_style_name(style)
     for item in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         text = str(item)
         name, sep, folder = text.partition("=")
         if sep and name and not Path(text).exists():
-            sources.append((Path(folder), name))
+            sources.append((Path(folder), check_style_name(name)))
         else:
             sources.append((Path(text), style))
     for folder, _ in sources:
@@ -438,6 +458,8 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
         skipped_entries += skipped
         file_styles.update({str(f): style_of(f, root, fixed) for f in found})
     names = list(styles) if styles is not None else sorted({s for s in file_styles.values() if s})
+    for name in names if styles is None else ():
+        check_style_name(name, given=False)
     cache_root = None
     if use_cache:
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()

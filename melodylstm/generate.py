@@ -259,7 +259,7 @@ class Generator:
             raise ValueError("--key-strength must be between -1 (ignore the key) and 10")
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
                "strict_key": strict_key, "auto_key": auto_key, "key_strength": float(key_strength)}
-        if key:
+        if key is not None:  # "" is an unknown key, not no key
             tonic, scale = parse_key(key)
             if strict_key:
                 req["mask_key"] = (tonic, scale)
@@ -356,7 +356,7 @@ class Generator:
                                                            "given" if request["style"] is not None else None),
             "density": density_label(density), "density_source": "given" if request["density"] is not None else
             ("primer" if density is not None else None),
-            "chords": " ".join("/".join(ctl.chord_label(c) for c in bar) for bar in request["progression"])
+            "chords": ctl.progression_label(request["progression"])
             if request["progression"] else ("the model's" if "chord" in names else None),
             "primer_bars": request.get("primer_bars"), "temperature": temperature, "voices": request.get("voices"),
         })

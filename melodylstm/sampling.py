@@ -216,8 +216,8 @@ def parse_pitch_range(text: str) -> tuple[int, int]:
 
 def parse_key(text: str) -> tuple[int, str]:
     """'D:minor', 'F#', 'Bb:dorian' -> (tonic pitch class, scale name)."""
-    tonic_text, _, scale = text.partition(":")
-    scale = (scale or "major").strip().lower().replace("_", "-").replace(" ", "-")
+    tonic_text, colon, scale = text.partition(":")
+    scale = (scale if colon else "major").strip().lower().replace("_", "-").replace(" ", "-")  # "C:" names no scale
     tonic_text = tonic_text.strip()
     if not tonic_text or tonic_text[0].lower() not in PITCH_NAMES or scale not in SCALES:
         raise ValueError(f"unknown key {text!r}: use TONIC[:SCALE], e.g. D:minor, F#, Bb:dorian "

@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from . import controls as ctl
 from .config import CONTROL_DIMS
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
+from .fileio import atomic_write_bytes, write_error
 from .config import ModelConfig
 from .model import MelodyLSTM
 from .recipe import Size, minutes, recipe_for, regularisation
@@ -489,8 +490,11 @@ class Run:
     def log_metrics(self, record: dict) -> None:
         self.history.append(record)
         if self.dist.main:
-            with open(self.out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            try:
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            except OSError as exc:  # disk full: say which file
+                raise write_error(self.out / "metrics.jsonl", exc) from None
 
     # -------------------------------------------------------- loop
 
@@ -550,7 +554,7 @@ class Run:
 
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
-            (self.out / "ingest.json").write_text(json.dumps(self.report, indent=2))
+            atomic_write_bytes(self.out / "ingest.json", json.dumps(self.report, indent=2).encode())
         cfg, model, budget = self.cfg, self.train_model, self.budget
         model.train()
         bar = tqdm(total=1000, initial=round(1000 * budget.progress(self.step, self.elapsed)), disable=not self.progress,
