@@ -292,12 +292,9 @@ def export(ctx, checkpoint, out, fp32):
 @click.option("--key-strength", type=float, help="With --continuation: key guidance, as for continue.")
 @click.option("--style", help="Style to tell the model (default: the style the files' folder had in training).")
 @click.option("--hide", default="", help="Controls to hide from the model, comma-separated (e.g. position,style), or all.")
-@click.option("--conditional", is_flag=True,
-              help="Tell the model the key, chords and density of the music it predicts (hidden by default: "
-                   "they are computed from those notes). Labelled conditional; no baseline beside it.")
 @click.pass_context
 def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, continuation, primer_bars, bars, pieces,
-             samples, seed, temperature, track, key_strength, style, hide, conditional):
+             samples, seed, temperature, track, key_strength, style, hide):
     """Likelihood of the MIDI in FOLDER under a model, next to an n-gram baseline.
 
     With --continuation: how the model's continuations of held-out pieces compare with the real
@@ -316,7 +313,7 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, con
     ckpt = load_checkpoint(checkpoint)
     hidden = ckpt.model_config.control_names if hide.strip() == "all" else [h.strip() for h in hide.split(",") if h.strip()]
     report = evaluate_folder(ckpt, folder, split, baseline_train, order, progress=not ctx.obj["quiet"],
-                             style=style, hide=hidden, conditional=conditional)
+                             style=style, hide=hidden)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 

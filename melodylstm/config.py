@@ -38,6 +38,10 @@ class ModelConfig:
     # empty for a model without controls (checkpoints from before they existed)
     controls: tuple = ()
     styles: tuple = ()  # style names, in id order
+    # True: key, chord and density are read from the notes before each token (controls.py), so a
+    # likelihood may give them; False (checkpoints from before): they describe the notes being
+    # predicted, so every figure hides them
+    causal_controls: bool = False
 
     def __post_init__(self):
         if not (self.vocab_size > 3 and self.embedding > 0 and self.hidden > 0 and self.layers > 0):

@@ -207,9 +207,10 @@ def continuation_nll(model, tok, primer: Song, real: np.ndarray, style: int | No
 def continuation_losses(model, tok, primer: Song, real: np.ndarray, style: int | None = None) -> np.ndarray:
     """NLL in nats of each of the real continuation's tokens given the primer: one LSTM pass
     over primer + continuation, keeping only the tokens after the primer's (the closing EOS,
-    which only marks where the cut was, is not counted). A model with controls is told what
-    `continue` would tell it, all causal: the primer's key and density, its chords only within
-    the primer, `style`."""
+    which only marks where the cut was, is not counted). A model with causal controls is told
+    them as training did (each read from the notes before its token) and `style`; an older model
+    what `continue` would tell it: the primer's key and density, its chords only within the
+    primer."""
     import torch
     import torch.nn.functional as F
 
@@ -228,14 +229,13 @@ def continuation_losses(model, tok, primer: Song, real: np.ndarray, style: int |
         from .evaluate import model_controls
 
         song = Song(np.concatenate([primer.notes, real]), primer.resolution, primer.tempos, primer.time_signatures)
-        file_controls = ctl.controls_for(song, joint, tok).astype(np.int64)
-        primer_part = ctl.controls_for(primer, tok.encode_normalized(primer), tok)
-        # causal: within the primer, its own controls; after the cut, the primer's key and last
-        # density (what `continue` tells) and no chord
-        file_controls[:first] = primer_part[:first]
-        file_controls[:, ctl.KEY] = primer_part[0, ctl.KEY]
-        file_controls[first:, ctl.CHORD] = ctl.CHORD_UNKNOWN
-        file_controls[first:, ctl.DENSITY] = primer_part[-1, ctl.DENSITY]
+        file_controls = ctl.controls_for(song, joint, tok, model.config.causal_controls).astype(np.int64)
+        if not model.config.causal_controls:  # an older model: what `continue` tells it, all from the primer
+            primer_part = ctl.controls_for(primer, tok.encode_normalized(primer), tok, False)
+            file_controls[:first] = primer_part[:first]
+            file_controls[:, ctl.KEY] = primer_part[0, ctl.KEY]
+            file_controls[first:, ctl.CHORD] = ctl.CHORD_UNKNOWN
+            file_controls[first:, ctl.DENSITY] = primer_part[-1, ctl.DENSITY]
         controls = torch.from_numpy(model_controls(model.config, file_controls, style, hide=())[:last - 1])[None]
     with torch.inference_mode():
         logits, _ = model(tokens[None, :-1], controls=controls)  # logits[k] predicts tokens[k + 1]

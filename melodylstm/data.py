@@ -333,13 +333,11 @@ class WindowSampler:
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
                  seed: int = 0, transpose: int = 0, controls: np.ndarray | None = None,
-                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY, transpose_share: float = 1.0,
-                 hide_together: float = 0.0, together_group=None):
+                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY, transpose_share: float = 1.0):
         if len(tokens) < 2:
             raise ValueError("not enough training tokens")
         self.tokens, self.tok, self.controls = tokens, tokenizer, controls
         self.unknown, self.hide = unknown, hide
-        self.hide_together, self.together_group = hide_together, together_group
         self.seq_len = min(seq_len, len(tokens) - 1)
         self.batch_size, self.transpose, self.transpose_share = batch_size, transpose, transpose_share
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -358,7 +356,7 @@ class WindowSampler:
         if shift is not None:
             ctl.transpose(controls, shift)
         if self.hide:
-            ctl.hide(controls, self.rng, self.hide, self.unknown, self.hide_together, self.together_group)
+            ctl.hide(controls, self.rng, self.hide, self.unknown)
         return batch, controls
 
 

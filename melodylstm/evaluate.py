@@ -5,10 +5,10 @@ Each file runs through the LSTM from BOS to EOS with the state carried the whole
 context limit). Bits per note and bits per second do not depend on the tokenization, so they
 compare models with different tokenizers.
 
-The figure is causal: the model is never told a control computed from the notes it predicts
-(key, chord and density are hidden, `controls.FROM_FUTURE_NOTES`). `conditional=True` gives
-them, for a figure "given the real key, chords and density", which no baseline can be set
-beside."""
+The figure is causal: the model is never told anything computed from the notes it predicts or
+later ones. A model with causal controls reads key, chord and density from the notes before
+each token (controls.py); for a checkpoint from before them, those three are hidden.
+"""
 from __future__ import annotations
 
 import math
@@ -23,21 +23,22 @@ from .ngram import NGramModel
 LN2 = math.log(2)
 
 
-def model_controls(config, file_controls: np.ndarray | None, style: int | None, hide=ctl.FROM_FUTURE_NOTES) -> np.ndarray | None:
-    """The control inputs a model reads for one file: (T, C) int64, hidden ones set to unknown
-    (by default the ones computed from future notes: the causal inputs)."""
+def model_controls(config, file_controls: np.ndarray | None, style: int | None, hide=None) -> np.ndarray | None:
+    """The control inputs a model reads for one file: (T, C) int64, the ones in `hide` set to
+    unknown (None: what `hidden_controls` hides, so the inputs are causal)."""
     if not config.controls or file_controls is None:
         return None
     unknown_style = len(config.styles)
     full = np.concatenate([file_controls.astype(np.int64),
                            np.full((len(file_controls), 1), unknown_style if style is None else style)], axis=1)
-    return ctl.causal(full[:, ctl.columns_of(config)], config, hide)
+    return ctl.causal(full[:, ctl.columns_of(config)], config, hidden_controls(config) if hide is None else hide)
 
 
-def hidden_controls(config, hide=(), conditional: bool = False) -> set:
-    """The controls a figure hides: `hide`, and unless `conditional` the ones computed from the
-    notes being scored."""
-    return set(hide) | (set() if conditional else set(ctl.FROM_FUTURE_NOTES) & set(config.control_names))
+def hidden_controls(config, hide=()) -> set:
+    """The controls a figure hides: `hide`, and for a model from before causal controls the ones
+    it was trained to read from the notes being predicted (key, chord, density)."""
+    leaky = set() if config.causal_controls else set(ctl.FROM_FUTURE_NOTES) & set(config.control_names)
+    return set(hide) | leaky
 
 
 def token_log_probs(model, tokens: np.ndarray, controls: np.ndarray | None = None, chunk: int = 2048):
@@ -106,12 +107,11 @@ def file_style(checkpoint, folder, path, style: str | None) -> int | None:
 
 
 def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None, order: int = 5,
-                    progress: bool = False, jobs: int = 0, style: str | None = None, hide=(),
-                    conditional: bool = False) -> dict:
+                    progress: bool = False, jobs: int = 0, style: str | None = None, hide=()) -> dict:
     """Figures for the LSTM and an n-gram baseline on the same files.
 
-    Causal unless `conditional`: key, chord and density are hidden (besides `hide`). A
-    conditional figure gets no n-gram beside it (the n-gram is not told those controls).
+    Causal: a checkpoint from before causal controls gets key, chord and density hidden
+    (besides `hide`).
 
     split: 'val' / 'train' keep only the files the checkpoint's content-hash split put there
     (use it when FOLDER is the training corpus); 'all' takes every file.
@@ -135,7 +135,7 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
     if unknown:
         raise ValueError(f"--hide {', '.join(sorted(unknown))}: this model's controls are "
                          f"{', '.join(checkpoint.model_config.control_names) or 'none'}")
-    hidden = hidden_controls(checkpoint.model_config, hide, conditional)
+    hidden = hidden_controls(checkpoint.model_config, hide)
     for r in tqdm(used, disable=not progress, unit="file", leave=False):
         controls = model_controls(checkpoint.model_config, r.controls, file_style(checkpoint, folder, r.path, style), hidden)
         n, c, k = lstm_file_nll(model, r.tokens, controls)
@@ -146,12 +146,6 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
               "lstm": figures(nats, count, notes, seconds, correct)}
 
     report["hidden_controls"] = sorted(hidden)
-    report["causal"] = not (set(ctl.FROM_FUTURE_NOTES) & set(checkpoint.model_config.control_names) - hidden)
-    if not report["causal"]:
-        report["ngram"] = None
-        report["note"] = ("conditional figure: the model was told the key, chords and density of the music it "
-                          "predicts; no baseline is set beside it")
-        return report
     recorded = [p for p, _ in checkpoint.meta.get("sources", [])] or [checkpoint.meta.get("corpus_path")]
     train_folders = [baseline_train] if baseline_train else [f for f in map(resolve_corpus, recorded) if f]
     if train_folders:
@@ -188,7 +182,7 @@ def resolve_corpus(path):
 
 
 def format_report(report: dict) -> str:
-    rows = [("LSTM" + (" (causal)" if report.get("causal", True) else " (CONDITIONAL)"), report["lstm"])]
+    rows = [("LSTM (causal)", report["lstm"])]
     if report.get("ngram"):
         rows.append((f"{report['ngram']['order']}-gram (Kneser-Ney)", report["ngram"]))
     lines = [f"{report['files']} files, {report['notes']:,} notes, {report['tokens']:,} tokens, "

@@ -326,10 +326,11 @@ class Generator:
             prefix = full[:-1]  # drop EOS: the piece goes on
             for t in prefix.tolist():
                 decoder.push(t)
-            primer_controls = ctl.controls_for(primer, full, tok)[:-1] if names else None
+            causal = config.causal_controls
+            primer_controls = ctl.controls_for(primer, full, tok, causal)[:-1] if names else None
             if primer_controls is not None:
                 res = tok.config.resolution
-                earlier_chords = ctl.estimate_chords(primer.notes, primer.end // res + 2, res)
+                earlier_chords = ctl.chord_inputs(primer.notes, primer.end // res + 2, res, causal)
                 if density is None and "density" in names:  # keep the pace of the primer's last bars
                     density = ctl.density_bucket(recent_onsets_per_beat(primer, res))
             with few_blas_threads(1):  # priming steps one row (or one per style) at a time

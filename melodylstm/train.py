@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from . import controls as ctl
 from .config import CONTROL_DIMS
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
+from .evaluate import hidden_controls
 from .fileio import atomic_write_bytes, write_error
 from .config import ModelConfig
 from .model import MelodyLSTM
@@ -347,7 +348,8 @@ class Run:
             chosen = {k: v for k, v in (model_config or {}).items() if v is not None}
             model_config = ModelConfig(len(tokenizer), **{**{k: getattr(self.recipe, k) for k in
                                                              ("embedding", "hidden", "layers", "dropout")}, **chosen},
-                                       controls=controls, styles=tuple(styles) if controls else ())
+                                       controls=controls, styles=tuple(styles) if controls else (),
+                                       causal_controls=bool(controls))
         self.model_config = model_config
         # a run the recipe left without regularisation may switch it on when validation stops improving
         self.may_regularise = cfg.regularise_when_stuck and not by_hand and start is None and not self.recipe.dropout
@@ -372,11 +374,8 @@ class Run:
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         columns = ctl.columns_of(model_config)
         train_controls = self.store.train_controls[:, columns] if columns else None
-        group = [name in ctl.FROM_FUTURE_NOTES for name in model_config.control_names]
         self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
-                                     train_controls, ctl.unknown_of(model_config), transpose_share=cfg.transpose_share,
-                                     hide_together=float(os.environ.get("MELODYLSTM_HIDE_TOGETHER", "0")),
-                                     together_group=group)
+                                     train_controls, ctl.unknown_of(model_config), transpose_share=cfg.transpose_share)
         index = validation_index(len(self.store.val), self.sampler.seq_len, MAX_VAL_TOKENS)
         self.val_windows = self.store.val[index].astype(np.int64)
         self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None
@@ -499,12 +498,12 @@ class Run:
     # -------------------------------------------------------- loop
 
     def validation_controls(self) -> np.ndarray | None:
-        """The control inputs validation gives: causal, since key, chord and density describe
-        notes still to come (the best checkpoint, early stopping and the switch to regularise
-        all follow this figure)."""
-        if self.val_controls is None or ctl.CAUSAL_INPUTS:
-            return self.val_controls
-        return ctl.causal(self.val_controls, self.model_config)
+        """The control inputs validation gives: causal ones only (a model from before causal
+        controls has key, chord and density hidden); the best checkpoint, early stopping and the
+        switch to regularise all follow this figure."""
+        if self.val_controls is None:
+            return None
+        return ctl.causal(self.val_controls, self.model_config, hidden_controls(self.model_config))
 
     def validate(self) -> float:
         nll = float("nan")
