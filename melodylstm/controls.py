@@ -47,20 +47,47 @@ def key_label(index: int) -> str:
     return f"{TONIC_NAMES[tonic]}:{mode}"
 
 
-def estimate_key(notes: np.ndarray) -> tuple[int, str]:
-    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
-    24 rotated major/minor profiles and take the best."""
+def key_histogram(notes: np.ndarray) -> np.ndarray:
+    """Duration-weighted pitch-class histogram of the pitched notes (drums excluded)."""
     pitched = notes[notes[:, PROGRAM] != DRUMS]
     if len(pitched) == 0:
         raise ValueError("no pitched notes to estimate a key from")
-    hist = np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
-    best, best_key = -2.0, (0, "major")
-    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
-            if np.isfinite(r) and r > best:
-                best, best_key = r, (tonic, mode)
-    return best_key
+    return np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
+
+
+# the 24 rotated profiles, major tonics 0..11 then minor: row i is key index i
+KEY_PROFILES = np.array([np.roll(p, t) for p in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])
+_CENTRED = KEY_PROFILES - KEY_PROFILES.mean(axis=1, keepdims=True)
+_CENTRED /= np.sqrt((_CENTRED ** 2).sum(axis=1, keepdims=True))
+
+
+def best_key(hist: np.ndarray) -> int:
+    """Index (0..23) of the profile best correlated with `hist`; 0 (C major) when no correlation
+    is defined (a flat histogram).
+
+    All 24 correlations come from one matrix product; keys within 1e-9 of the best are then
+    re-scored with np.corrcoef in key order, so the answer (ties and rounding included) is the
+    one 24 np.corrcoef calls give."""
+    h = hist - hist.mean()
+    norm = np.sqrt((h * h).sum())
+    if not norm > 0 or not np.isfinite(norm):
+        return 0  # corrcoef is nan for every key: the first key stays
+    r = _CENTRED @ (h / norm)
+    near = np.flatnonzero(r >= r.max() - 1e-9)
+    if len(near) == 1:
+        return int(near[0])
+    best, best_index = -2.0, 0
+    for i in near.tolist():
+        value = np.corrcoef(hist, KEY_PROFILES[i])[0, 1]
+        if np.isfinite(value) and value > best:
+            best, best_index = value, i
+    return best_index
+
+
+def estimate_key(notes: np.ndarray) -> tuple[int, str]:
+    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
+    24 rotated major/minor profiles and take the best."""
+    return key_of_index(best_key(key_histogram(notes)))
 
 
 def estimate_key_index(notes: np.ndarray) -> int:
@@ -154,11 +181,14 @@ def beat_histograms(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndar
     pc = pitched[:, PITCH] % 12
     first = onset // resolution
     span = int(((end - 1) // resolution - first).max()) + 1
-    for k in range(span):  # a note's k-th beat: how much of it falls in that beat
-        beat = first + k
-        overlap = np.minimum(end, (beat + 1) * resolution) - np.maximum(onset, beat * resolution)
-        ok = (overlap > 0) & (beat < n_beats)
-        np.add.at(hist, (beat[ok], pc[ok]), overlap[ok])
+    # a note's k-th beat, for every note and k at once: how much of the note falls in that beat
+    # (whole steps: float64 sums of integers are exact in any order, so this equals adding them one by one)
+    k = np.arange(span)
+    beat = first[:, None] + k[None, :]
+    overlap = np.minimum(end[:, None], (beat + 1) * resolution) - np.maximum(onset[:, None], beat * resolution)
+    ok = (overlap > 0) & (beat < n_beats)
+    index = beat[ok] * 12 + np.broadcast_to(pc[:, None], beat.shape)[ok]
+    hist += np.bincount(index, weights=overlap[ok], minlength=n_beats * 12).reshape(n_beats, 12)
     return hist
 
 
@@ -167,18 +197,40 @@ def estimate_chords(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndar
     durations with each chord's pitch classes; the previous chord is kept unless another scores
     clearly higher (a lone passing note does not change the harmony); silence is "no chord"."""
     hist = beat_histograms(notes, n_beats, resolution)
-    norms = np.linalg.norm(hist, axis=1, keepdims=True)
-    scores = np.divide(hist, norms, out=np.zeros_like(hist), where=norms > 0) @ TEMPLATES.T
-    out = np.full(n_beats, NO_CHORD, dtype=np.int64)
-    previous = NO_CHORD
-    for b in range(n_beats):
-        if norms[b, 0] == 0:
-            previous = NO_CHORD
-            continue
-        best = int(scores[b].argmax())
-        if previous < NO_CHORD and scores[b, previous] >= KEEP_PREVIOUS * scores[b, best]:
-            best = previous
-        out[b] = previous = best
+    norms = np.sqrt(np.add.reduce(hist * hist, axis=1))  # np.linalg.norm(axis=1), inlined
+    sounding = norms > 0
+    scores = np.zeros((len(hist), NO_CHORD))  # silent beats: no scores needed (they get NO_CHORD)
+    scores[sounding] = (hist[sounding] / norms[sounding, None]) @ TEMPLATES.T
+    return keep_previous_chord(scores, sounding)
+
+
+def keep_previous_chord(scores: np.ndarray, sounding: np.ndarray) -> np.ndarray:
+    """The chord of each beat from its template scores (beats, 84): the best, unless the previous
+    beat's chord scores at least KEEP_PREVIOUS of the best; NO_CHORD where nothing sounds.
+
+    The same answer as going beat by beat, found a run at a time: a chord, once chosen (the best
+    of its beat), lasts until the first later beat where it is not kept, which a table of "next
+    beat that drops chord c" (one pass over all beats and chords) gives at once; there the beat's
+    best takes over, or NO_CHORD in silence."""
+    n = len(scores)
+    out = np.full(n, NO_CHORD, dtype=np.int64)
+    if n == 0:
+        return out
+    rows = np.arange(n)
+    best = scores.argmax(axis=1)
+    kept = sounding[:, None] & (scores >= (KEEP_PREVIOUS * scores[rows, best])[:, None])
+    # drops[b, c]: the first beat >= b where chord c is not kept (n: never), as int32
+    drops = np.where(kept, np.int32(n), rows.astype(np.int32)[:, None])
+    drops = np.minimum.accumulate(drops[::-1], axis=0)[::-1]
+    next_sound = np.where(sounding, rows, n)
+    next_sound = np.minimum.accumulate(next_sound[::-1])[::-1].tolist()
+    best = best.tolist()
+    b = next_sound[0]
+    while b < n:  # b sounds, and the chord before it (if any) was not kept here: its best starts
+        chord = best[b]
+        e = int(drops[b + 1, chord]) if b + 1 < n else n
+        out[b:e] = chord
+        b = next_sound[e] if e < n else n
     return out
 
 
@@ -224,16 +276,26 @@ def parse_density(text) -> int:
     return density_bucket(value)
 
 
+def distinct_onsets(notes: np.ndarray) -> np.ndarray:
+    """The distinct onsets, ascending (np.unique, without its sort when they are sorted already,
+    as a Song's notes are)."""
+    onsets = notes[:, ONSET]
+    if len(onsets) < 2:
+        return onsets.copy()
+    step = onsets[1:] != onsets[:-1]
+    if (onsets[1:] < onsets[:-1]).any():
+        return np.unique(onsets)
+    return onsets[np.concatenate(([True], step))]
+
+
 def bar_densities(notes: np.ndarray, grid: BarGrid, n_bars: int, resolution: int) -> np.ndarray:
     """Bucket of each bar's distinct note onsets per beat."""
-    out = np.zeros(n_bars, dtype=np.int64)
-    onsets = np.unique(notes[:, ONSET]) if len(notes) else np.zeros(0, dtype=np.int64)
-    starts = np.array([grid.start(i) for i in range(n_bars + 1)])
+    onsets = distinct_onsets(notes)
+    starts = bar_start(grid, np.arange(n_bars + 1))
     counts = np.diff(np.searchsorted(onsets, starts))
     beats = np.diff(starts) / resolution
-    for i in range(n_bars):
-        out[i] = density_bucket(counts[i] / max(beats[i], 1e-9))
-    return out
+    rate = counts / np.maximum(beats, 1e-9)
+    return np.searchsorted(DENSITY_EDGES, rate, side="right").astype(np.int64)
 
 
 # ---------------------------------------------------------------- per token
@@ -279,23 +341,41 @@ def position_in_bar(grid: BarGrid, times: np.ndarray, resolution: int) -> np.nda
 
 
 def token_times(tokens, tok, grid: BarGrid) -> np.ndarray:
-    """Time (in steps) right after each token, following the decoder's rules."""
+    """Time (in steps) right after each token, following the decoder's rules: SHIFT moves on by
+    its value, BAR goes to the next bar line (to the first bar line at or after the time when
+    shifts ran past bar lines).
+
+    Between two BARs the time is the bar's start plus the shifts so far (a cumulative sum). The
+    n-th BAR starts bar n unless shifts ran past its line; that is checked for all BARs at once,
+    and only then are the BARs followed one by one."""
     from .tokenizer import BAR, SHIFT
 
-    kinds, values = tok.token_type, tok.token_value
-    out = np.zeros(len(tokens), dtype=np.int64)
-    time, bar = 0, -1
-    for i, t in enumerate(np.asarray(tokens).tolist()):
-        kind = kinds[t]
-        if kind == SHIFT:
-            time += int(values[t])
-        elif kind == BAR:
-            bar += 1
-            if grid.start(bar) < time:
-                bar = grid.index_at_or_after(time)
-            time = grid.start(bar)
-        out[i] = time
-    return out
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) == 0:
+        return np.zeros(0, dtype=np.int64)
+    kinds = tok.token_type[tokens]
+    shift = np.where(kinds == SHIFT, tok.token_value[tokens], 0).astype(np.int64)
+    moved = np.cumsum(shift)
+    bars = np.flatnonzero(kinds == BAR)
+    if len(bars) == 0:
+        return moved
+    segment = np.cumsum(kinds == BAR) - 1  # which BAR each token follows (-1: none yet)
+    index = np.arange(len(bars))
+    bar_starts = bar_start(grid, index)
+    # the time just before each BAR, if every BAR so far went to the next bar line
+    before = np.where(index > 0, bar_starts[index - 1] + moved[bars - 1] - moved[bars[index - 1]], 0)
+    before[0] = moved[bars[0]]  # shifts before the first BAR (a BAR adds no shift)
+    if (bar_starts < before).any():  # shifts ran past a bar line: follow the BARs in order
+        bar_index, time, previous = -1, 0, 0
+        for i, j in enumerate(bars.tolist()):
+            time += int(moved[j] - previous)
+            bar_index += 1
+            if grid.start(bar_index) < time:
+                bar_index = grid.index_at_or_after(time)
+            time = grid.start(bar_index)
+            bar_starts[i], previous = time, int(moved[j])
+    base = bar_starts[segment] - moved[bars[segment]]
+    return np.where(segment >= 0, base + moved, moved)
 
 
 def controls_for(song, tokens, tok) -> np.ndarray:
@@ -306,12 +386,14 @@ def controls_for(song, tokens, tok) -> np.ndarray:
     times = token_times(tokens, tok, grid)
     last = int(max(times.max() if len(times) else 0, song.end)) + 1
     n_beats = last // res + 1
-    n_bars = int(bar_at(grid, np.array([last]))[0]) + 2
+    bars = bar_at(grid, np.append(times, last))  # each token's bar, and the bar of the end
+    n_bars = int(bars[-1]) + 2
+    bars = bars[:-1]
     out = np.empty((len(tokens), 4), dtype=np.uint8)
     out[:, KEY] = estimate_key_index(song.notes)
     out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[times // res]
-    out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bar_at(grid, times)]
-    out[:, POSITION] = position_in_bar(grid, times, res)
+    out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bars]
+    out[:, POSITION] = np.minimum(times - bar_start(grid, bars), POSITION_BEATS * res)  # position_in_bar
     return out
 
 
