@@ -4,6 +4,7 @@
 2. training tokens/s: `melodylstm train`'s loop vs a bare nn.LSTM loop with the same shapes
 3. sampling tokens/s at batch 1 and 16: our sampler vs plain nn.LSTM stepping vs window re-feeding
 4. CLI latency: `melodylstm --help` and an 8-bar `continue` with the default model
+5. sampling under load: batched sampling as the machine is and with one more busy process
 """
 from __future__ import annotations
 
@@ -325,6 +326,45 @@ def bench_sampling(n=2000) -> list[dict]:
     return rows
 
 
+def busy_process():
+    """Another program keeping one core busy (what a shared machine has beside us)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def bench_under_load(layers=2, hidden=256, embedding=128, batch=32, n=3000, repeats=3) -> dict:
+    """Batched sampling (16 variations with key guidance: 32 rows, the default model's shape),
+    tokens/s on the machine as it is and with one more busy process, both in this run: with the
+    sampler's thread policy (one BLAS thread, generate.one_blas_thread) and with every BLAS
+    thread (the policy before), plus `generate -n 16 --bars 16` end to end."""
+    from threadpoolctl import threadpool_limits
+
+    steps = max(20, n // batch)
+
+    def rate(threads):
+        with threadpool_limits(threads, user_api="blas"):
+            return max(sampler_rate(layers, hidden, embedding, steps, batch=batch, controls=True) for _ in range(repeats))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "melodylstm", "-q", "generate", "-o", tmp + "/", "-n", "16", "--style", "tune",
+               "--bars", "16", "--seed", "5"]
+
+        def cli():
+            return best_of(lambda: subprocess.run(cmd, capture_output=True, check=True), repeats)
+
+        threads = os.cpu_count() or 2
+        idle = {"ours": rate(1), "all_threads": rate(threads), "cli_s": cli()}
+        busy = busy_process()
+        try:
+            time.sleep(0.3)
+            loaded = {"ours": rate(1), "all_threads": rate(threads), "cli_s": cli()}
+        finally:
+            busy.kill()
+            busy.wait()
+    return {"model": f"{layers}x{hidden}", "rows": batch, "idle": idle, "loaded": loaded,
+            "ours_slowdown": idle["ours"] / loaded["ours"], "all_threads_slowdown": idle["all_threads"] / loaded["all_threads"],
+            "cli_slowdown": loaded["cli_s"] / idle["cli_s"], "load_before": os.getloadavg()[0]}
+
+
 # ---------------------------------------------------------------- 4. CLI latency
 
 def bench_cli(primer) -> dict:
@@ -353,6 +393,7 @@ def run_all(corpus=None, quick=False) -> dict:
         results["train"].append(bench_train(corpus, 3, 512, 256, 64, 256, 4))
     results["memory"] = bench_memory(corpus, (1, 2) if quick else (1, 8))
     results["sampling"] = bench_sampling(600 if quick else 3000)
+    results["load"] = bench_under_load(n=1000 if quick else 3000, repeats=2 if quick else 3)
     results["cli"] = bench_cli(files[0])
     return results
 
@@ -393,6 +434,15 @@ def format_results(r: dict) -> str:
                      f"{row['peak_bound']:,.0f} ({row['peak_bound'] / row['melodylstm_batch1']:.1f}x b=1) |")
     if r["sampling"]:
         lines.append(f"\npeak fp32 rate: {r['sampling'][0]['peak_gemm_gflops']:.0f} GFLOP/s (a 512-row matrix product)")
+    if r.get("load"):
+        d = r["load"]
+        i, o = d["idle"], d["loaded"]
+        lines += ["", f"| sampling under load ({d['model']}, {d['rows']} rows) | as it is | one more busy process | slowdown |",
+                  "|---|---|---|---|",
+                  f"| melodylstm tok/s (one BLAS thread) | {i['ours']:,.0f} | {o['ours']:,.0f} | **{d['ours_slowdown']:.2f}x** |",
+                  f"| every BLAS thread (the policy before) tok/s | {i['all_threads']:,.0f} | {o['all_threads']:,.0f} | "
+                  f"{d['all_threads_slowdown']:.2f}x |",
+                  f"| `generate -n 16 --bars 16` s | {i['cli_s']:.2f} | {o['cli_s']:.2f} | **{d['cli_slowdown']:.2f}x** |"]
     c = r["cli"]
     lines += ["", "| CLI, process start included | seconds |", "|---|---|",
               f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 (default model) | {c['continue_8_bars_s']:.2f} |"]

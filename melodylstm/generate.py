@@ -328,7 +328,7 @@ class Generator:
                 if density is None and "density" in names:  # keep the primer's pace
                     beats = max(1.0, primer.end / res)
                     density = ctl.density_bucket(len(np.unique(primer.notes[:, ONSET])) / beats)
-            with few_blas_threads(1):  # priming steps one row (or one per style) at a time
+            with one_blas_thread():  # priming steps one row (or one per style) at a time
                 style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guide is not None)
             # rows 0..num-1 told the key; with guidance, rows num.. the same with the key hidden
             self.net.reset(len(h[0]) * num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
@@ -360,7 +360,7 @@ class Generator:
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide)
-        with few_blas_threads(num):
+        with one_blas_thread():  # see its docstring: the thread policy
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
         for generated in rows:
@@ -479,13 +479,19 @@ def bound_primer_tokens(song: Song, tok, max_tokens) -> tuple:
     return crop_song(song, cut), cut, j
 
 
-def few_blas_threads(rows: int):
-    """One BLAS thread for steps of a few rows: a second thread cannot speed up a product of one
-    row, and on a busy machine its spinning made `continue` 2-10x slower (0.8 s became 1.7-7.9 s)."""
-    import contextlib
+def one_blas_thread():
+    """The thread policy of sampling: one BLAS thread, whatever the number of rows.
 
-    if rows >= 8:
-        return contextlib.nullcontext()
+    A sampling step multiplies a few rows (the variations, twice that with key guidance) by
+    matrices of a few hundred thousand weights: well under a millisecond on one core, about the
+    time OpenBLAS's worker threads take to wake, meet and go back to spinning. On an idle machine
+    a second thread gains little; on a machine with other work it is a disaster, because the
+    threads spin waiting for a core the other process holds: `generate -n 16` took 15.7-28.8 s
+    instead of 0.9 s with one other busy process, and a batch of 16-128 rows sampled 4-8x slower
+    with two threads than with one on a loaded 2-core machine (`melodylstm bench`: "sampling under
+    load"). Priming (one row or a few, step by step) is the same case. Parallelism belongs a
+    level up (several processes, as `data --jobs` does), not inside each small product.
+    OPENBLAS_NUM_THREADS and friends still bound everything else (ingest, training is torch)."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")
