@@ -180,15 +180,24 @@ def beat_histograms(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndar
     onset, end = pitched[:, ONSET].astype(np.int64), (pitched[:, ONSET] + pitched[:, DURATION]).astype(np.int64)
     pc = pitched[:, PITCH] % 12
     first = onset // resolution
-    span = int(((end - 1) // resolution - first).max()) + 1
-    # a note's k-th beat, for every note and k at once: how much of the note falls in that beat
-    # (whole steps: float64 sums of integers are exact in any order, so this equals adding them one by one)
-    k = np.arange(span)
-    beat = first[:, None] + k[None, :]
-    overlap = np.minimum(end[:, None], (beat + 1) * resolution) - np.maximum(onset[:, None], beat * resolution)
-    ok = (overlap > 0) & (beat < n_beats)
-    index = beat[ok] * 12 + np.broadcast_to(pc[:, None], beat.shape)[ok]
-    hist += np.bincount(index, weights=overlap[ok], minlength=n_beats * 12).reshape(n_beats, 12)
+    last = (end - 1) // resolution
+    # a note adds to its first beat (up to the beat's end), to its last beat (from the beat's
+    # start) when that is another beat, and a whole beat to each beat between (as a difference:
+    # +resolution from the second beat on, -resolution from the last, summed over the beats).
+    # Whole steps: float64 sums of integers are exact in any order, so this equals adding each
+    # overlap one by one.
+    size = max(n_beats, int(last.max()) + 1) * 12
+    head = np.bincount(first * 12 + pc, weights=np.minimum(end, (first + 1) * resolution) - onset, minlength=size)
+    more = last > first
+    if more.any():
+        tail_pc, tail_first, tail_last = pc[more], first[more], last[more]
+        head += np.bincount(tail_last * 12 + tail_pc, weights=end[more] - tail_last * resolution, minlength=size)
+        between = tail_last > tail_first + 1
+        if between.any():
+            rise = np.bincount((tail_first[between] + 1) * 12 + tail_pc[between], minlength=size)
+            fall = np.bincount(tail_last[between] * 12 + tail_pc[between], minlength=size)
+            head += np.cumsum((rise - fall).reshape(-1, 12), axis=0).reshape(-1) * resolution
+    hist += head.reshape(-1, 12)[:n_beats]
     return hist
 
 
@@ -209,29 +218,28 @@ def keep_previous_chord(scores: np.ndarray, sounding: np.ndarray) -> np.ndarray:
     beat's chord scores at least KEEP_PREVIOUS of the best; NO_CHORD where nothing sounds.
 
     The same answer as going beat by beat, found a run at a time: a chord, once chosen (the best
-    of its beat), lasts until the first later beat where it is not kept, which a table of "next
-    beat that drops chord c" (one pass over all beats and chords) gives at once; there the beat's
-    best takes over, or NO_CHORD in silence."""
+    of its beat), lasts until the first later beat where it is not kept (a search in a table of
+    which chords each beat keeps); there the beat's best takes over, or NO_CHORD in silence."""
     n = len(scores)
-    out = np.full(n, NO_CHORD, dtype=np.int64)
     if n == 0:
-        return out
-    rows = np.arange(n)
+        return np.zeros(0, dtype=np.int64)
     best = scores.argmax(axis=1)
-    kept = sounding[:, None] & (scores >= (KEEP_PREVIOUS * scores[rows, best])[:, None])
-    # drops[b, c]: the first beat >= b where chord c is not kept (n: never), as int32
-    drops = np.where(kept, np.int32(n), rows.astype(np.int32)[:, None])
-    drops = np.minimum.accumulate(drops[::-1], axis=0)[::-1]
-    next_sound = np.where(sounding, rows, n)
-    next_sound = np.minimum.accumulate(next_sound[::-1])[::-1].tolist()
+    kept = sounding[:, None] & (scores >= (KEEP_PREVIOUS * scores[np.arange(n), best])[:, None])
+    # one byte per beat and chord, chord by chord: "the next beat that drops chord c" is a byte search
+    table, sound = kept.T.tobytes(), sounding.tobytes()
     best = best.tolist()
-    b = next_sound[0]
-    while b < n:  # b sounds, and the chord before it (if any) was not kept here: its best starts
+    starts, values = [0], [NO_CHORD]  # runs of one value: where each starts, and the value
+    b = sound.find(1)
+    while b != -1:  # b sounds, and the chord before it (if any) was not kept here: its best starts
         chord = best[b]
-        e = int(drops[b + 1, chord]) if b + 1 < n else n
-        out[b:e] = chord
-        b = next_sound[e] if e < n else n
-    return out
+        row = chord * n
+        e = table.find(0, row + b + 1, row + n)
+        e = n if e == -1 else e - row
+        starts += (b, e)
+        values += (chord, NO_CHORD)
+        b = sound.find(1, e) if e < n else -1
+    starts.append(n)
+    return np.repeat(np.array(values, dtype=np.int64), np.diff(starts))
 
 
 def chord_tone_rate(notes: np.ndarray, chords_per_beat, resolution: int, strong_every: int = 2) -> float:
