@@ -4,6 +4,7 @@
 2. training tokens/s: `melodylstm train`'s loop vs a bare nn.LSTM loop with the same shapes
 3. sampling tokens/s at batch 1 and 16: our sampler vs plain nn.LSTM stepping vs window re-feeding
 4. CLI latency: `melodylstm --help` and an 8-bar `continue` with the default model
+5. sampling under load: batched sampling as the machine is and with one more busy process
 """
 from __future__ import annotations
 
@@ -52,19 +53,24 @@ def best_of(fn, repeats=3):
 # ---------------------------------------------------------------- 1. tokenization
 
 def bench_tokenize(files) -> dict:
-    from .data import load_corpus, tokenize_files
+    from .controls import controls_for
+    from .data import load_corpus, one_blas_thread, tokenize_files
     from .midi import read_midi
     from .tokenizer import Tokenizer
 
     tok = Tokenizer()
     notes = sum(len(tok.normalize(read_midi(f, 12))[0].notes) for f in files)
 
-    def ours():
+    def ours():  # what `melodylstm data` computes per file: tokens and every control
+        for f in files:
+            tokens, kept, _ = tok.tokenize(read_midi(f, 12))
+            if len(kept.notes):
+                controls_for(kept, tokens, tok)
+
+    def tokens_only():
         for f in files:
             tok.tokenize(read_midi(f, 12))
 
-    ours_s = best_of(ours)
-    result = {"files": len(files), "notes": notes, "melodylstm_notes_per_s": notes / ours_s}
     try:
         import miditok
         import symusic
@@ -75,11 +81,27 @@ def bench_tokenize(files) -> dict:
         def theirs():
             for f in files:
                 tsd.encode(symusic.Score(str(f)))
-
-        theirs_s = best_of(theirs)
+    except ImportError:
+        theirs = None
+    # taken in turns, fastest of each: on a shared machine the load moves between the rounds,
+    # and in turns each side sees the same spread of it
+    runs = {"ours": ours, "plain": tokens_only, **({"theirs": theirs} if theirs else {})}
+    seconds = {name: float("inf") for name in runs}
+    with one_blas_thread():  # as `melodylstm data` runs them
+        for _ in range(5):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
+    ours_s, plain_s = seconds["ours"], seconds["plain"]
+    result = {"files": len(files), "notes": notes, "melodylstm_notes_per_s": notes / ours_s,
+              "tokens_only_notes_per_s": notes / plain_s}
+    if theirs is not None:
+        theirs_s = seconds["theirs"]
         result["miditok_tsd_notes_per_s"] = notes / theirs_s
         result["speedup_vs_miditok"] = theirs_s / ours_s
-    except ImportError:
+        result["tokens_only_speedup_vs_miditok"] = theirs_s / plain_s
+    else:
         result["miditok_tsd_notes_per_s"] = None
         result["note"] = "MidiTok not installed (pip install miditok) - comparison skipped"
     # the whole `melodylstm data` job, one process: first run (empty cache) against a repeat run
@@ -314,6 +336,51 @@ def bench_sampling(n=2000) -> list[dict]:
     return rows
 
 
+def busy_process():
+    """Another program keeping one core busy (what a shared machine has beside us)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def bench_under_load(layers=2, hidden=256, embedding=128, batch=32, n=3000, repeats=3) -> dict:
+    """Batched sampling (16 variations with key guidance: 32 rows, the default model's shape),
+    tokens/s on the machine as it is and with one more busy process, both in this run: with the
+    sampler's thread policy (one BLAS thread, generate.one_blas_thread) and with every BLAS
+    thread (the policy before), plus `generate -n 16 --bars 16` end to end."""
+    from threadpoolctl import threadpool_limits
+
+    steps = max(20, n // batch)
+
+    def rate(threads):
+        with threadpool_limits(threads, user_api="blas"):
+            return sampler_rate(layers, hidden, embedding, steps, batch=batch, controls=True)
+
+    threads = os.cpu_count() or 2
+    idle, loaded = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "melodylstm", "-q", "generate", "-o", tmp + "/", "-n", "16", "--style", "tune",
+               "--bars", "16", "--seed", "5"]
+
+        def measure(into):  # fastest of the rounds: the machine's own load moves between them
+            into["ours"] = max(into.get("ours", 0.0), rate(1))
+            into["all_threads"] = max(into.get("all_threads", 0.0), rate(threads))
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            into["cli_s"] = min(into.get("cli_s", float("inf")), time.perf_counter() - start)
+
+        for _ in range(repeats):  # in turns, so both cases see the same spread of other work
+            measure(idle)
+            busy = busy_process()
+            try:
+                time.sleep(0.3)
+                measure(loaded)
+            finally:
+                busy.kill()
+                busy.wait()
+    return {"model": f"{layers}x{hidden}", "rows": batch, "idle": idle, "loaded": loaded,
+            "ours_slowdown": idle["ours"] / loaded["ours"], "all_threads_slowdown": idle["all_threads"] / loaded["all_threads"],
+            "cli_slowdown": loaded["cli_s"] / idle["cli_s"], "load_before": os.getloadavg()[0]}
+
+
 # ---------------------------------------------------------------- 4. CLI latency
 
 def bench_cli(primer) -> dict:
@@ -342,6 +409,7 @@ def run_all(corpus=None, quick=False) -> dict:
         results["train"].append(bench_train(corpus, 3, 512, 256, 64, 256, 4))
     results["memory"] = bench_memory(corpus, (1, 2) if quick else (1, 8))
     results["sampling"] = bench_sampling(600 if quick else 3000)
+    results["load"] = bench_under_load(n=1000 if quick else 3000, repeats=2 if quick else 3)
     results["cli"] = bench_cli(files[0])
     return results
 
@@ -350,10 +418,11 @@ def format_results(r: dict) -> str:
     t = r["tokenize"]
     lines = [f"machine: {r['machine']}", "",
              "| tokenization | notes/s |", "|---|---|",
-             f"| melodylstm | {t['melodylstm_notes_per_s']:,.0f} |"]
+             f"| melodylstm (tokens and every control) | {t['melodylstm_notes_per_s']:,.0f} |"]
     if t.get("miditok_tsd_notes_per_s"):
         lines.append(f"| MidiTok TSD | {t['miditok_tsd_notes_per_s']:,.0f} |")
         lines.append(f"| **speed-up** | **{t['speedup_vs_miditok']:.1f}x** |")
+        lines.append(f"| speed-up, tokens without controls | {t['tokens_only_speedup_vs_miditok']:.1f}x |")
     else:
         lines.append(f"| MidiTok TSD | {t.get('note')} |")
     lines.append(f"| `data` repeat run, cached ({t['files']} files) | **{t['cache_speedup']:.0f}x** faster "
@@ -381,6 +450,15 @@ def format_results(r: dict) -> str:
                      f"{row['peak_bound']:,.0f} ({row['peak_bound'] / row['melodylstm_batch1']:.1f}x b=1) |")
     if r["sampling"]:
         lines.append(f"\npeak fp32 rate: {r['sampling'][0]['peak_gemm_gflops']:.0f} GFLOP/s (a 512-row matrix product)")
+    if r.get("load"):
+        d = r["load"]
+        i, o = d["idle"], d["loaded"]
+        lines += ["", f"| sampling under load ({d['model']}, {d['rows']} rows) | as it is | one more busy process | slowdown |",
+                  "|---|---|---|---|",
+                  f"| melodylstm tok/s (one BLAS thread) | {i['ours']:,.0f} | {o['ours']:,.0f} | **{d['ours_slowdown']:.2f}x** |",
+                  f"| every BLAS thread (the policy before) tok/s | {i['all_threads']:,.0f} | {o['all_threads']:,.0f} | "
+                  f"{d['all_threads_slowdown']:.2f}x |",
+                  f"| `generate -n 16 --bars 16` s | {i['cli_s']:.2f} | {o['cli_s']:.2f} | **{d['cli_slowdown']:.2f}x** |"]
     c = r["cli"]
     lines += ["", "| CLI, process start included | seconds |", "|---|---|",
               f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 (default model) | {c['continue_8_bars_s']:.2f} |"]

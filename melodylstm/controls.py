@@ -4,13 +4,21 @@ style, a chord progression, a note density and its place in the bar.
 Each control is computed from the notes during ingest (cached with the tokens), moves with the
 notes under transposition, and has an "unknown" value: training hides each control at random,
 so every control is optional when generating. Per token, a control describes the moment right
-after that token (the time at which the next note would start).
+after that token (the time at which the next note would start), and is read only from notes
+that started before the token's beat or bar, never from the notes the model is predicting: a
+likelihood figure may give them, and when generating the user's key, chords and density stand
+in for them.
 
-* key      24 keys (12 tonics x major/minor) per piece, Krumhansl-Schmuckler estimate
-* chord    per beat: 12 roots x 7 qualities or "no chord", by template matching (below)
-* density  per bar: note onsets per beat, in 5 buckets
+* key      24 keys (12 tonics x major/minor): Krumhansl-Schmuckler on the notes heard so far
+           (unknown for the first 8 notes)
+* chord    12 roots x 7 qualities or "no chord": the chord of the beat before, by template
+           matching (below)
+* density  note onsets per beat in the bar before, in 5 buckets
 * position steps since the bar line (the sampler knows it exactly)
 * style    the piece's style (first-level subfolder of the training folder), per piece
+
+Checkpoints from before (ModelConfig.causal_controls False) read the whole piece's key, the
+current beat's chord and the current bar's density; `causal=False` computes those for them.
 """
 from __future__ import annotations
 
@@ -18,9 +26,7 @@ import numpy as np
 
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, BarGrid
 
-import os
-CAUSAL_INPUTS = os.environ.get("MELODYLSTM_CAUSAL_INPUTS") == "1"  # prototype switch
-CONTROLS_VERSION = 2 if CAUSAL_INPUTS else 1  # part of the token cache key: bump when any estimate below changes
+CONTROLS_VERSION = 2  # part of the token cache key: bump when any estimate below changes
 
 # ---------------------------------------------------------------- keys
 
@@ -49,20 +55,47 @@ def key_label(index: int) -> str:
     return f"{TONIC_NAMES[tonic]}:{mode}"
 
 
-def estimate_key(notes: np.ndarray) -> tuple[int, str]:
-    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
-    24 rotated major/minor profiles and take the best."""
+def key_histogram(notes: np.ndarray) -> np.ndarray:
+    """Duration-weighted pitch-class histogram of the pitched notes (drums excluded)."""
     pitched = notes[notes[:, PROGRAM] != DRUMS]
     if len(pitched) == 0:
         raise ValueError("no pitched notes to estimate a key from")
-    hist = np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
-    best, best_key = -2.0, (0, "major")
-    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
-            if np.isfinite(r) and r > best:
-                best, best_key = r, (tonic, mode)
-    return best_key
+    return np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
+
+
+# the 24 rotated profiles, major tonics 0..11 then minor: row i is key index i
+KEY_PROFILES = np.array([np.roll(p, t) for p in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])
+_CENTRED = KEY_PROFILES - KEY_PROFILES.mean(axis=1, keepdims=True)
+_CENTRED /= np.sqrt((_CENTRED ** 2).sum(axis=1, keepdims=True))
+
+
+def best_key(hist: np.ndarray) -> int:
+    """Index (0..23) of the profile best correlated with `hist`; 0 (C major) when no correlation
+    is defined (a flat histogram).
+
+    All 24 correlations come from one matrix product; keys within 1e-9 of the best are then
+    re-scored with np.corrcoef in key order, so the answer (ties and rounding included) is the
+    one 24 np.corrcoef calls give."""
+    h = hist - hist.mean()
+    norm = np.sqrt((h * h).sum())
+    if not norm > 0 or not np.isfinite(norm):
+        return 0  # corrcoef is nan for every key: the first key stays
+    r = _CENTRED @ (h / norm)
+    near = np.flatnonzero(r >= r.max() - 1e-9)
+    if len(near) == 1:
+        return int(near[0])
+    best, best_index = -2.0, 0
+    for i in near.tolist():
+        value = np.corrcoef(hist, KEY_PROFILES[i])[0, 1]
+        if np.isfinite(value) and value > best:
+            best, best_index = value, i
+    return best_index
+
+
+def estimate_key(notes: np.ndarray) -> tuple[int, str]:
+    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
+    24 rotated major/minor profiles and take the best."""
+    return key_of_index(best_key(key_histogram(notes)))
 
 
 def estimate_key_index(notes: np.ndarray) -> int:
@@ -170,12 +203,24 @@ def beat_histograms(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndar
     onset, end = pitched[:, ONSET].astype(np.int64), (pitched[:, ONSET] + pitched[:, DURATION]).astype(np.int64)
     pc = pitched[:, PITCH] % 12
     first = onset // resolution
-    span = int(((end - 1) // resolution - first).max()) + 1
-    for k in range(span):  # a note's k-th beat: how much of it falls in that beat
-        beat = first + k
-        overlap = np.minimum(end, (beat + 1) * resolution) - np.maximum(onset, beat * resolution)
-        ok = (overlap > 0) & (beat < n_beats)
-        np.add.at(hist, (beat[ok], pc[ok]), overlap[ok])
+    last = (end - 1) // resolution
+    # a note adds to its first beat (up to the beat's end), to its last beat (from the beat's
+    # start) when that is another beat, and a whole beat to each beat between (as a difference:
+    # +resolution from the second beat on, -resolution from the last, summed over the beats).
+    # Whole steps: float64 sums of integers are exact in any order, so this equals adding each
+    # overlap one by one.
+    size = max(n_beats, int(last.max()) + 1) * 12
+    head = np.bincount(first * 12 + pc, weights=np.minimum(end, (first + 1) * resolution) - onset, minlength=size)
+    more = last > first
+    if more.any():
+        tail_pc, tail_first, tail_last = pc[more], first[more], last[more]
+        head += np.bincount(tail_last * 12 + tail_pc, weights=end[more] - tail_last * resolution, minlength=size)
+        between = tail_last > tail_first + 1
+        if between.any():
+            rise = np.bincount((tail_first[between] + 1) * 12 + tail_pc[between], minlength=size)
+            fall = np.bincount(tail_last[between] * 12 + tail_pc[between], minlength=size)
+            head += np.cumsum((rise - fall).reshape(-1, 12), axis=0).reshape(-1) * resolution
+    hist += head.reshape(-1, 12)[:n_beats]
     return hist
 
 
@@ -184,19 +229,40 @@ def estimate_chords(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndar
     durations with each chord's pitch classes; the previous chord is kept unless another scores
     clearly higher (a lone passing note does not change the harmony); silence is "no chord"."""
     hist = beat_histograms(notes, n_beats, resolution)
-    norms = np.linalg.norm(hist, axis=1, keepdims=True)
-    scores = np.divide(hist, norms, out=np.zeros_like(hist), where=norms > 0) @ TEMPLATES.T
-    out = np.full(n_beats, NO_CHORD, dtype=np.int64)
-    previous = NO_CHORD
-    for b in range(n_beats):
-        if norms[b, 0] == 0:
-            previous = NO_CHORD
-            continue
-        best = int(scores[b].argmax())
-        if previous < NO_CHORD and scores[b, previous] >= KEEP_PREVIOUS * scores[b, best]:
-            best = previous
-        out[b] = previous = best
-    return out
+    norms = np.sqrt(np.add.reduce(hist * hist, axis=1))  # np.linalg.norm(axis=1), inlined
+    sounding = norms > 0
+    scores = np.zeros((len(hist), NO_CHORD))  # silent beats: no scores needed (they get NO_CHORD)
+    scores[sounding] = (hist[sounding] / norms[sounding, None]) @ TEMPLATES.T
+    return keep_previous_chord(scores, sounding)
+
+
+def keep_previous_chord(scores: np.ndarray, sounding: np.ndarray) -> np.ndarray:
+    """The chord of each beat from its template scores (beats, 84): the best, unless the previous
+    beat's chord scores at least KEEP_PREVIOUS of the best; NO_CHORD where nothing sounds.
+
+    The same answer as going beat by beat, found a run at a time: a chord, once chosen (the best
+    of its beat), lasts until the first later beat where it is not kept (a search in a table of
+    which chords each beat keeps); there the beat's best takes over, or NO_CHORD in silence."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    best = scores.argmax(axis=1)
+    kept = sounding[:, None] & (scores >= (KEEP_PREVIOUS * scores[np.arange(n), best])[:, None])
+    # one byte per beat and chord, chord by chord: "the next beat that drops chord c" is a byte search
+    table, sound = kept.T.tobytes(), sounding.tobytes()
+    best = best.tolist()
+    starts, values = [0], [NO_CHORD]  # runs of one value: where each starts, and the value
+    b = sound.find(1)
+    while b != -1:  # b sounds, and the chord before it (if any) was not kept here: its best starts
+        chord = best[b]
+        row = chord * n
+        e = table.find(0, row + b + 1, row + n)
+        e = n if e == -1 else e - row
+        starts += (b, e)
+        values += (chord, NO_CHORD)
+        b = sound.find(1, e) if e < n else -1
+    starts.append(n)
+    return np.repeat(np.array(values, dtype=np.int64), np.diff(starts))
 
 
 def chord_tone_rate(notes: np.ndarray, chords_per_beat, resolution: int, strong_every: int = 2) -> float:
@@ -241,25 +307,34 @@ def parse_density(text) -> int:
     return density_bucket(value)
 
 
+def distinct_onsets(notes: np.ndarray) -> np.ndarray:
+    """The distinct onsets, ascending (np.unique, without its sort when they are sorted already,
+    as a Song's notes are)."""
+    onsets = notes[:, ONSET]
+    if len(onsets) < 2:
+        return onsets.copy()
+    step = onsets[1:] != onsets[:-1]
+    if (onsets[1:] < onsets[:-1]).any():
+        return np.unique(onsets)
+    return onsets[np.concatenate(([True], step))]
+
+
 def bar_densities(notes: np.ndarray, grid: BarGrid, n_bars: int, resolution: int) -> np.ndarray:
     """Bucket of each bar's distinct note onsets per beat."""
-    out = np.zeros(n_bars, dtype=np.int64)
-    onsets = np.unique(notes[:, ONSET]) if len(notes) else np.zeros(0, dtype=np.int64)
-    starts = np.array([grid.start(i) for i in range(n_bars + 1)])
+    onsets = distinct_onsets(notes)
+    starts = bar_start(grid, np.arange(n_bars + 1))
     counts = np.diff(np.searchsorted(onsets, starts))
     beats = np.diff(starts) / resolution
-    for i in range(n_bars):
-        out[i] = density_bucket(counts[i] / max(beats[i], 1e-9))
-    return out
+    rate = counts / np.maximum(beats, 1e-9)
+    return np.searchsorted(DENSITY_EDGES, rate, side="right").astype(np.int64)
 
 
 # ---------------------------------------------------------------- per token
 
 COLUMNS = ("key", "chord", "density", "position", "style")
 KEY, CHORD, DENSITY, POSITION, STYLE = range(len(COLUMNS))
-# Computed from the notes of the whole beat, bar or piece, so they tell the model about notes it
-# has not seen yet: right for generation (the user states them), wrong for a likelihood figure.
-# Every figure hides them (causal); position follows from past tokens and style is a label.
+# What checkpoints from before causal controls read from the notes of the whole beat, bar or
+# piece, i.e. partly from notes they have not seen yet: every figure hides these for them.
 FROM_FUTURE_NOTES = ("key", "chord", "density")
 POSITION_BEATS = 8  # positions are told exactly up to 8 beats into a bar, then "unknown"
 
@@ -300,23 +375,48 @@ def position_in_bar(grid: BarGrid, times: np.ndarray, resolution: int) -> np.nda
 
 
 def token_times(tokens, tok, grid: BarGrid) -> np.ndarray:
-    """Time (in steps) right after each token, following the decoder's rules."""
+    """Time (in steps) right after each token, following the decoder's rules: SHIFT moves on by
+    its value, BAR goes to the next bar line (to the first bar line at or after the time when
+    shifts ran past bar lines).
+
+    Between two BARs the time is the bar's start plus the shifts so far (a cumulative sum). The
+    n-th BAR starts bar n unless shifts ran past its line; that is checked for all BARs at once,
+    and only then are the BARs followed one by one."""
     from .tokenizer import BAR, SHIFT
 
-    kinds, values = tok.token_type, tok.token_value
-    out = np.zeros(len(tokens), dtype=np.int64)
-    time, bar = 0, -1
-    for i, t in enumerate(np.asarray(tokens).tolist()):
-        kind = kinds[t]
-        if kind == SHIFT:
-            time += int(values[t])
-        elif kind == BAR:
-            bar += 1
-            if grid.start(bar) < time:
-                bar = grid.index_at_or_after(time)
-            time = grid.start(bar)
-        out[i] = time
-    return out
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) == 0:
+        return np.zeros(0, dtype=np.int64)
+    kinds = tok.token_type[tokens]
+    shift = np.where(kinds == SHIFT, tok.token_value[tokens], 0).astype(np.int64)
+    moved = np.cumsum(shift)
+    bars = np.flatnonzero(kinds == BAR)
+    if len(bars) == 0:
+        return moved
+    segment = np.cumsum(kinds == BAR) - 1  # which BAR each token follows (-1: none yet)
+    index = np.arange(len(bars))
+    bar_starts = bar_start(grid, index)
+    # the time just before each BAR, if every BAR so far went to the next bar line
+    before = np.where(index > 0, bar_starts[index - 1] + moved[bars - 1] - moved[bars[index - 1]], 0)
+    before[0] = moved[bars[0]]  # shifts before the first BAR (a BAR adds no shift)
+    if (bar_starts < before).any():  # shifts ran past a bar line: follow the BARs in order
+        bar_index, time, previous = -1, 0, 0
+        for i, j in enumerate(bars.tolist()):
+            time += int(moved[j] - previous)
+            bar_index += 1
+            if grid.start(bar_index) < time:
+                bar_index = grid.index_at_or_after(time)
+            time = grid.start(bar_index)
+            bar_starts[i], previous = time, int(moved[j])
+    base = bar_starts[segment] - moved[bars[segment]]
+    return np.where(segment >= 0, base + moved, moved)
+
+
+def chord_inputs(notes: np.ndarray, n_beats: int, resolution: int, causal: bool = True) -> np.ndarray:
+    """The chord input of each beat: the estimated chord of the beat before (no chord before the
+    first), or with `causal=False` the beat's own chord (older checkpoints)."""
+    chords = estimate_chords(notes, n_beats, resolution)
+    return np.concatenate([[NO_CHORD], chords[:-1]]) if causal else chords
 
 
 def running_keys(notes: np.ndarray, n_beats: int, resolution: int, min_notes: int = 8) -> np.ndarray:
@@ -343,28 +443,31 @@ def running_keys(notes: np.ndarray, n_beats: int, resolution: int, min_notes: in
     return out
 
 
-def controls_for(song, tokens, tok) -> np.ndarray:
+def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
     """(len(tokens), 4) uint8: key, chord, density, position after each token of `song`'s
-    encoding (style is added per file when the corpus is stored)."""
+    encoding (style is added per file when the corpus is stored). Causal (the default, what
+    models learn now): each read from the notes before the token's beat or bar, so a
+    likelihood may give them. `causal=False`: the older inputs (the whole piece's key, the
+    current beat's chord, the current bar's density) that older checkpoints were trained on."""
     res = tok.config.resolution
     grid = song.bar_grid()
     times = token_times(tokens, tok, grid)
     last = int(max(times.max() if len(times) else 0, song.end)) + 1
     n_beats = last // res + 1
-    n_bars = int(bar_at(grid, np.array([last]))[0]) + 2
+    bars = bar_at(grid, np.append(times, last))  # each token's bar, and the bar of the end
+    n_bars = int(bars[-1]) + 2
+    bars = bars[:-1]
     out = np.empty((len(tokens), 4), dtype=np.uint8)
-    beats, bars = times // res, bar_at(grid, times)
-    if CAUSAL_INPUTS:
+    beats = times // res
+    if causal:
         out[:, KEY] = running_keys(song.notes, n_beats, res)[beats]
-        chords = np.concatenate([[NO_CHORD], estimate_chords(song.notes, n_beats, res)])  # the beat before
-        out[:, CHORD] = chords[beats]
-        densities = np.concatenate([[DENSITY_UNKNOWN], bar_densities(song.notes, grid, n_bars, res)])
-        out[:, DENSITY] = densities[bars]
+        out[:, CHORD] = chord_inputs(song.notes, n_beats, res)[beats]
+        out[:, DENSITY] = np.concatenate([[DENSITY_UNKNOWN], bar_densities(song.notes, grid, n_bars, res)])[bars]
     else:
         out[:, KEY] = estimate_key_index(song.notes)
         out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[beats]
         out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bars]
-    out[:, POSITION] = position_in_bar(grid, times, res)
+    out[:, POSITION] = np.minimum(times - bar_start(grid, bars), POSITION_BEATS * res)  # position_in_bar
     return out
 
 
@@ -380,15 +483,10 @@ def transpose(controls: np.ndarray, shift: np.ndarray) -> None:
     controls[..., CHORD] = np.where(known, ((chord // q + s) % 12) * q + chord % q, chord)
 
 
-def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray, together: float = 0.0,
-         group=None) -> None:
+def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray) -> None:
     """Set each control of each row to "unknown" with `probability` (in place; (B, T, C)):
-    the model learns to do without any of them. With `together`, the columns in `group` (a
-    boolean mask) are also hidden all at once in that share of the rows: the causal figure
-    sees none of them, so the model must practise that case too."""
+    the model learns to do without any of them."""
     hidden = rng.random((controls.shape[0], controls.shape[2])) < probability
-    if together and group is not None:
-        hidden |= (rng.random(controls.shape[0]) < together)[:, None] & np.asarray(group, bool)[None, :]
     controls[:] = np.where(hidden[:, None, :], unknown[None, None, :controls.shape[2]], controls)
 
 

@@ -182,16 +182,34 @@ def tokenize_files(paths, tokenizer: Tokenizer, cache_root=None, jobs: int = 0, 
     jobs = jobs or os.cpu_count() or 1
     work = [(paths[i], tokenizer, cache_root) for i in todo]
     if jobs > 1 and len(work) > 4:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(work)), initializer=_one_blas_thread) as pool:
             for i, result in zip(todo, pool.map(_process_file, work, chunksize=max(1, len(work) // (jobs * 8)))):
                 results[i] = result
                 bar.update(1)
-    else:
-        for i, args in zip(todo, work):
-            results[i] = _process_file(args)
-            bar.update(1)
+    elif work:
+        with one_blas_thread():
+            for i, args in zip(todo, work):
+                results[i] = _process_file(args)
+                bar.update(1)
     bar.close()
     return [results[i] for i in range(len(paths))]
+
+
+def one_blas_thread():
+    """Ingest's matrix products are tiny (a piece's beats x 12 pitch classes x 84 chords): a
+    second BLAS thread cannot speed them up, and with other work on the machine its spinning made
+    a 0.3 ms product take 13 ms. The work is spread over processes instead (--jobs)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+_worker_limits = None
+
+
+def _one_blas_thread():  # ProcessPoolExecutor initializer: for the worker's whole life
+    global _worker_limits
+    _worker_limits = one_blas_thread()
 
 
 def _cached_only(path, tokenizer, cache_root):

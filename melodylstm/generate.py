@@ -27,6 +27,10 @@ from .sampling import FastLSTM, KeyGuide, Sampler, estimate_key, key_name, parse
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
+# ... and at most this many tokens of them (whole bars, ~2,700 notes): priming runs token by token, so
+# a dense file's 64 bars (16k tokens) cost seconds. Typical 64 bars are far below it (chorales
+# median 870 tokens, POP909 1,340, the largest of 60 POP909 songs 5,152), so it changes nothing there.
+DEFAULT_PRIMER_TOKENS = 8192
 
 
 @dataclass
@@ -182,27 +186,33 @@ class Generator:
     def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=CONTINUE_TEMPERATURE, top_k=0, top_p=1.0,
                   seed=None, key=None, pitch_range=None, primer_bars=DEFAULT_PRIMER_BARS, on_note=None,
                   style=None, chords=None, density=None, strict_key=False,
-                  key_strength=None, voices="auto") -> list[Continuation]:
+                  key_strength=None, voices="auto", primer_tokens=DEFAULT_PRIMER_TOKENS) -> list[Continuation]:
         """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song) from its last
-        `primer_bars` bars (None: all of it). Controls as for `generate`; by default the primer's
-        key, density and texture are kept (voices "auto": at most as many notes sounding at once
-        as the primer ever starts together, so a melody is answered with a melody), its style is
-        the one under which it is most likely, and the model chooses the chords."""
+        `primer_bars` bars (None: all of it), and of those at most the last whole bars that fit in
+        `primer_tokens` tokens (None: no bound; it applies only with `primer_bars`). Controls as
+        for `generate`; by default the primer's key, density and texture are kept (voices "auto":
+        at most as many notes sounding at once as the primer ever starts together, so a melody is
+        answered with a melody), its style is the one under which it is most likely, and the
+        model chooses the chords."""
         song, source = self._read_primer(primer)
         kept, _ = self.tok.normalize(song)
         if len(kept.notes) == 0:
             raise ValueError("the primer has no notes the model can read" if len(song.notes) else "the primer has no notes")
-        offset, total_bars = 0, None
+        offset, total_bars, used_bars = 0, None, None
         if primer_bars:
             grid = kept.bar_grid()
             total_bars = grid.index_at_or_after(kept.end)
-            offset = grid.start(max(0, total_bars - primer_bars))
+            first = max(0, total_bars - primer_bars)
+            offset = grid.start(first)
             kept = crop_song(kept, offset)
             if len(kept.notes) == 0:
                 raise ValueError(f"the last {primer_bars} bars of the primer hold no notes")
+            kept, cut, dropped = bound_primer_tokens(kept, self.tok, primer_tokens)
+            offset += cut
+            used_bars = total_bars - first - dropped
         request = self._control_request(None if key == "auto" else key, style, chords, density, strict_key,
                                         auto_key=key == "auto", key_strength=key_strength)
-        request["primer_bars"] = primer_bars if total_bars is not None and total_bars > primer_bars else None
+        request["primer_bars"] = used_bars if total_bars is not None and total_bars > used_bars else None
         request["voices"] = self._voices(primer_voices(kept) if voices == "auto" else voices, None)
         songs, used_key = self._sample(kept, kept, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
                                        self._seed(seed), request, pitch_range, on_note, offset)
@@ -333,7 +343,7 @@ class Generator:
                 earlier_chords = ctl.chord_inputs(primer.notes, primer.end // res + 2, res, causal)
                 if density is None and "density" in names:  # keep the pace of the primer's last bars
                     density = ctl.density_bucket(recent_onsets_per_beat(primer, res))
-            with few_blas_threads(1):  # priming steps one row (or one per style) at a time
+            with one_blas_thread():  # priming steps one row (or one per style) at a time
                 style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guide is not None,
                                           voices=request.get("voices"))
             # rows 0..num-1 told the key; with guidance, rows num.. the same with the key hidden
@@ -371,7 +381,7 @@ class Generator:
             constraint = bias if constraint is None else constraint + bias
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
                           max_rest)
-        with few_blas_threads(num):
+        with one_blas_thread():  # see its docstring: the thread policy
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
         for generated in rows:
@@ -427,11 +437,15 @@ class Generator:
         rows[:, :, ctl.KEY] = ctl.KEY_UNKNOWN
         rows[:, :, ctl.DENSITY] = ctl.DENSITY_UNKNOWN
         _, logits = self.net.prime(prefix[:-1], rows[..., columns], rows=n, want_logits=True)
-        logits = logits[:, :-1].astype(np.float64)  # logits[t] predicts prefix[t + 1]
-        top = logits.max(-1, keepdims=True)
-        log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-        target = np.broadcast_to(prefix[1:-1][None, :, None], logits.shape[:2] + (1,))
-        score = (np.take_along_axis(logits, target, -1)[..., 0] - log_z).sum(1)
+        steps = logits.shape[1] - 1  # logits[t] predicts prefix[t + 1]
+        log_p = np.empty((n, steps))
+        for t0 in range(0, steps, 1024):  # in blocks: float64 copies of all the logits are large
+            block = logits[:, t0: min(steps, t0 + 1024)].astype(np.float64)
+            top = block.max(-1, keepdims=True)
+            log_z = np.log(np.exp(block - top).sum(-1)) + top[..., 0]
+            target = np.broadcast_to(prefix[1 + t0: 1 + t0 + block.shape[1]][None, :, None], block.shape[:2] + (1,))
+            log_p[:, t0: t0 + block.shape[1]] = np.take_along_axis(block, target, -1)[..., 0] - log_z
+        score = log_p.sum(1)
         report["style_source"] = "primer"
         report["style_scores"] = {name: round(float(v), 1) for name, v in zip(self.styles, score)}
         if candidates is not None and len(candidates) < len(self.styles):
@@ -479,13 +493,41 @@ class Generator:
         return on_token
 
 
-def few_blas_threads(rows: int):
-    """One BLAS thread for steps of a few rows: a second thread cannot speed up a product of one
-    row, and on a busy machine its spinning made `continue` 2-10x slower (0.8 s became 1.7-7.9 s)."""
-    import contextlib
+def bound_primer_tokens(song: Song, tok, max_tokens) -> tuple:
+    """(song, cut, bars dropped): the song from the first bar line after which its encoding has
+    at most `max_tokens` tokens (cut: that bar line's step; the song unchanged when it fits, when
+    there is no bound, or without BAR tokens). A bar is never split, so when the last bar alone
+    is longer, the primer is that bar."""
+    if not max_tokens or not tok.config.bar_tokens:
+        return song, 0, 0
+    tokens = tok.encode_normalized(song)
+    if len(tokens) - 1 <= max_tokens:  # the EOS is not fed
+        return song, 0, 0
+    bars = np.flatnonzero(tokens == tok.bar)
+    # BAR j starts bar j; from it on (after a BOS) the primer holds len - position tokens, but EOS
+    fits = np.flatnonzero(len(tokens) - bars <= max_tokens)
+    notes_end = int(song.notes[:, ONSET].max())
+    grid = song.bar_grid()
+    last_with_notes = max(0, grid.index_at_or_after(notes_end + 1) - 1)
+    j = int(fits[0]) if len(fits) else last_with_notes
+    j = min(j, last_with_notes)  # keep at least the bar of the last onset
+    cut = grid.start(j)
+    return crop_song(song, cut), cut, j
 
-    if rows >= 8:
-        return contextlib.nullcontext()
+
+def one_blas_thread():
+    """The thread policy of sampling: one BLAS thread, whatever the number of rows.
+
+    A sampling step multiplies a few rows (the variations, twice that with key guidance) by
+    matrices of a few hundred thousand weights: well under a millisecond on one core, about the
+    time OpenBLAS's worker threads take to wake, meet and go back to spinning. On an idle machine
+    a second thread gains little; on a machine with other work it is a disaster, because the
+    threads spin waiting for a core the other process holds: `generate -n 16` took 15.7-28.8 s
+    instead of 0.9 s with one other busy process, and a batch of 16-128 rows sampled 4-8x slower
+    with two threads than with one on a loaded 2-core machine (`melodylstm bench`: "sampling under
+    load"). Priming (one row or a few, step by step) is the same case. Parallelism belongs a
+    level up (several processes, as `data --jobs` does), not inside each small product.
+    OPENBLAS_NUM_THREADS and friends still bound everything else (ingest, training is torch)."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")

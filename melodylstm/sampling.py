@@ -139,29 +139,48 @@ class FastLSTM:
         self.reset(rows)
         if T == 0:
             return (self.state(), np.zeros((rows, 0, self.vocab), np.float32)) if want_logits else self.state()
-        x = np.broadcast_to(self.table[tokens], (rows, T, 4 * H)).astype(np.float32)  # layer 0 input projection
         if self.control_tables:
             controls = np.asarray(controls, dtype=np.int64)
             controls = np.broadcast_to(controls, (rows,) + controls.shape[-2:])
+
+        def layer0_input(span):  # the lookups of a block of steps: all of them at once would be
+            x = np.empty((rows, span.stop - span.start, 4 * H), dtype=np.float32)  # large (64 MB
+            x[:] = self.table[tokens[span]]  # for 8k steps of 2 rows), each sum a pass over memory
             for i, table in enumerate(self.control_tables):
-                x = x + table[controls[:, :, i]]
+                np.add(x, table[controls[:, span, i]], out=x)
+            return x
+
         outputs = np.empty((rows, T, H), dtype=np.float32)
+        g = np.empty((rows, 4 * H), dtype=np.float32)
+        tmp = np.empty((rows, H), dtype=np.float32)
+        matmul, exp, add, multiply, tanh = np.matmul, np.exp, np.add, np.multiply, np.tanh
+        block = 256
         for k in range(self.layers):
             w_hh = self.w[k] if k == 0 else self.w[k][H:]
             if k > 0:  # the input half of the packed weights, for every step at once
-                x = outputs @ self.w[k][:H] + self.b[k]
+                x = outputs @ self.w[k][:H]
+                x += self.b[k]
             h, c = self.xh[k][:, H:], self.c[k]
-            for t in range(T):
-                g = x[:, t] + h @ w_hh
-                with np.errstate(over="ignore"):
-                    np.exp(g, out=g)
-                g += 1.0
-                np.reciprocal(g, out=g)
-                cand = g[:, 3 * H:] * 2.0 - 1.0
-                c *= g[:, H: 2 * H]
-                c += g[:, :H] * cand
-                h[:] = g[:, 2 * H: 3 * H] * np.tanh(c)
-                outputs[:, t] = h
+            i_gate, f_gate, o_gate, cand = g[:, :H], g[:, H: 2 * H], g[:, 2 * H: 3 * H], g[:, 3 * H:]
+            # the same operations as FastLSTM.step, in place (no array made per step): the
+            # Python overhead per step, not the arithmetic, is what long primers spend time on
+            with np.errstate(over="ignore"):
+                for t0 in range(0, T, block):
+                    xs = layer0_input(slice(t0, min(T, t0 + block))) if k == 0 else x[:, t0: t0 + block]
+                    for t in range(xs.shape[1]):
+                        matmul(h, w_hh, out=g)
+                        add(g, xs[:, t], out=g)
+                        exp(g, out=g)
+                        add(g, 1.0, out=g)
+                        np.reciprocal(g, out=g)
+                        multiply(cand, 2.0, out=cand)
+                        add(cand, -1.0, out=cand)
+                        multiply(c, f_gate, out=c)
+                        multiply(i_gate, cand, out=tmp)
+                        add(c, tmp, out=c)
+                        tanh(c, out=tmp)
+                        multiply(o_gate, tmp, out=h)
+                        outputs[:, t0 + t] = h
             if k + 1 < self.layers:
                 self.xh[k + 1][:, :H] = h
         state = self.state()

@@ -1,8 +1,8 @@
 """Every likelihood figure is causal: changing the notes after a moment t never changes what the
 model predicted up to t — through `evaluate`'s path (files -> tokens -> controls -> the model),
-training validation, and the continuation figure. The same checks with the key, chords and
-density of the scored notes given (the conditional figure) do see the change, so the test can
-tell a leak when there is one."""
+training validation, and the continuation figure, for a model with causal controls and for an
+older one (whose leaky inputs must be hidden). The same check fed the older, leaky inputs
+(the current beat's chord, the whole piece's key) sees the change, so it can tell a leak."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,11 +25,12 @@ TOK = Tokenizer()
 RES = TOK.config.resolution
 
 
-def model_with_controls(seed: int = 0) -> MelodyLSTM:
+def model_with_controls(seed: int = 0, causal: bool = True) -> MelodyLSTM:
     """An untrained model reading every control: random weights respond to every input."""
     torch.manual_seed(seed)
     controls = ctl.model_controls(RES, ["a", "b"], CONTROL_DIMS)
-    return MelodyLSTM(ModelConfig(len(TOK), 16, 32, 2, 0.0, controls=controls, styles=("a", "b"))).eval()
+    return MelodyLSTM(ModelConfig(len(TOK), 16, 32, 2, 0.0, controls=controls, styles=("a", "b"),
+                                  causal_controls=causal)).eval()
 
 
 def changed_after(song: Song, t: int, rng) -> Song:
@@ -68,14 +69,17 @@ def pieces(n: int):
         yield seed, song, t, changed_after(song, t, rng)
 
 
-def evaluate_path_leaks(model, tmp_path, conditional: bool) -> list[bool]:
-    """For each piece: do the log-probabilities up to the first changed token differ?"""
+def evaluate_path_leaks(model, tmp_path, leaky_inputs: bool = False) -> list[bool]:
+    """For each piece: do the log-probabilities up to the first changed token differ?
+    leaky_inputs: feed the older inputs computed from the whole beat and piece instead."""
     leaks = []
     for seed, song, t, other in pieces(6):
         (ta, ca), (tb, cb) = (file_inputs(s, tmp_path / f"{seed}{tag}", "x.mid") for s, tag in ((song, "a"), (other, "b")))
+        if leaky_inputs:
+            ca, cb = (ctl.controls_for(s, tokens, TOK, causal=False) for s, tokens in ((song, ta), (other, tb)))
         prefix = common_prefix(ta, tb)
         assert 2 < prefix < min(len(ta), len(tb)), "the change must fall inside both pieces"
-        hide = hidden_controls(model.config, conditional=conditional)  # what evaluate_folder hides
+        hide = hidden_controls(model.config) if not leaky_inputs else ()  # what evaluate_folder hides
         la = token_log_probs(model, ta, model_controls(model.config, ca, 1, hide))
         lb = token_log_probs(model, tb, model_controls(model.config, cb, 1, hide))
         # position k predicts token k + 1: the first prefix positions see only shared tokens
@@ -83,10 +87,11 @@ def evaluate_path_leaks(model, tmp_path, conditional: bool) -> list[bool]:
     return leaks
 
 
-def test_evaluate_is_causal_and_the_conditional_figure_is_not(tmp_path):
-    model = model_with_controls()
-    assert not any(evaluate_path_leaks(model, tmp_path / "causal", conditional=False))
-    assert any(evaluate_path_leaks(model, tmp_path / "conditional", conditional=True))  # the test sees a leak
+def test_evaluate_is_causal_and_the_leaky_inputs_are_not(tmp_path):
+    assert not any(evaluate_path_leaks(model_with_controls(), tmp_path / "causal"))
+    assert not any(evaluate_path_leaks(model_with_controls(causal=False), tmp_path / "older"))
+    assert hidden_controls(model_with_controls(causal=False).config) == {"key", "chord", "density"}
+    assert any(evaluate_path_leaks(model_with_controls(), tmp_path / "leaky", leaky_inputs=True))  # sees a leak
 
 
 def test_training_validation_is_causal(tmp_path, tiny_corpus):
@@ -109,10 +114,13 @@ def test_training_validation_is_causal(tmp_path, tiny_corpus):
         run.val_windows, run.val_controls = np.stack(windows), np.stack(stored)
         losses = window_losses(model, run.val_windows, run.device, run.autocast, controls=run.validation_controls())
         assert torch.allclose(losses[0, :prefix - 1], losses[1, :prefix - 1], atol=1e-5), (seed, t)
-        given = window_losses(model, run.val_windows, run.device, run.autocast, controls=run.val_controls)
-        if seed == 0:  # with everything given, the leak shows
+        if seed == 0:  # the older, leaky inputs in the same windows: the leak shows
+            leaky = np.stack([ctl.controls_for(s, tokens[:length], TOK, causal=False)
+                              for s, tokens in ((song, ta), (other, tb))])
+            leaky = np.concatenate([leaky, np.zeros(leaky.shape[:2] + (1,), np.int64)], axis=2)[..., columns]
+            given = window_losses(model, run.val_windows, run.device, run.autocast, controls=leaky.astype(np.int64))
             leaked = not torch.allclose(given[0, :prefix - 1], given[1, :prefix - 1], atol=1e-5)
-    assert leaked
+    assert run.model_config.causal_controls and leaked
 
 
 def test_continuation_figure_is_causal():

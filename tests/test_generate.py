@@ -218,3 +218,31 @@ def test_long_primer_is_primed_from_its_last_bars_and_copied_byte_for_byte(rando
     assert int.from_bytes(written[10:12], "big") > int.from_bytes(source[10:12], "big")
     back = read_midi(out, 12)
     assert len(back.notes) > len(long_song.notes) and back.notes[:, 0].max() >= 200 * 48
+
+
+def dense_song(bars: int) -> Song:
+    """Four voices of 16th notes: ~200 tokens a bar."""
+    scale = [60, 62, 64, 65, 67, 69, 71, 72]
+    notes = [(s * 3, 3, scale[(s + v) % 8] + o, 80, 0) for s in range(bars * 16) for v, o in enumerate((-12, 0, 4, 7))]
+    return Song(np.array(notes), 12, [(0, 500000)], [(0, 4, 4)])
+
+
+def test_primer_is_bounded_by_tokens_as_well_as_bars(gen):
+    from melodylstm.generate import DEFAULT_PRIMER_TOKENS, bound_primer_tokens
+
+    song = dense_song(40)
+    kept, cut, dropped = bound_primer_tokens(song, TOK, 1000)
+    tokens = TOK.encode_normalized(kept)
+    assert len(tokens) - 1 <= 1000 and dropped > 0 and cut == dropped * 48  # whole bars, from a bar line
+    assert len(TOK.encode_normalized(bound_primer_tokens(song, TOK, 1000 + 300)[0])) > len(tokens)  # no more cut than needed
+    assert bound_primer_tokens(song, TOK, None)[0] is song and bound_primer_tokens(song, TOK, 10**6)[0] is song
+    one_bar = bound_primer_tokens(song, TOK, 5)  # one bar is never split: the last bar stays
+    assert one_bar[2] == 39 and len(one_bar[0].notes) == 64
+    result = gen.continue_(song, bars=1, seed=2, primer_tokens=1000)[0]
+    assert gen.last_controls["primer_bars"] == 40 - dropped
+    assert result.start == song.end and result.notes.notes[:, 0].min() >= song.notes[:, 0].max()  # input timeline
+    # below the bound nothing changes: the same answer as without a bound
+    small = scale_song(7, bars=4)
+    a = gen.continue_(small, bars=2, seed=3)[0].notes.notes
+    b = gen.continue_(small, bars=2, seed=3, primer_tokens=None)[0].notes.notes
+    assert np.array_equal(a, b) and DEFAULT_PRIMER_TOKENS >= 4096

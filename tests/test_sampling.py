@@ -52,3 +52,19 @@ def test_flop_count_matches_the_sampler_matrices():
     _, net = twin(3, False)
     H, V = 16, 40  # recurrent h of layer 0, [x | h] of layers 1 and 2, the output layer
     assert flops_per_token(net) == 2 * (H * 4 * H + 2 * (2 * H * 4 * H) + H * V)
+
+
+def test_prime_over_several_blocks_matches_pytorch_and_rows_are_independent():
+    """prime() fills its input projection in blocks of steps: a primer longer than a block gives
+    the PyTorch state, and a row primed alone is bit for bit the row primed beside another."""
+    model, net = twin(2, False)
+    rng = np.random.default_rng(3)
+    primer = rng.integers(0, 40, size=600)  # more than two blocks of 256 steps
+    (h, c), logits = net.prime(primer, want_logits=True)
+    with torch.no_grad():
+        expected, (th, tc) = model(torch.from_numpy(primer[None]))
+    np.testing.assert_allclose(h, th.numpy(), atol=2e-5)
+    np.testing.assert_allclose(c, tc.numpy(), atol=2e-5)
+    np.testing.assert_allclose(logits[0, -1], expected[0, -1].numpy(), atol=2e-4, rtol=1e-3)
+    (h2, c2) = net.prime(primer, rows=2)
+    assert np.array_equal(h2[:, :1], h2[:, 1:]) and np.array_equal(c2[:, :1], c2[:, 1:])
