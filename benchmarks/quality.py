@@ -7,8 +7,11 @@ for fixed time budgets.
     python benchmarks/quality.py --peer-from earlier.json   # re-measure melodylstm only
 
 Corpora: the bundled chorales and tunes, and ../shared/midi/nottingham and ../shared/midi/pop909
-when present. Every figure is bits per note on the same held-out files (melodylstm's content-hash
-validation split), so the four models are compared on the same music whatever their tokens.
+when present. Every figure is bits per note on the same held-out files (a content-hash split),
+so the four models are compared on the same music whatever their tokens, and every figure is
+causal (no model is told anything computed from the notes it predicts). No model sees the
+held-out files before it is scored: melodylstm trains on copies of the training files and picks
+its best checkpoint on its own split of those, like the GPT peer.
 The LSTM peer ("peer" in the JSON) is what a user would write in 40 lines: MidiTok TSD tokens,
 nn.LSTM 2x256, AdamW at a constant 2e-3, random windows of 128 tokens, no augmentation. The GPT
 peer ("gpt") is a small Transformer on the same tokens, the better of two sizes each trained for
@@ -54,15 +57,30 @@ def split_files(folder: Path):
 
 # ---------------------------------------------------------------- melodylstm train, defaults
 
-def melodylstm_bits(folder: Path, minutes: float, workdir: Path, threads: int = 0, extra=()) -> dict:
+def copy_files(results, folder: Path) -> Path:
+    """Copies of the files of `results` in one folder (names made unique by their hash)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        shutil.copyfile(r.path, folder / f"{r.content_hash[:12]}-{Path(r.path).name}")
+    return folder
+
+
+def melodylstm_bits(train, val, minutes: float, workdir: Path, threads: int = 0, extra=()) -> dict:
+    """`melodylstm train` on copies of the training files only (it picks its best checkpoint on
+    its own validation split of those, as the peers do), `evaluate` on copies of the held-out
+    files, which no choice in training has seen."""
     out = workdir / "run"
-    cmd = [sys.executable, "-m", "melodylstm", "-q", "train", str(folder), "-o", str(out), "--max-time", str(minutes), *extra]
+    train_dir, val_dir = copy_files(train, workdir / "train"), copy_files(val, workdir / "held-out")
+    cmd = [sys.executable, "-m", "melodylstm", "-q", "train", str(train_dir), "-o", str(out), "--max-time", str(minutes),
+           *extra]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     wall = time.perf_counter() - started
-    ev = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(folder), "-c", str(out),
-                         "--split", "val", "--json"], check=True, capture_output=True, text=True)
+    ev = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(val_dir), "-c", str(out),
+                         "--json"], check=True, capture_output=True, text=True)
     report = json.loads(ev.stdout)
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     switched = [r["step"] for r in steps if "regularised" in r]
@@ -82,7 +100,7 @@ def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, pe
         train, val = split_files(folder)
         for minutes in minutes_list:
             with tempfile.TemporaryDirectory() as tmp:
-                ours = melodylstm_bits(folder, minutes, Path(tmp), threads)
+                ours = melodylstm_bits(train, val, minutes, Path(tmp), threads)
             old = earlier.get((name, minutes), {})
             peer = ({"bits_per_note": old["peer"], "steps": old["peer_steps"]} if "peer" in old
                     else lstm_loop_bits(train, val, minutes, threads=threads))

@@ -61,11 +61,33 @@ def test_silence_is_no_chord_and_parsing_names():
         ctl.parse_density("loud")
 
 
-def test_per_token_controls_follow_the_music():
+def test_per_token_controls_read_only_the_notes_before_their_beat_or_bar():
     song = song_of(cadence(2) + [(96 + i * 3, 3, 74, 80, 0) for i in range(16)])  # D major, then a bar of 16ths
     kept, _ = TOK.normalize(song)
     tokens = TOK.encode_normalized(kept)
     c = ctl.controls_for(kept, tokens, TOK)
+    times = ctl.token_times(tokens, TOK, kept.bar_grid())
+    old = ctl.controls_for(kept, tokens, TOK, causal=False)
+    # the key heard so far: unknown for the first 8 notes, then the piece's key
+    heard = np.array([(kept.notes[:, 0] < (t // RES) * RES).sum() for t in times])
+    assert set(c[heard < 8, ctl.KEY]) == {ctl.KEY_UNKNOWN}
+    assert set(c[heard >= 8, ctl.KEY]) == {ctl.key_index(2, "major")}
+    # the chord of the beat before, the density of the bar before
+    chords = ctl.estimate_chords(kept.notes, int(times.max()) // RES + 2, RES)
+    assert c[times < 12, ctl.CHORD].tolist() == [ctl.NO_CHORD] * int((times < 12).sum())
+    later = times >= 12
+    assert np.array_equal(c[later, ctl.CHORD], chords[times[later] // RES - 1])
+    assert set(c[times < 48, ctl.DENSITY]) == {ctl.DENSITY_UNKNOWN}
+    assert set(c[(times >= 48) & (times < 96), ctl.DENSITY]) == set(old[times < 48, ctl.DENSITY])
+    assert set(c[times >= 96, ctl.DENSITY]) == {ctl.density_bucket(0.5)}  # the bar before the 16ths
+    assert np.array_equal(c[:, ctl.POSITION], old[:, ctl.POSITION])
+
+
+def test_per_token_controls_of_older_checkpoints_follow_the_music():
+    song = song_of(cadence(2) + [(96 + i * 3, 3, 74, 80, 0) for i in range(16)])  # D major, then a bar of 16ths
+    kept, _ = TOK.normalize(song)
+    tokens = TOK.encode_normalized(kept)
+    c = ctl.controls_for(kept, tokens, TOK, causal=False)
     assert c.shape == (len(tokens), 4)
     assert set(c[:, ctl.KEY]) == {ctl.key_index(2, "major")}
     times = ctl.token_times(tokens, TOK, kept.bar_grid())
@@ -89,7 +111,7 @@ def test_window_sampler_transposes_labels_and_hides_each_control():
     song = song_of(cadence(0) * 1)
     kept, _ = TOK.normalize(song)
     tokens = np.tile(TOK.encode_normalized(kept), 20)
-    controls = np.tile(np.concatenate([ctl.controls_for(kept, TOK.encode_normalized(kept), TOK),
+    controls = np.tile(np.concatenate([ctl.controls_for(kept, TOK.encode_normalized(kept), TOK, causal=False),
                                        np.zeros((len(TOK.encode_normalized(kept)), 1), np.uint8)], axis=1), (20, 1))
     unknown = ctl.unknown_values(RES, 1)
     sampler = WindowSampler(tokens, TOK, 16, 64, seed=1, transpose=5, controls=controls, unknown=unknown, hide=0.5)
