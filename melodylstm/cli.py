@@ -216,7 +216,7 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
     run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
               data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
-              log=log, progress=not ctx.obj["quiet"])
+              log=log, progress=not ctx.obj["quiet"], sources=sources)
     if run.dist.main:
         r = run.report
         log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "
@@ -225,13 +225,28 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
     status = run.train()
     run.close()
     if run.dist.main:
-        best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
-        log(f"{status} at step {run.step:,} ({run.epochs_done:.1f} epochs, {run.elapsed / 60:.1f} min): "
-            f"{best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
-        if status == "interrupted":
-            log(f"resume with: melodylstm train {' '.join(folders)} -o {out} --resume")
+        report_end(run, status, out, folders, log)
     if status == "interrupted":
-        ctx.exit(130)
+        ctx.exit(128 + (run.stop_signal or 2))  # the shell's code for the signal (2: SIGINT)
+
+
+def report_end(run, status: str, out: str, folders, log) -> None:
+    """The run's last lines; a stop by a signal is said even with -q (its exit code is not 0)."""
+    import signal
+
+    resume = f"resume with: melodylstm train {' '.join(folders)} -o {out} --resume"
+    if run.stopped_at_once:
+        click.echo(f"stopped at once by a second signal: {out}/last.safetensors holds the last whole checkpoint; "
+                   f"{resume}", err=True)
+        return
+    best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
+    what = status if run.stop_signal is None else f"stopped by {signal.Signals(run.stop_signal).name}, saved"
+    line = (f"{what} at step {run.step:,} ({run.epochs_done:.1f} epochs, {run.elapsed / 60:.1f} min): "
+            f"{best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
+    if status == "interrupted":
+        click.echo(f"{line}; {resume}", err=True)
+    else:
+        log(line)
 
 
 @cli.command()
