@@ -12,7 +12,8 @@ class TrainingProgress:
     """Told each step's progress and, now and then, the loss and speed; shows them as a bar that
     redraws at most once a second, or as a line when `interval` seconds passed without one."""
 
-    def __init__(self, enabled: bool, log, start: float = 0.0, stream=None, clock=time.monotonic, interval: float = LOG_INTERVAL):
+    def __init__(self, enabled: bool, log, start: float = 0.0, stream=None, clock=time.monotonic,
+                 interval: float = LOG_INTERVAL):
         stream = stream if stream is not None else sys.stderr
         self.log, self.clock, self.interval = log, clock, interval
         self.loss = self.rate = None
@@ -20,8 +21,8 @@ class TrainingProgress:
         if enabled and _is_terminal(stream):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=1000, initial=round(1000 * start), file=stream, unit="‰", dynamic_ncols=True, leave=False, mininterval=1.0,
-                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+            self.bar = tqdm(total=1000, initial=round(1000 * start), file=stream, unit="‰", dynamic_ncols=True,
+                            leave=False, mininterval=1.0, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
         else:
             self.lines = enabled
         self.last_line = clock()

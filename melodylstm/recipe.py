@@ -17,7 +17,7 @@ validation stops improving, training switches regularisation on itself (train.py
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from .config import ModelConfig
 
@@ -288,14 +288,16 @@ def resolve_plan(corpus: CorpusSummary, options: TrainConfig, model=None, step_s
         recipe_model = {k: getattr(recipe, k) for k in ("embedding", "hidden", "layers", "dropout")}
         model = ModelConfig(corpus.vocab, **{**recipe_model, **chosen}, controls=corpus.controls,
                             styles=tuple(corpus.styles) if corpus.controls else ())
-    plan = Plan(recipe, train, model, Budget(1), min(train.seq_len, corpus.train_tokens - 1), 0,
+    window = min(train.seq_len, corpus.train_tokens - 1)
+    tokens_per_step = train.batch_size * window * world
+    steps_per_epoch = max(1, math.ceil(corpus.train_tokens / tokens_per_step))
+    budget = plan_budget(train, corpus.train_tokens, tokens_per_step, steps_per_epoch)
+    return Plan(recipe, train, model, budget, window,
+                warmup=min(train.warmup, max(1, budget.steps // 10)) if budget.steps else train.warmup,
                 may_regularise=train.regularise_when_stuck and not by_hand and not recipe.dropout,
                 set_by_hand=(train.batch_size, train.seq_len, train.lr, train.transpose, model.layers, model.hidden)
                 != (recipe.batch_size, recipe.seq_len, recipe.lr, recipe.transpose, recipe.layers, recipe.hidden),
                 train_tokens=corpus.train_tokens, world=world, device=device, style_files=tuple(corpus.style_files))
-    budget = plan_budget(train, corpus.train_tokens, plan.tokens_per_step, plan.steps_per_epoch)
-    warmup = min(train.warmup, max(1, budget.steps // 10)) if budget.steps else train.warmup
-    return replace(plan, budget=budget, warmup=warmup)
 
 
 def plan_budget(options: TrainConfig, train_tokens: int, tokens_per_step: int, steps_per_epoch: int) -> Budget:

@@ -49,9 +49,9 @@ class StepTimer:
         parts = []
         for name, seconds in self.known.items():
             probes = self.probes.get(name)
-            parts.append(f"{name} {seconds * 1000:.3g} ms" + (f" (fastest of {len(probes)} probes, slowest "
-                                                                 f"{max(probes) * 1000:.3g} ms)" if probes else
-                                                                 " (extrapolated)"))
+            parts.append(f"{name} {milliseconds(seconds)}" + (f" (fastest of {len(probes)} probes, slowest "
+                                                             f"{milliseconds(max(probes))})" if probes else
+                                                             " (extrapolated)"))
         return ", ".join(parts) + f" on {self.device}"
 
     def _extrapolate(self, size: Size):
@@ -95,3 +95,7 @@ class StepTimer:
         from .train import train_step
 
         float(train_step(model, optimizer, tokens, controls, autocast, scaler, 1.0))  # float(): waits for the device
+
+
+def milliseconds(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.3g} ms"

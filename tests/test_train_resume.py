@@ -5,13 +5,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from melodylstm.checkpoint import load_checkpoint
-from melodylstm.recipe import CorpusSummary, Plan, SIZES, TrainConfig, resolve_plan
+from melodylstm.recipe import CorpusSummary, Plan, TrainConfig, resolve_plan
 from melodylstm.steptime import StepTimer
 from melodylstm.tokenizer import Tokenizer
 from melodylstm.train import Run
@@ -150,7 +149,7 @@ def test_the_plan_on_a_busy_device_is_the_plan_on_an_idle_one():
     plans = [resolve_plan(CorpusSummary(20_000_000, 300), options, step_seconds=t) for t in (idle, busy)]
     assert plans[0] == plans[1] and plans[0].recipe.expected_steps > 0
     assert idle.known == busy.known
-    measured = [name for name, probes in busy.probes.items()]
+    measured = list(busy.probes)
     assert measured and all(len(busy.probes[n]) > len(idle.probes[n]) for n in measured)  # disagreeing probes: more
     assert "fastest of 6 probes" in busy.describe() and "(extrapolated)" in busy.describe()
 
