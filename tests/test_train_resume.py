@@ -108,6 +108,24 @@ def test_sigterm_ends_the_step_saves_and_resume_repeats_the_uninterrupted_run(ti
     assert records(tmp_path / "ref", "val_nll").keys() == records(out, "val_nll").keys()
 
 
+def test_a_second_signal_leaves_at_once_and_the_last_whole_checkpoint_stands(tiny_corpus, tmp_path):
+    import os
+
+    from test_train import make_run
+
+    run = make_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", max_steps=40, evals=4, patience=0)
+
+    def clock(fake=FakeClock()):
+        if fake.calls == 14:  # right after step 14, before its bookkeeping: two SIGTERMs
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fake()
+
+    assert run.train(clock=clock) == "interrupted" and run.stopped_at_once and run.stop_signal == signal.SIGTERM
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors", with_train_state=True).train_state["step"] == 10
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handlers are gone with it
+
+
 # ---------------------------------------------------------------- the plan
 
 CORPUS = CorpusSummary(train_tokens=60_000, vocab=300, style_files=(("folk", 12),))
