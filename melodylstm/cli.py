@@ -192,7 +192,7 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
     """
     from pathlib import Path
 
-    from .train import Run, TrainConfig
+    from .train import Run, TrainConfig, stop_signals_interrupt
 
     for name, value in (("--max-time", max_time), ("--max-steps", max_steps), ("--epochs", epochs)):
         if value is not None and value <= 0:
@@ -214,9 +214,10 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
                       evals=evals, patience=patience,
                       save_interval=save_interval, compile=use_compile, log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
-    run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
-              data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
-              log=log, progress=not ctx.obj["quiet"], sources=sources)
+    with stop_signals_interrupt():
+        run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
+                  data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
+                  log=log, progress=not ctx.obj["quiet"], sources=sources)
     if run.dist.main:
         r = run.report
         log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "

@@ -200,6 +200,29 @@ class StopNow(Exception):
     """A second stop signal: leave at once; the last checkpoint on disk stands."""
 
 
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """While a run is set up (tokenizing, measuring) there is nothing to save: SIGTERM and SIGHUP
+    then stop it as Ctrl-C does, with one line instead of a silent death."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    numbers = [getattr(signal, name) for name in STOP_SIGNALS[1:] if hasattr(signal, name)]
+    previous = {number: signal.signal(number, interrupt) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class Run:
     """Everything one training run owns: its plan, model, optimizer, data, counters, output folder.
     The plan (recipe.py) holds every setting; the constructor only builds objects from it."""
@@ -221,7 +244,7 @@ class Run:
         self.saved_step = None  # step of the last last.safetensors this process wrote
         self.best_weights = None  # kept in memory while the run may still go back to them to regularise
         self.history = []
-        self.stop_requested, self.stop_signal = False, None
+        self.stop_requested, self.stop_signal, self.stopped_at_once = False, None, False  # set by signals
         start, base = self._starting_point(resume, init_from)
         known = start or base
         self.tok = known.tokenizer if known else tokenizer
@@ -511,7 +534,6 @@ class Run:
         """Run until the budget is spent; returns 'done', 'early-stopped' or 'interrupted' (by a stop
         signal, after the step, saved; `stop_signal` says which, `stopped_at_once` a second one).
         `clock` is read once per step (tests pass a fake one)."""
-        self.stopped_at_once = False
         self._prepare_folder()
         with self._signals_end_the_step():
             try:

@@ -126,6 +126,20 @@ def test_a_second_signal_leaves_at_once_and_the_last_whole_checkpoint_stands(tin
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handlers are gone with it
 
 
+def test_before_the_first_step_sigterm_and_sighup_stop_as_ctrl_c_does():
+    import os
+
+    from melodylstm.train import stop_signals_interrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        before = signal.getsignal(sig)
+        with pytest.raises(KeyboardInterrupt):  # the CLI turns it into one line and exit 1
+            with stop_signals_interrupt():
+                os.kill(os.getpid(), sig)
+                time.sleep(1)
+        assert signal.getsignal(sig) == before
+
+
 # ---------------------------------------------------------------- the plan
 
 CORPUS = CorpusSummary(train_tokens=60_000, vocab=300, style_files=(("folk", 12),))
