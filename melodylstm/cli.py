@@ -225,29 +225,14 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
         log(run.describe_plan() + (f"; resuming at step {run.step:,}" if resume else ""))
     status = run.train()
     run.close()
-    if run.dist.main:
-        report_end(run, status, out, folders, log)
+    if run.dist.main:  # a stop by a signal is said even with -q: its exit code is not 0
+        line = run.summary(status, f"melodylstm train {' '.join(folders)}")
+        if status == "interrupted":
+            click.echo(line, err=True)
+        else:
+            log(line)
     if status == "interrupted":
         ctx.exit(128 + (run.stop_signal or 2))  # the shell's code for the signal (2: SIGINT)
-
-
-def report_end(run, status: str, out: str, folders, log) -> None:
-    """The run's last lines; a stop by a signal is said even with -q (its exit code is not 0)."""
-    import signal
-
-    resume = f"resume with: melodylstm train {' '.join(folders)} -o {out} --resume"
-    if run.stopped_at_once:
-        click.echo(f"stopped at once by a second signal: {out}/last.safetensors holds the last whole checkpoint; "
-                   f"{resume}", err=True)
-        return
-    best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
-    what = status if run.stop_signal is None else f"stopped by {signal.Signals(run.stop_signal).name}, saved"
-    line = (f"{what} at step {run.step:,} ({run.epochs_done:.1f} epochs, {run.elapsed / 60:.1f} min): "
-            f"{best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
-    if status == "interrupted":
-        click.echo(f"{line}; {resume}", err=True)
-    else:
-        log(line)
 
 
 @cli.command()

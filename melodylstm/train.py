@@ -294,41 +294,16 @@ class Run:
         here = {k: getattr(cfg, k) for k in ("out", "device", "precision", "compile", "save_interval", "log_every")}
         return replace(plan, train=replace(plan.train, **here), world=self.dist.world, device=str(self.device))
 
-    @property
-    def cfg(self) -> TrainConfig:
-        return self.plan.train
-
-    @property
-    def recipe(self):
-        return self.plan.recipe
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.plan.model
-
-    @property
-    def budget(self) -> Budget:
-        return self.plan.budget
-
-    @property
-    def warmup(self) -> int:
-        return self.plan.warmup
-
-    @property
-    def may_regularise(self) -> bool:
-        return self.plan.may_regularise
-
-    @property
-    def patience(self) -> int:
-        return self.plan.patience
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.plan.tokens_per_step
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps_per_epoch
+    # the plan's parts, read by the run and its callers under their old names (read-only)
+    cfg = property(lambda self: self.plan.train, doc="TrainConfig: the user's options, the recipe's filled in")
+    recipe = property(lambda self: self.plan.recipe)
+    model_config = property(lambda self: self.plan.model)
+    budget = property(lambda self: self.plan.budget)
+    warmup = property(lambda self: self.plan.warmup)
+    may_regularise = property(lambda self: self.plan.may_regularise)
+    patience = property(lambda self: self.plan.patience)
+    tokens_per_step = property(lambda self: self.plan.tokens_per_step)
+    steps_per_epoch = property(lambda self: self.plan.steps_per_epoch)
 
     def describe_plan(self) -> str:
         """What the run will do and why, for the user (printed at start; the same on resume)."""
@@ -653,6 +628,20 @@ class Run:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+
+    def summary(self, status: str, command: str) -> str:
+        """The run's last line; a stopped one says how, what was saved and how to go on (`command`
+        is the train command line to add --resume to)."""
+        import signal
+
+        resume = f"resume with: {command} -o {self.out} --resume"
+        if self.stopped_at_once:
+            return f"stopped at once by a second signal: {self.out}/last.safetensors holds the last whole checkpoint; {resume}"
+        best = f"best validation {self.best_val:.4f} nats/token; " if self.best_val < float("inf") else ""
+        what = status if self.stop_signal is None else f"stopped by {signal.Signals(self.stop_signal).name}, saved"
+        return (f"{what} at step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
+                f"{best}checkpoints in {self.out}/ (best.safetensors, last.safetensors)"
+                + (f"; {resume}" if status == "interrupted" else ""))
 
     def _agree(self, elapsed: float) -> float:
         """All ranks must see the same clock, or a time budget would end them at different steps."""
