@@ -263,6 +263,15 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
+        """The plan to_dict wrote; ValueError when it is not one."""
+        try:
+            return cls._from_dict(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a training plan ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> "Plan":
+        data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
         return cls(**{**data, "recipe": Recipe(**data["recipe"]), "train": TrainConfig.from_dict(data["train"]),
                       "model": ModelConfig.from_dict(data["model"]), "budget": Budget(**data["budget"]),
                       "style_files": tuple(tuple(p) for p in data.get("style_files", ()))})

@@ -286,7 +286,10 @@ class Run:
         its recipe and budget, so its schedule is unchanged; only where and how it runs may change."""
         state = start.train_state
         if "plan" in state:
-            plan = Plan.from_dict(state["plan"])
+            try:
+                plan = Plan.from_dict(state["plan"])
+            except ValueError as exc:
+                raise ValueError(f"{start.path}: cannot resume: {exc}") from None
         else:  # a checkpoint from before plans were kept: rebuild it from its settings
             saved = TrainConfig.from_dict({**asdict(cfg), **state.get("train_config", {})})
             plan = resolve_plan(self._corpus_summary(saved.controls), saved, start.model_config)

@@ -166,6 +166,8 @@ def test_the_plan_is_pure_printable_and_round_trips():
     assert "budget: 1,000 steps" in text and "regularise instead" in text and plan.may_regularise
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan and again.describe() == text
+    with pytest.raises(ValueError, match="not a training plan"):  # a damaged checkpoint: one line, no traceback
+        Plan.from_dict({**plan.to_dict(), "recipe": 1})
     switched = plan.regularised(300)
     assert (switched.model.dropout, switched.train.transpose, switched.may_regularise) == (0.2, 5, False)
     assert "dropout 0.2" in switched.describe() and "regularised: validation stopped improving at step 300" in switched.describe()
