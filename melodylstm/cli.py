@@ -192,7 +192,7 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
     """
     from pathlib import Path
 
-    from .train import Run, TrainConfig
+    from .train import Run, TrainConfig, stop_signals_interrupt
 
     for name, value in (("--max-time", max_time), ("--max-steps", max_steps), ("--epochs", epochs)):
         if value is not None and value <= 0:
@@ -217,9 +217,10 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
     made = missing_folders(out)
     try:
-        run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
-                  data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
-                  log=log, progress=not ctx.obj["quiet"])
+        with stop_signals_interrupt():
+            run = Run(folder, tok, model_options, cfg, resume=out if resume else None, init_from=init_from,
+                      data_options={"cache_dir": cache_dir, "use_cache": not no_cache, "jobs": jobs},
+                      log=log, progress=not ctx.obj["quiet"], sources=sources)
         if run.dist.main:
             r = run.report
             log(f"corpus: {r['files_used']} files ({len(r['files_skipped'])} skipped), {r['notes']:,} notes, "
@@ -230,14 +231,14 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
         remove_failed_run(out, made)  # folders this command made, with no checkpoint in them: nothing to resume
         raise
     run.close()
-    if run.dist.main:
-        best = f"best validation {run.best_val:.4f} nats/token; " if run.best_val < float("inf") else ""
-        log(f"{status} at step {run.step:,} ({run.epochs_done:.1f} epochs, {run.elapsed / 60:.1f} min): "
-            f"{best}checkpoints in {out}/ (best.safetensors, last.safetensors)")
+    if run.dist.main:  # a stop by a signal is said even with -q: its exit code is not 0
+        line = run.summary(status, f"melodylstm train {' '.join(folders)}")
         if status == "interrupted":
-            log(f"resume with: melodylstm train {' '.join(folders)} -o {out} --resume")
+            click.echo(line, err=True)
+        else:
+            log(line)
     if status == "interrupted":
-        ctx.exit(130)
+        ctx.exit(128 + (run.stop_signal or 2))  # the shell's code for the signal (2: SIGINT)
 
 
 @cli.command()

@@ -460,13 +460,15 @@ def style_of(path: Path, root: Path, fixed: str | None) -> str | None:
 
 
 def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = True, jobs: int = 0,
-                progress: bool = False, val_fraction: float = 0.1, style: str | None = None, styles=None):
+                progress: bool = False, val_fraction: float = 0.1, style: str | None = None, styles=None,
+                sources=None):
     """Scan, tokenize (cached) and store a corpus. Returns (report, TokenStore or None).
 
     path: a folder, or several (see parse_sources for 'NAME=FOLDER'); styles: the style names
-    in id order (a resumed or fine-tuned model's), default: those found, sorted."""
+    in id order (a resumed or fine-tuned model's), default: those found, sorted; sources:
+    parse_sources(path, style), when the caller has it already."""
     started = time.perf_counter()
-    sources = parse_sources(path, style)
+    sources = sources if sources is not None else parse_sources(path, style)
     files, skipped_entries, file_styles = [], [], {}
     for root, fixed in sources:
         found, skipped = find_midi_files(root)

@@ -1,6 +1,8 @@
-"""Training defaults chosen by measurement: model size, window, batch, learning rate, dropout and
-augmentation follow from how much music the corpus holds and how much training the budget buys.
-`melodylstm train` prints the recipe it picked and why; every value can still be set by hand.
+"""The training plan: `resolve_plan` turns the corpus summary, the budget, the device's step time
+and the user's options into every setting of a run (model size, window, batch, learning rate,
+dropout, augmentation, budget, warm-up), from defaults chosen by measurement: they follow from how
+much music the corpus holds and how much training the budget buys. `melodylstm train` prints the
+plan and why; every value can still be set by hand. The plan is pure data (JSON), kept with the run.
 The measurements behind these numbers: benchmarks/README.md.
 
 Two limits pick the size. The corpus caps it (a big model on a few hundred songs only memorises
@@ -14,7 +16,10 @@ Passes are only a forecast: a corpus of few long, repetitive pieces is memorised
 validation stops improving, training switches regularisation on itself (train.py)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from .config import ModelConfig
 
 SMALL_CORPUS = 400_000  # training tokens: below this, a few hundred short pieces
 LARGE_CORPUS = 4_000_000  # above this, thousands of pieces: a bigger model pays off
@@ -115,3 +120,199 @@ def default_steps(train_tokens: int, tokens_per_step: int) -> int:
     ends it sooner when validation stops improving), fewer passes as the corpus grows."""
     epochs = 60 if train_tokens < SMALL_CORPUS else 20 if train_tokens < LARGE_CORPUS else 5
     return int(min(200_000, max(2_000, epochs * train_tokens / max(1, tokens_per_step))))
+
+
+# ---------------------------------------------------------------- the plan of one run
+
+@dataclass
+class TrainConfig:
+    out: str
+    max_steps: int = 0  # budget in steps (0: none)
+    max_time: float = 0.0  # budget in seconds (0: none); with neither, the recipe's default steps
+    epochs: float = 0.0  # another way to give a step budget: this many passes over the training tokens
+    batch_size: int | None = None  # None: the recipe's value for this corpus
+    seq_len: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup: int = 100  # steps of linear warm-up (at most a tenth of a step budget)
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    transpose: int | None = None  # augmentation: random transposition within +-N semitones
+    transpose_share: float | None = None  # of the windows (the others keep the corpus's own keys)
+    val_fraction: float = 0.1
+    controls: bool = True  # learn the control inputs (key, chord, density, position, style)
+    style: str | None = None  # the style of every file (default: first-level subfolder names)
+    evals: int = 20  # validations per budget
+    patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    regularise_when_stuck: bool = True  # a run without regularisation that stops improving switches it on
+    regularise_patience: int = 2  # validations without improvement before that switch (at most `patience`)
+    save_interval: float = 120.0  # seconds between safety checkpoints
+    compile: bool = False
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run may spend: steps, seconds, or both (whichever runs out first ends it)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.steps <= 0 and self.seconds <= 0:
+            raise ValueError("a training budget needs steps or time")
+
+    def progress(self, step: int, elapsed: float) -> float:
+        """0 at the start, 1 when the budget is spent."""
+        done = max(step / self.steps if self.steps else 0.0, elapsed / self.seconds if self.seconds else 0.0)
+        return min(1.0, done)
+
+    def describe(self) -> str:
+        parts = ([f"{self.steps:,} steps"] if self.steps else []) + ([minutes(self.seconds)] if self.seconds else [])
+        return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    """What the plan needs to know of a corpus (no tokens)."""
+
+    train_tokens: int
+    vocab: int
+    controls: tuple = ()  # (name, values, dim) of each control input a new model would learn
+    styles: tuple = ()  # style names in id order
+    style_files: tuple = ()  # (style, files) pairs, for the printed plan
+
+
+@dataclass
+class Plan:
+    """Every setting of one run. Resolved once (resolve_plan), kept in the checkpoints and in
+    plan.json, and changed in one place only: `regularised`."""
+
+    recipe: Recipe
+    train: TrainConfig  # the user's options with the recipe's values filled in
+    model: ModelConfig
+    budget: Budget
+    window: int  # tokens per training window (seq_len, at most the training tokens)
+    warmup: int
+    may_regularise: bool  # the switch to dropout and transposition is still to come
+    set_by_hand: bool  # some values differ from the recipe's
+    train_tokens: int
+    world: int = 1
+    device: str = "cpu"
+    measurement: str = ""  # how the step time was measured (time budgets)
+    style_files: tuple = ()
+    note: str = ""  # what changed since the start (the switch to regularisation)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.window * self.world
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.train_tokens / self.tokens_per_step))
+
+    @property
+    def patience(self) -> int:
+        """Validations without improvement that end this phase: the switch to regularisation, or the run."""
+        c = self.train
+        return min(c.patience, c.regularise_patience) if self.may_regularise else c.patience
+
+    def regularised(self, step: int) -> "Plan":
+        """The plan once validation stopped improving: dropout and transposition from here on."""
+        dropout, transpose, share = regularisation(self.train_tokens)
+        return replace(self, model=replace(self.model, dropout=dropout), may_regularise=False,
+                       train=replace(self.train, transpose=transpose, transpose_share=share),
+                       note=f"validation stopped improving at step {step:,}: dropout {dropout} and transposition "
+                            f"+-{transpose} on {share:.0%} of the windows from there on")
+
+    def describe(self) -> str:
+        """What the run will do and why, for the user (printed at start and on resume)."""
+        c, m, r = self.train, self.model, self.recipe
+        budget = self.budget.describe()
+        if self.budget.steps:
+            budget += f" (= {self.budget.steps / self.steps_per_epoch:.1f} epochs)"
+        parameters = sum(math.prod(shape) for shape in m.weight_shapes().values())
+        transposition = (f"transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows"
+                         if c.transpose and c.transpose_share else "no transposition")
+        lines = [f"recipe: {r.size} model{' (some values set by hand)' if self.set_by_hand else ''}: {r.reason}"]
+        lines += [f"step time: {self.measurement}"] if self.measurement else []
+        lines += [f"regularised: {self.note}"] if self.note else []
+        lines += [f"styles: {', '.join(f'{k} ({v} files)' for k, v in self.style_files)}"] if self.style_files else []
+        lines += [f"controls: {', '.join(m.control_names) or 'none'}",
+                  f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}, dropout {m.dropout}), "
+                  f"{parameters:,} parameters, on {self.device}; windows {c.batch_size}x{self.window}, "
+                  f"lr {c.lr:g}, {transposition}",
+                  f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
+                  f"{c.evals} validations, early stop after {c.patience} without improvement"
+                  + (f" (after {self.patience} the first time: regularise instead)"
+                     if self.may_regularise and c.patience else "")]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(recipe=self.recipe.as_dict(), train=asdict(self.train), model=self.model.to_dict(),
+                    budget=asdict(self.budget), style_files=[list(p) for p in self.style_files])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        """The plan to_dict wrote; ValueError when it is not one."""
+        try:
+            return cls._from_dict(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a training plan ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> "Plan":
+        data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
+        return cls(**{**data, "recipe": Recipe(**data["recipe"]), "train": TrainConfig.from_dict(data["train"]),
+                      "model": ModelConfig.from_dict(data["model"]), "budget": Budget(**data["budget"]),
+                      "style_files": tuple(tuple(p) for p in data.get("style_files", ()))})
+
+
+def resolve_plan(corpus: CorpusSummary, options: TrainConfig, model=None, step_seconds=None, world: int = 1,
+                 device: str = "cpu") -> Plan:
+    """The plan of a new run from the corpus, the budget (options.max_steps/max_time/epochs), the
+    device (step_seconds(size) -> seconds one step of that size takes there, used with a time
+    budget; `world` processes) and the user's choices: `options`' values that are not None, and
+    `model`, a ModelConfig (kept as is) or a dict of model settings (None values: the recipe's).
+    Pure: it reads no corpus, builds no model and looks at no clock."""
+    fixed = isinstance(model, ModelConfig)
+    by_hand = (fixed or (model or {}).get("dropout") is not None
+               or options.transpose is not None or options.transpose_share is not None)
+    seconds = options.max_time if not options.max_steps else 0.0
+    recipe = recipe_for(corpus.train_tokens, seconds, None if fixed else step_seconds,
+                        steps=options.max_steps, epochs=options.epochs)
+    train = replace(options, **{k: getattr(recipe, k) for k in ("batch_size", "seq_len", "lr", "transpose",
+                                                                "transpose_share") if getattr(options, k) is None})
+    if not fixed:
+        chosen = {k: v for k, v in (model or {}).items() if v is not None}
+        recipe_model = {k: getattr(recipe, k) for k in ("embedding", "hidden", "layers", "dropout")}
+        model = ModelConfig(corpus.vocab, **{**recipe_model, **chosen}, controls=corpus.controls,
+                            styles=tuple(corpus.styles) if corpus.controls else (),
+                            causal_controls=bool(corpus.controls))
+    window = min(train.seq_len, corpus.train_tokens - 1)
+    tokens_per_step = train.batch_size * window * world
+    steps_per_epoch = max(1, math.ceil(corpus.train_tokens / tokens_per_step))
+    budget = plan_budget(train, corpus.train_tokens, tokens_per_step, steps_per_epoch)
+    return Plan(recipe, train, model, budget, window,
+                warmup=min(train.warmup, max(1, budget.steps // 10)) if budget.steps else train.warmup,
+                may_regularise=train.regularise_when_stuck and not by_hand and not recipe.dropout,
+                set_by_hand=(train.batch_size, train.seq_len, train.lr, train.transpose, model.layers, model.hidden)
+                != (recipe.batch_size, recipe.seq_len, recipe.lr, recipe.transpose, recipe.layers, recipe.hidden),
+                train_tokens=corpus.train_tokens, world=world, device=device, style_files=tuple(corpus.style_files))
+
+
+def plan_budget(options: TrainConfig, train_tokens: int, tokens_per_step: int, steps_per_epoch: int) -> Budget:
+    """The user's budget (steps and/or time, or epochs as steps), else the recipe's default."""
+    steps = options.max_steps or (math.ceil(options.epochs * steps_per_epoch) if options.epochs else 0)
+    if not steps and not options.max_time:
+        steps = default_steps(train_tokens, tokens_per_step)
+    return Budget(steps, options.max_time)

@@ -1,4 +1,5 @@
-"""Training: `melodylstm train FOLDER`.
+"""The training run of `melodylstm train FOLDER`: objects built from its plan (recipe.py), the
+step loop, validation, checkpoints, and a clean stop on SIGINT, SIGTERM or SIGHUP.
 
 A run is planned by a budget (steps, time, or both: whichever binds first), not by epochs: the
 learning rate warms up, then decays on a cosine that ends exactly when the budget ends, and
@@ -24,45 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from . import controls as ctl
-from .config import CONTROL_DIMS
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import CONTROL_DIMS, ModelConfig
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
 from .evaluate import hidden_controls
 from .fileio import atomic_write_bytes, write_error
-from .config import ModelConfig
 from .model import MelodyLSTM
-from .recipe import Size, minutes, recipe_for, regularisation
+from .progress import TrainingProgress
+from .recipe import Budget, CorpusSummary, Plan, TrainConfig, resolve_plan
+from .steptime import StepTimer
 from .tokenizer import PAD, Tokenizer
 
-
-@dataclass
-class TrainConfig:
-    out: str
-    max_steps: int = 0  # budget in steps (0: none)
-    max_time: float = 0.0  # budget in seconds (0: none); with neither, the recipe's default steps
-    epochs: float = 0.0  # another way to give a step budget: this many passes over the training tokens
-    batch_size: int | None = None  # None: the recipe's value for this corpus (recipe.py)
-    seq_len: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.01
-    warmup: int = 100  # steps of linear warm-up (at most a tenth of a step budget)
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    transpose: int | None = None  # augmentation: random transposition within +-N semitones
-    transpose_share: float | None = None  # of the windows (the others keep the corpus's own keys)
-    val_fraction: float = 0.1
-    controls: bool = True  # learn the control inputs (key, chord, density, position, style)
-    style: str | None = None  # the style of every file (default: first-level subfolder names)
-    evals: int = 20  # validations per budget
-    patience: int = 5  # validations without improvement before stopping (0: never stop early)
-    regularise_when_stuck: bool = True  # a run without regularisation that stops improving switches it on
-    regularise_patience: int = 2  # validations without improvement before that switch (at most `patience`)
-    save_interval: float = 120.0  # seconds between safety checkpoints
-    compile: bool = False
-    log_every: int = 10
+__all__ = ["Budget", "Run", "StepTimer", "TrainConfig"]  # Budget, StepTimer, TrainConfig: re-exported
 
 
 VALIDATION_SHARE = 0.1  # of a time budget, at most, spent validating
@@ -131,27 +106,6 @@ def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- schedule, step, validation
-
-@dataclass(frozen=True)
-class Budget:
-    """What a run may spend: steps, seconds, or both (whichever runs out first ends it)."""
-
-    steps: int = 0
-    seconds: float = 0.0
-
-    def __post_init__(self):
-        if self.steps <= 0 and self.seconds <= 0:
-            raise ValueError("a training budget needs steps or time")
-
-    def progress(self, step: int, elapsed: float) -> float:
-        """0 at the start, 1 when the budget is spent."""
-        done = max(step / self.steps if self.steps else 0.0, elapsed / self.seconds if self.seconds else 0.0)
-        return min(1.0, done)
-
-    def describe(self) -> str:
-        parts = ([f"{self.steps:,} steps"] if self.steps else []) + ([minutes(self.seconds)] if self.seconds else [])
-        return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
-
 
 WARMUP_SHARE = 0.05  # warm-up never takes more than this share of the budget
 
@@ -245,158 +199,168 @@ def optimizer_from_tensors(optimizer, tensors: dict, param_groups: list) -> None
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-# ---------------------------------------------------------------- how fast this device trains
-
-class StepTimer:
-    """Seconds one training step of a recipe size takes here: measured (one untimed and two timed
-    steps on random tokens) while measuring costs under 2% of the budget, extrapolated from the
-    last measured size by multiply-adds beyond that (a GPU measures more of the ladder than a CPU)."""
-
-    PROBE_SHARE = 0.02
-
-    def __init__(self, vocab: int, controls: tuple, device, budget_seconds: float):
-        self.vocab, self.controls, self.device, self.budget = vocab, controls, device, budget_seconds
-        self.extra = sum(dim for _, _, dim in controls)
-        self.known = {}  # size name -> seconds per step
-        self.reference = None  # (size, seconds) last measured
-
-    def __call__(self, size: Size) -> float:
-        if size.name not in self.known:
-            guess = self._extrapolate(size)
-            if guess is None or 3 * guess < self.PROBE_SHARE * self.budget:
-                self.known[size.name] = self._measure(size)
-                self.reference = (size, self.known[size.name])
-            else:
-                self.known[size.name] = guess
-        return self.known[size.name]
-
-    def _extrapolate(self, size: Size):
-        if self.reference is None:
-            return None
-        ref, seconds = self.reference
-        return seconds * size.step_cost(self.vocab, self.extra) / ref.step_cost(self.vocab, self.extra)
-
-    def _measure(self, size: Size) -> float:
-        config = ModelConfig(self.vocab, size.embedding, size.hidden, size.layers, 0.0, controls=self.controls)
-        model = MelodyLSTM(config).to(self.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        autocast, scaler = autocast_for(self.device, "auto")
-        rng = np.random.default_rng(0)
-        tokens = torch.from_numpy(rng.integers(0, self.vocab, (size.batch_size, size.seq_len + 1))).to(self.device)
-        controls = None
-        if self.controls:
-            controls = torch.from_numpy(np.stack([rng.integers(0, values, (size.batch_size, size.seq_len + 1))
-                                                  for _, values, _ in self.controls], axis=-1)).to(self.device)
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            float(train_step(model, optimizer, tokens, controls, autocast, scaler, 1.0))  # float(): waits for the device
-            times.append(time.perf_counter() - started)
-        return min(times[1:])
-
-
 # ---------------------------------------------------------------- the run
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # each ends a run the same way: after the step, saved
+
+
+class StopNow(Exception):
+    """A second stop signal: leave at once; the last checkpoint on disk stands."""
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """While a run is set up (tokenizing, measuring) there is nothing to save: SIGTERM and SIGHUP
+    then stop it as Ctrl-C does, with one line instead of a silent death."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    numbers = [getattr(signal, name) for name in STOP_SIGNALS[1:] if hasattr(signal, name)]
+    previous = {number: signal.signal(number, interrupt) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class Run:
-    """Everything one training run owns: model, optimizer, data, counters, output folder."""
+    """Everything one training run owns: its plan, model, optimizer, data, counters, output folder.
+    The plan (recipe.py) holds every setting; the constructor only builds objects from it."""
 
     def __init__(self, corpus, tokenizer: Tokenizer, model_config: ModelConfig | dict | None, cfg: TrainConfig,
-                 resume=None, init_from=None, data_options=None, log=print, progress=True):
-        """model_config: a ModelConfig, or a dict of model settings (None values: the recipe's)."""
-        self.cfg, self.log = cfg, log
+                 resume=None, init_from=None, data_options=None, log=print, progress=True, sources=None):
+        """model_config: a ModelConfig, or a dict of model settings (None values: the recipe's).
+        sources: parse_sources(corpus, cfg.style), when the caller has it already (parsed once per run)."""
+        self.log = log
         self.corpus = [str(c) for c in corpus] if isinstance(corpus, (list, tuple)) else str(corpus)
+        self.sources = sources if sources is not None else parse_sources(corpus, cfg.style)
         self.dist = setup_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         self.out = Path(cfg.out)
         self.progress = progress and self.dist.main
         self.step, self.evals_done, self.best_val, self.bad_evals, self.elapsed = 0, 0, float("inf"), 0, 0.0
         self.eval_seconds = 0.0  # how long the last validation took
+        self.next_eval = None  # progress at which the next validation runs (kept in checkpoints)
+        self.saved_step = None  # step of the last last.safetensors this process wrote
         self.best_weights = None  # kept in memory while the run may still go back to them to regularise
         self.history = []
+        self.stop_requested, self.stop_signal, self.stopped_at_once = False, None, False  # set by signals
+        start, base = self._starting_point(resume, init_from)
+        known = start or base
+        self.tok = known.tokenizer if known else tokenizer
+        val_fraction = start.train_state.get("train_config", {}).get("val_fraction") if start else None
+        self.report, self.store = self._load_data({**(data_options or {}), "style": cfg.style,
+                                                   "val_fraction": val_fraction or cfg.val_fraction,
+                                                   "styles": known.model_config.styles if known else None})
+        self.plan = self._resumed_plan(start, cfg) if start else self._new_plan(cfg, known.model_config if known
+                                                                                  else model_config)
+        self._build(start, base)
 
-        start = None
+    # -------------------------------------------------------- the plan, and what it is read as
+
+    def _starting_point(self, resume, init_from):
+        """(checkpoint to resume, checkpoint to fine-tune from): at most one of them."""
         if resume:
-            start = load_checkpoint(self._resume_path(resume), with_train_state=True)
-            tokenizer, model_config = start.tokenizer, start.model_config
-        elif init_from:
-            base = load_checkpoint(init_from)
-            tokenizer, model_config = base.tokenizer, base.model_config
-        elif (self.out / "last.safetensors").exists():
+            return load_checkpoint(self._resume_path(resume), with_train_state=True), None
+        if init_from:
+            return None, load_checkpoint(init_from)
+        if (self.out / "last.safetensors").exists():
             raise ValueError(f"{self.out} already holds a training run: add --resume to continue it, "
                              f"or choose another folder with -o")
-        self.tok = tokenizer
-        by_hand = (isinstance(model_config, ModelConfig) or (model_config or {}).get("dropout") is not None
-                   or cfg.transpose is not None or cfg.transpose_share is not None)
-        known_styles = model_config.styles if isinstance(model_config, ModelConfig) and (resume or init_from) else None
-        self.report, self.store = self._load_data(corpus, {**(data_options or {}), "style": cfg.style,
-                                                           "styles": known_styles})
-        if start is not None:  # a resumed run keeps its own recipe and budget, so its schedule is unchanged
-            saved = start.train_state.get("train_config", {})
-            keep = ("out", "device", "precision", "compile", "save_interval", "log_every")
-            cfg = self.cfg = replace(cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)})
-        styles = self.store.styles
-        controls = ctl.model_controls(tokenizer.config.resolution, styles, CONTROL_DIMS, cfg.controls)
-        timer = None
-        if cfg.max_time and start is None and not isinstance(model_config, ModelConfig):
-            timer = StepTimer(len(tokenizer), controls, self.device, cfg.max_time)
-        self.recipe = recipe_for(len(self.store.train), cfg.max_time if not cfg.max_steps else 0.0, timer,
-                                 steps=cfg.max_steps, epochs=cfg.epochs)
-        cfg = self.cfg = replace(cfg, **{k: getattr(self.recipe, k) for k in
-                                         ("batch_size", "seq_len", "lr", "transpose", "transpose_share")
-                                         if getattr(cfg, k) is None})
-        if not isinstance(model_config, ModelConfig):
-            chosen = {k: v for k, v in (model_config or {}).items() if v is not None}
-            model_config = ModelConfig(len(tokenizer), **{**{k: getattr(self.recipe, k) for k in
-                                                             ("embedding", "hidden", "layers", "dropout")}, **chosen},
-                                       controls=controls, styles=tuple(styles) if controls else (),
-                                       causal_controls=bool(controls))
-        self.model_config = model_config
-        # a run the recipe left without regularisation may switch it on when validation stops improving
-        self.may_regularise = cfg.regularise_when_stuck and not by_hand and start is None and not self.recipe.dropout
+        return None, None
+
+    def _corpus_summary(self, use_controls: bool) -> CorpusSummary:
+        styles = tuple(self.store.styles)
+        controls = ctl.model_controls(self.tok.config.resolution, styles, CONTROL_DIMS, use_controls)
+        return CorpusSummary(len(self.store.train), len(self.tok), controls, styles,
+                             tuple((self.report.get("styles") or {}).items()))
+
+    def _new_plan(self, cfg: TrainConfig, model_config) -> Plan:
+        corpus = self._corpus_summary(cfg.controls)
+        timer = StepTimer(len(self.tok), corpus.controls, self.device, cfg.max_time) if cfg.max_time else None
+        plan = resolve_plan(corpus, cfg, model_config, timer, self.dist.world, str(self.device))
+        return replace(plan, measurement=timer.describe()) if timer and timer.known else plan
+
+    def _resumed_plan(self, start, cfg: TrainConfig) -> Plan:
+        """The plan the run started with (as the regularisation switch left it): a resumed run keeps
+        its recipe and budget, so its schedule is unchanged; only where and how it runs may change."""
+        state = start.train_state
+        if "plan" in state:
+            try:
+                plan = Plan.from_dict(state["plan"])
+            except ValueError as exc:
+                raise ValueError(f"{start.path}: cannot resume: {exc}") from None
+        else:  # a checkpoint from before plans were kept: rebuild it from its settings
+            saved = TrainConfig.from_dict({**asdict(cfg), **state.get("train_config", {})})
+            plan = resolve_plan(self._corpus_summary(saved.controls), saved, start.model_config)
+            plan = replace(plan, may_regularise=state.get("may_regularise", False))
+        here = {k: getattr(cfg, k) for k in ("out", "device", "precision", "compile", "save_interval", "log_every")}
+        return replace(plan, train=replace(plan.train, **here), world=self.dist.world, device=str(self.device))
+
+    # the plan's parts, read by the run and its callers under their old names (read-only)
+    cfg = property(lambda self: self.plan.train, doc="TrainConfig: the user's options, the recipe's filled in")
+    recipe = property(lambda self: self.plan.recipe)
+    model_config = property(lambda self: self.plan.model)
+    budget = property(lambda self: self.plan.budget)
+    warmup = property(lambda self: self.plan.warmup)
+    may_regularise = property(lambda self: self.plan.may_regularise)
+    patience = property(lambda self: self.plan.patience)
+    tokens_per_step = property(lambda self: self.plan.tokens_per_step)
+    steps_per_epoch = property(lambda self: self.plan.steps_per_epoch)
+
+    def describe_plan(self) -> str:
+        """What the run will do and why, for the user (printed at start; the same on resume)."""
+        return self.plan.describe()
+
+    # -------------------------------------------------------- building from the plan
+
+    def _build(self, start, base) -> None:
+        plan, cfg = self.plan, self.plan.train
         self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
         self.style_voices = ctl.style_voices(np.asarray(self.store.train), np.asarray(self.store.train_controls),
-                                             tokenizer, self.store.styles)
+                                             self.tok, self.store.styles)
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
-        self.model = (base.build_model() if init_from and not resume else MelodyLSTM(model_config)).to(self.device)
+        self.model = (base.build_model() if base is not None else MelodyLSTM(plan.model)).to(self.device)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            betas=(0.9, 0.99), fused=fused or None)
         if start is not None:
             self._restore(start)
         self.autocast, self.scaler = autocast_for(self.device, cfg.precision)
-        self.train_model = self.model
-        if cfg.compile:
-            self.train_model = torch.compile(self.model)
+        self.train_model = self._wrapped(self.model)
+        columns = ctl.columns_of(plan.model)
+        train_controls = self.store.train_controls[:, columns] if columns else None
+        self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
+                                     train_controls, ctl.unknown_of(plan.model), transpose_share=cfg.transpose_share)
+        index = validation_index(len(self.store.val), plan.window, MAX_VAL_TOKENS)
+        self.val_windows = self.store.val[index].astype(np.int64)
+        self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None
+        if self.next_eval is None:
+            self.next_eval = self._eval_after(self.step, self.budget.progress(self.step, self.elapsed))
+
+    def _wrapped(self, model):
+        """The module the steps run: compiled and/or DistributedDataParallel as asked."""
+        if self.cfg.compile:
+            model = torch.compile(model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
-        columns = ctl.columns_of(model_config)
-        train_controls = self.store.train_controls[:, columns] if columns else None
-        self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
-                                     train_controls, ctl.unknown_of(model_config), transpose_share=cfg.transpose_share)
-        index = validation_index(len(self.store.val), self.sampler.seq_len, MAX_VAL_TOKENS)
-        self.val_windows = self.store.val[index].astype(np.int64)
-        self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None
-        self.tokens_per_step = cfg.batch_size * self.sampler.seq_len * self.dist.world
-        self.steps_per_epoch = max(1, math.ceil(len(self.store.train) / self.tokens_per_step))
-        self.budget = self._plan_budget()
-        self.warmup = min(cfg.warmup, max(1, self.budget.steps // 10)) if self.budget.steps else cfg.warmup
-        self.next_eval = self._eval_after(self.step, self.budget.progress(self.step, self.elapsed))
-
-    def _plan_budget(self) -> Budget:
-        """The user's budget (steps and/or time, or epochs as steps), else the recipe's default."""
-        from .recipe import default_steps
-
-        cfg = self.cfg
-        steps = cfg.max_steps or (math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs else 0)
-        if not steps and not cfg.max_time:
-            steps = default_steps(len(self.store.train), self.tokens_per_step)
-        return Budget(steps, cfg.max_time)
+            model = DistributedDataParallel(model, device_ids=ids)
+        return model
 
     def _eval_after(self, step: int, progress: float) -> float:
-        """Progress at which the next validation runs: `evals` evenly spread over the budget."""
+        """Progress at which the next validation runs: `evals` evenly spread over the budget. Called
+        right after a validation; the result is kept in checkpoints, so a resumed run validates where
+        the uninterrupted one does."""
         gap = 1.0 / max(1, self.cfg.evals)
         if self.budget.seconds and self.eval_seconds:  # a short time budget: validation takes <= 10% of it
             gap = max(gap, self.eval_seconds / (VALIDATION_SHARE * self.budget.seconds))
@@ -404,27 +368,6 @@ class Run:
         if after - progress < gap / 2:  # the gap just grew (a slow validation): no two in a row
             after += gap
         return min(1.0, after)
-
-    def describe_plan(self) -> str:
-        """What the run will do and why, for the user (printed at start)."""
-        c, m, r = self.cfg, self.model_config, self.recipe
-        by_hand = " (some values set by hand)" if (c.batch_size, c.seq_len, c.lr, c.transpose, m.layers, m.hidden) != (
-            r.batch_size, r.seq_len, r.lr, r.transpose, r.layers, r.hidden) else ""
-        budget = self.budget.describe()
-        if self.budget.steps:
-            budget += f" (= {self.budget.steps / self.steps_per_epoch:.1f} epochs)"
-        styles = self.report.get("styles") or {}
-        controls = ", ".join(m.control_names) or "none"
-        return (f"recipe: {r.size} model{by_hand}: {r.reason}\n"
-                + (f"styles: {', '.join(f'{k} ({v} files)' for k, v in styles.items())}\n" if styles else "")
-                + f"controls: {controls}\n"
-                f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}, dropout {m.dropout}), "
-                f"{self.model.num_parameters():,} parameters, on {self.device}; windows {c.batch_size}x{self.sampler.seq_len}, "
-                f"lr {c.lr:g}, " + (f"transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows\n"
-                                     if c.transpose and c.transpose_share else "no transposition\n") +
-                f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
-                f"{c.evals} validations, early stop after {c.patience} without improvement"
-                + (f" (after {self.patience} the first time: regularise instead)" if self.may_regularise and c.patience else ""))
 
     @property
     def epochs_done(self) -> float:
@@ -434,16 +377,17 @@ class Run:
         path = Path(resume) if isinstance(resume, (str, Path)) and str(resume) not in ("", "True") else self.out
         return path / "last.safetensors" if path.is_dir() else path
 
-    def _load_data(self, corpus, options):
+    def _load_data(self, options):
         if self.dist.world > 1 and not self.dist.main:
             torch.distributed.barrier()  # rank 0 tokenizes and fills the cache first
-        report, store = load_corpus(corpus, self.tok, progress=self.progress, val_fraction=self.cfg.val_fraction, **options)
+        report, store = load_corpus(self.corpus, self.tok, progress=self.progress, sources=self.sources,
+                                    **options)
         if self.dist.world > 1 and self.dist.main:
             torch.distributed.barrier()
         if store is None:
-            raise ValueError(f"no usable MIDI file in {corpus} ({report['files_found']} found)")
+            raise ValueError(f"no usable MIDI file in {self.corpus} ({report['files_found']} found)")
         if len(store.train) < 2:
-            raise ValueError(f"{corpus}: too little music to train on")
+            raise ValueError(f"{self.corpus}: too little music to train on")
         return report, store
 
     def _restore(self, ckpt) -> None:
@@ -453,9 +397,44 @@ class Run:
         self.step, self.evals_done = state["step"], state.get("evals", 0)
         self.best_val = state.get("best_val") or float("inf")
         self.bad_evals, self.elapsed = state.get("bad_evals", 0), state.get("elapsed", 0.0)
-        self.may_regularise = state.get("may_regularise", False)
+        self.next_eval, self.eval_seconds = state.get("next_eval"), state.get("eval_seconds", 0.0)
 
-    # -------------------------------------------------------- checkpoints and logs
+    # -------------------------------------------------------- the run folder, checkpoints and logs
+
+    RUN_FILES = ("last.safetensors", "best.safetensors", "plan.json", "ingest.json", "metrics.jsonl")
+
+    def _prepare_folder(self) -> None:
+        """Ready the run folder: temporary files a killed write left behind go, metrics past the
+        checkpoint's step (a killed run's, which this run does again) go, the plan is written out."""
+        if not self.dist.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for tmp in self.out.glob(".*.tmp"):  # fileio.atomic_path names them .<file>.<random>.tmp
+            if any(tmp.name.startswith(f".{name}.") for name in self.RUN_FILES):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        self._drop_metrics_after(self.step)
+        atomic_write_bytes(self.out / "ingest.json", json.dumps(self.report, indent=2).encode())
+        self._write_plan()
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """metrics.jsonl as the uninterrupted run would have it at `step` (a line cut by a kill goes too)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+        if kept != lines:
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+    def _write_plan(self) -> None:
+        """plan.json: the plan as the checkpoints hold it, for people and tools to read."""
+        if self.dist.main:
+            atomic_write_bytes(self.out / "plan.json", json.dumps(self.plan.to_dict(), indent=2).encode())
 
     def save(self, name: str, val_nll: float | None = None) -> None:
         if not self.dist.main:
@@ -463,18 +442,20 @@ class Run:
         tensors, groups = optimizer_to_tensors(self.optimizer)
         state = {"step": self.step, "evals": self.evals_done, "best_val": self._finite(self.best_val),
                  "bad_evals": self.bad_evals, "elapsed": self.elapsed, "param_groups": groups,
-                 "may_regularise": self.may_regularise,
-                 "train_config": asdict(self.cfg)}
+                 "may_regularise": self.may_regularise, "next_eval": self.next_eval,
+                 "eval_seconds": self.eval_seconds, "train_config": asdict(self.cfg), "plan": self.plan.to_dict()}
         meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "corpus": {k: self.report[k] for k in ("files_used", "notes", "tokens", "seconds")},
                 "val_nll": self._finite(val_nll if val_nll is not None else self.best_val),
                 "val_bits_per_note": self._bits_per_note(val_nll if val_nll is not None else self.best_val),
                 "step": self.step, "corpus_path": self.corpus, "val_fraction": self.cfg.val_fraction,
-                "sources": [[str(folder), name] for folder, name in parse_sources(self.corpus, self.cfg.style)],
+                "sources": [[str(folder), style] for folder, style in self.sources],
                 "epochs": round(self.epochs_done, 2), "elapsed_s": round(self.elapsed, 1),
                 "recipe": self.recipe.size, "key_prior": self.key_prior,
                 "style_voices": self.style_voices}
         save_checkpoint(self.out / name, self.model, self.tok, state, tensors if name == "last.safetensors" else {}, meta)
+        if name == "last.safetensors":
+            self.saved_step = self.step
 
     @staticmethod
     def _finite(x):
@@ -516,8 +497,10 @@ class Run:
             nll = float(value)
         return nll
 
-    def evaluate_and_save(self) -> bool:
-        """Validate, keep the best checkpoint; True when early stopping says enough."""
+    def evaluate_and_save(self, final: bool = False) -> bool:
+        """Validate, keep the best checkpoint, switch regularisation on when the plan says so (not at
+        the end); True when early stopping says enough. All a validation decides is in the last
+        checkpoint it writes, so a run killed right after it resumes as if nothing happened."""
         self.evals_done += 1
         started = time.perf_counter()
         nll = self.validate()
@@ -525,6 +508,19 @@ class Run:
         record = {"step": self.step, "epoch": round(self.epochs_done, 3), "val_nll": self._finite(nll),
                   "val_bits_per_note": self._bits_per_note(nll), "elapsed_s": round(self.elapsed, 2)}
         self.log_metrics(record)
+        self._keep_best(nll)
+        if self.dist.main:
+            self.log(f"step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
+                     f"validation {nll:.4f} nats/token"
+                     + (f", {record['val_bits_per_note']:.2f} bits/note" if record["val_bits_per_note"] else ""))
+        stop = self.patience > 0 and self.bad_evals >= self.patience
+        if stop and self.may_regularise and not final:
+            self.regularise()
+            stop = False
+        self.save("last.safetensors")
+        return stop
+
+    def _keep_best(self, nll: float) -> None:
         if not math.isfinite(nll):  # no validation files: keep the latest as best
             self.save("best.safetensors")
         elif nll < self.best_val - 1e-4:
@@ -534,113 +530,111 @@ class Run:
                 self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.bad_evals += 1
-        self.save("last.safetensors")
-        if self.dist.main:
-            self.log(f"step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
-                     f"validation {nll:.4f} nats/token"
-                     + (f", {record['val_bits_per_note']:.2f} bits/note" if record["val_bits_per_note"] else ""))
-        return self.patience > 0 and self.bad_evals >= self.patience
-
-    @property
-    def patience(self) -> int:
-        """Validations without improvement that end this phase: the switch to regularisation, or the run."""
-        return min(self.cfg.patience, self.cfg.regularise_patience) if self.may_regularise else self.cfg.patience
 
     def train(self, clock=time.perf_counter) -> str:
-        """Run until the budget is spent; returns 'done', 'early-stopped' or 'interrupted'.
+        """Run until the budget is spent; returns 'done', 'early-stopped' or 'interrupted' (by a stop
+        signal, after the step, saved; `stop_signal` says which, `stopped_at_once` a second one).
         `clock` is read once per step (tests pass a fake one)."""
-        from tqdm import tqdm
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.dist.main:
-            atomic_write_bytes(self.out / "ingest.json", json.dumps(self.report, indent=2).encode())
-        cfg, model, budget = self.cfg, self.train_model, self.budget
-        model.train()
-        bar = tqdm(total=1000, initial=round(1000 * budget.progress(self.step, self.elapsed)), disable=not self.progress,
-                   unit="‰", dynamic_ncols=True, leave=False, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
-        status, self.stop_requested = "done", False
-        last_save = window_start = now = clock()  # read once per step: the schedule is a function of it
-        started = now - self.elapsed
-        window_steps, running, evaluated_at = 0, None, -1
-        progress = budget.progress(self.step, self.elapsed)
-        try:
-            with self._ctrl_c_ends_the_step():
-                while progress < 1.0:
-                    if self.stop_requested:
-                        raise KeyboardInterrupt
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr_at(self.step, progress, cfg, self.warmup)
-                    torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.dist.rank)  # dropout noise
-                    batch, controls = batch_for_step(self.sampler, cfg.seed, self.dist.rank, self.step)
-                    batch = to_device(batch, self.device)
-                    controls = None if controls is None else to_device(controls, self.device)
-                    loss = train_step(model, self.optimizer, batch, controls, self.autocast, self.scaler, cfg.grad_clip)
-                    self.step += 1
-                    window_steps += 1
-                    now = clock()
-                    self.elapsed = self._agree(now - started)
-                    progress = budget.progress(self.step, self.elapsed)
-                    if self.step % cfg.log_every == 0 or progress >= 1.0:
-                        value = float(loss)  # one device sync per log interval, not per step
-                        rate = window_steps * self.tokens_per_step / max(1e-9, now - window_start)
-                        running = value if running is None else 0.9 * running + 0.1 * value
-                        self.log_metrics({"step": self.step, "loss": value, "lr": self.optimizer.param_groups[0]["lr"],
-                                          "tokens_per_s": round(rate), "elapsed_s": round(self.elapsed, 2)})
-                        bar.set_postfix(loss=f"{running:.3f}", tok_s=f"{rate:,.0f}", step=self.step)
-                        window_start, window_steps = now, 0
-                    bar.update(round(1000 * progress) - bar.n)
-                    if progress >= self.next_eval - 1e-9:
-                        self.next_eval = self._eval_after(self.step, progress)
-                        evaluated_at = self.step
-                        if self.evaluate_and_save():
-                            if not self.may_regularise:
-                                status = "early-stopped"
-                                break
-                            self.regularise()
-                        last_save = now
-                    if now - last_save > cfg.save_interval:
-                        self.save("last.safetensors")
-                        last_save = now
-        except KeyboardInterrupt:
-            status = "interrupted"
-        finally:
-            bar.close()
-        if status == "interrupted":
-            self.save("last.safetensors")
-        elif evaluated_at != self.step:
-            self.evaluate_and_save()
+        self._prepare_folder()
+        with self._signals_end_the_step():
+            try:
+                status = self._loop(clock)
+                if status == "interrupted" and self.saved_step != self.step:
+                    self.save("last.safetensors")
+                elif status == "done" and self.evaluated_at != self.step:
+                    self.evaluate_and_save(final=True)
+            except StopNow:  # mid-step, or mid-save: the checkpoint on disk is the last whole one
+                self.stopped_at_once, status = True, "interrupted"
+                return status
         if self.dist.main:
             self.write_loss_curve()
         self.check_ranks_in_sync()
         return status
 
+    def _loop(self, clock) -> str:
+        """Steps until the budget is spent, validation stops the run, or a signal asks to stop."""
+        budget = self.budget
+        report = TrainingProgress(self.progress, self.log, budget.progress(self.step, self.elapsed))
+        last_save = window_start = now = clock()  # read once per step: the schedule is a function of it
+        started = now - self.elapsed
+        window_steps, running, self.evaluated_at = 0, None, -1
+        progress = budget.progress(self.step, self.elapsed)
+        try:
+            while progress < 1.0:
+                if self.stop_requested:
+                    return "interrupted"
+                loss = self._step(progress)
+                window_steps += 1
+                now = clock()
+                self.elapsed = self._agree(now - started)
+                progress = budget.progress(self.step, self.elapsed)
+                if self.step % self.cfg.log_every == 0 or progress >= 1.0:
+                    value = float(loss)  # one device sync per log interval, not per step
+                    rate = window_steps * self.tokens_per_step / max(1e-9, now - window_start)
+                    running = value if running is None else 0.9 * running + 0.1 * value
+                    self.log_metrics({"step": self.step, "loss": value, "lr": self.optimizer.param_groups[0]["lr"],
+                                      "tokens_per_s": round(rate), "elapsed_s": round(self.elapsed, 2)})
+                    report.measured(running, rate)
+                    window_start, window_steps = now, 0
+                report.update(self.step, progress, self.elapsed)
+                if progress >= self.next_eval - 1e-9:
+                    self.next_eval = self._eval_after(self.step, progress)
+                    self.evaluated_at = self.step
+                    if self.evaluate_and_save():
+                        return "early-stopped"
+                    last_save = now
+                    report.validated()
+                if now - last_save > self.cfg.save_interval:
+                    self.save("last.safetensors")
+                    last_save = now
+            return "done"
+        except KeyboardInterrupt:  # where no signal handler could be set (several processes, a thread)
+            return "interrupted"
+        finally:
+            report.close()
+
+    def _step(self, progress: float) -> torch.Tensor:
+        """One optimizer step; its rate, dropout noise and batch are functions of the step number."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, progress, cfg, self.warmup)
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + self.dist.rank)  # dropout noise
+        batch, controls = batch_for_step(self.sampler, cfg.seed, self.dist.rank, self.step)
+        batch = to_device(batch, self.device)
+        controls = None if controls is None else to_device(controls, self.device)
+        loss = train_step(self.train_model, self.optimizer, batch, controls, self.autocast, self.scaler, cfg.grad_clip)
+        self.step += 1
+        return loss
+
     def regularise(self) -> None:
         """Validation stopped improving although the recipe forecast too few passes to memorise the
         music (few long, repetitive pieces, such as pop songs, are learnt by heart sooner): rather
         than end the run mid-schedule with the learning rate still high, go back to the best weights
-        and spend the rest of the budget with dropout and transposition on."""
-        dropout, transpose, share = regularisation(len(self.store.train))
+        and spend the rest of the budget with dropout and transposition on (the plan says how much)."""
         best = self.best_weights
         if best is None and (self.out / "best.safetensors").exists():  # resumed since the best
             best = torch_weights(load_checkpoint(self.out / "best.safetensors"))
         if best is not None:
             self.model.load_state_dict(best)
-        self.model.set_dropout(dropout)
-        self.model_config = self.model.config
-        self.cfg = replace(self.cfg, transpose=transpose, transpose_share=share)
-        self.sampler.transpose, self.sampler.transpose_share = transpose, share
-        self.may_regularise, self.best_weights, self.bad_evals = False, None, 0
-        self.log_metrics({"step": self.step, "regularised": {"dropout": dropout, "transpose": transpose,
-                                                             "transpose_share": share}})
+        self.plan = self.plan.regularised(self.step)
+        cfg = self.cfg
+        self.model.set_dropout(self.model_config.dropout)
+        self.sampler.transpose, self.sampler.transpose_share = cfg.transpose, cfg.transpose_share
+        self.best_weights, self.bad_evals = None, 0
+        self.log_metrics({"step": self.step, "regularised": {"dropout": self.model_config.dropout,
+                                                             "transpose": cfg.transpose,
+                                                             "transpose_share": cfg.transpose_share}})
+        self._write_plan()
         if self.dist.main:
             self.log(f"validation stopped improving after {self.epochs_done:.1f} passes: back to the best weights, "
-                     f"with dropout {dropout} and transposition +-{transpose} on {share:.0%} of the windows "
-                     f"for the rest of the budget")
+                     f"with dropout {self.model_config.dropout} and transposition +-{cfg.transpose} on "
+                     f"{cfg.transpose_share:.0%} of the windows for the rest of the budget")
 
     @contextlib.contextmanager
-    def _ctrl_c_ends_the_step(self):
-        """Ctrl-C lets the current step finish, so the saved state is exactly that of a step
-        boundary and --resume continues the same schedule (a second Ctrl-C stops at once)."""
+    def _signals_end_the_step(self):
+        """SIGINT (Ctrl-C), SIGTERM (a scheduler, `timeout`, `docker stop`) and SIGHUP (a closing
+        terminal) all let the current step finish, so the saved state is exactly that of a step
+        boundary and --resume continues the same schedule; a second one leaves at once (StopNow)."""
         import signal
         import threading
 
@@ -650,14 +644,30 @@ class Run:
 
         def request_stop(signum, frame):
             if self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
+                raise StopNow()
+            self.stop_requested, self.stop_signal = True, signum
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]  # no SIGHUP on Windows
+        previous = {number: signal.signal(number, request_stop) for number in numbers}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def summary(self, status: str, command: str) -> str:
+        """The run's last line; a stopped one says how, what was saved and how to go on (`command`
+        is the train command line to add --resume to)."""
+        import signal
+
+        resume = f"resume with: {command} -o {self.out} --resume"
+        if self.stopped_at_once:
+            return f"stopped at once by a second signal: {self.out}/last.safetensors holds the last whole checkpoint; {resume}"
+        best = f"best validation {self.best_val:.4f} nats/token; " if self.best_val < float("inf") else ""
+        what = status if self.stop_signal is None else f"stopped by {signal.Signals(self.stop_signal).name}, saved"
+        return (f"{what} at step {self.step:,} ({self.epochs_done:.1f} epochs, {self.elapsed / 60:.1f} min): "
+                f"{best}checkpoints in {self.out}/ (best.safetensors, last.safetensors)"
+                + (f"; {resume}" if status == "interrupted" else ""))
 
     def _agree(self, elapsed: float) -> float:
         """All ranks must see the same clock, or a time budget would end them at different steps."""

@@ -88,6 +88,9 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tiny_
     a, b = losses(tmp_path / "ref"), losses(tmp_path / "killed")
     assert sorted(a) == sorted(b)
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
+    assert records(tmp_path / "ref", "val_nll").keys() == records(tmp_path / "killed", "val_nll").keys()
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "ref" / "metrics.jsonl").read_text().splitlines())  # no step twice
     final_a = load_checkpoint(tmp_path / "ref" / "last.safetensors").weights
     final_b = load_checkpoint(tmp_path / "killed" / "last.safetensors").weights
     assert all(np.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
