@@ -370,6 +370,9 @@ def sampling_options(f):
                           "N.C. for a bar with no chord, # for comments, no blank lines between bars."),
         click.option("--density", help="Notes per beat: low, medium, high, or a number (e.g. 2)."),
         click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
+        click.option("--voices", type=click.IntRange(0, 16),
+                     help="At most N notes sounding at once, 0: no limit (default: continue keeps the primer's "
+                          "texture; generate the style's, as its corpus plays it)."),
         click.option("--play", is_flag=True, help="Play the notes while they are generated."),
         click.option("--window", is_flag=True, help="With --play: show a scrolling piano roll."),
         click.option("--soundfont", type=click.Path(exists=True, dir_okay=False), help="SoundFont for --play."),
@@ -402,12 +405,16 @@ def controls_summary(report: dict) -> str:
         source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)"}.get(report.get("key_source"), "")
         parts.append(f"key {report['key']}{source}")
     if report.get("style"):
-        source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)"}.get(report.get("style_source"), "")
+        source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)",
+                  "primer (one voice: melodic styles only)": " (the primer's most likely one-voice style)"
+                  }.get(report.get("style_source"), "")
         parts.append(f"style {report['style']}{source}")
     if report.get("density"):
         parts.append(f"density {report['density']}" + (" (the primer's)" if report.get("density_source") == "primer" else ""))
     if report.get("chords"):
         parts.append(f"chords {report['chords']}")
+    if report.get("voices"):
+        parts.append(f"at most {report['voices']} note{'s' if report['voices'] > 1 else ''} at once")
     if report.get("scale_mask"):
         parts.append(f"scale mask {report['scale_mask']}")
     return "; " + ", ".join(parts) if parts else ""
@@ -440,7 +447,8 @@ def load_generator(ctx, checkpoint):
 @click.option("--time-signature", default="4/4", show_default=True)
 @click.pass_context
 def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key, strict_key, key_strength, style,
-             chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out, tempo, time_signature):
+             chords, chords_file, density, pitch_range, voices, play, window, soundfont, synth, midi_out, tempo,
+             time_signature):
     """Write new music from scratch."""
     from .fileio import outputs_or_nothing
     from .midi import write_midi
@@ -459,7 +467,8 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
                             temperature=DEFAULT_TEMPERATURE if temperature is None else temperature, top_k=top_k,
                             top_p=top_p, seed=seed, key=key, pitch_range=pitch_range, tempo=tempo,
                             time_signature=(numerator, denominator), on_note=on_note, style=style,
-                            chords=progression, density=density, strict_key=strict_key, key_strength=key_strength)
+                            chords=progression, density=density, strict_key=strict_key, key_strength=key_strength,
+                            voices=voices)
 
     paths = output_paths(out, num)
 
@@ -491,8 +500,8 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
 @click.option("--json", "as_json", is_flag=True, help="Print what was estimated and used (key, style, ...) as JSON.")
 @click.pass_context
 def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key,
-                 strict_key, key_strength, style, chords, chords_file, density, pitch_range, play, window, soundfont, synth, midi_out,
-                 only_new, primer_bars, as_json):
+                 strict_key, key_strength, style, chords, chords_file, density, pitch_range, voices, play, window, soundfont,
+                 synth, midi_out, only_new, primer_bars, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes, outputs_or_nothing
 
@@ -514,7 +523,8 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                              temperature=CONTINUE_TEMPERATURE if temperature is None else temperature,
                              top_k=top_k, top_p=top_p, seed=seed, key=key, pitch_range=pitch_range,
                              primer_bars=primer_bars, on_note=on_note, style=style, chords=progression,
-                             density=density, strict_key=strict_key, key_strength=key_strength)
+                             density=density, strict_key=strict_key, key_strength=key_strength,
+                             voices="auto" if voices is None else voices)
 
     def save(results):
         with outputs_or_nothing(paths):

@@ -18,7 +18,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import (CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH, PICKED_KEY_STRENGTH,
-                     PRIMER_KEY_STRENGTH)
+                     PRIMER_KEY_STRENGTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
@@ -376,8 +376,8 @@ class Generator:
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
         max_rest = longest_rest(primer) if primer is not None else None  # no holes the primer lacks
-        if primer is not None and RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
-            bias = note_length_bias(tok, primer, RHYTHM_STRENGTH)
+        if primer is not None and PRIMER_RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
+            bias = note_length_bias(tok, primer, PRIMER_RHYTHM_STRENGTH)
             constraint = bias if constraint is None else constraint + bias
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
                           max_rest)
@@ -594,9 +594,6 @@ def longest_rest(song: Song) -> int:
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
     gaps = onsets[1:] - ends[:-1]
     return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
-
-
-RHYTHM_STRENGTH = float(os.environ.get("MELODYLSTM_RHYTHM", "1.0"))
 
 
 def note_length_bias(tok, song: Song, strength: float) -> np.ndarray:

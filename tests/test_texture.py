@@ -1,0 +1,105 @@
+"""`continue` keeps the phrase's texture: a melody is answered with one voice (whatever the
+style guess or the model's wishes), a one-voice primer is heard only as a one-voice style, and
+the answer rests no longer than the phrase does. Untrained models: the limits must hold by
+construction, not because a model learned them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from melodylstm import controls as ctl
+from melodylstm.checkpoint import load_checkpoint, save_checkpoint
+from melodylstm.config import CONTROL_DIMS, ModelConfig
+from melodylstm.continuation import polyphony_at_onsets, silent_share
+from melodylstm.generate import Generator, longest_rest, primer_voices
+from melodylstm.midi import DURATION, ONSET, Song
+from melodylstm.model import MelodyLSTM
+from melodylstm.tokenizer import Tokenizer
+
+TOK = Tokenizer()
+RES = 12
+
+
+def melody(lengths, pitches=(62, 64, 66, 67, 69, 71, 73, 74)) -> Song:
+    notes, t = [], 0
+    for i, d in enumerate(lengths):
+        notes.append((t, d, pitches[i % len(pitches)], 80, 0))
+        t += d
+    return Song(np.array(notes), RES, [(0, 500000)], [(0, 4, 4)], {})
+
+
+def chordal(bars=4) -> Song:
+    rows = [(b * 48 + k * 12, 12, p + k % 2, 80, 0) for b in range(bars) for k in range(4) for p in (48, 55, 64, 72)]
+    return Song(np.array(rows), RES, [(0, 500000)], [(0, 4, 4)], {})
+
+
+@pytest.fixture(scope="module")
+def styled_checkpoint(tmp_path_factory):
+    """An untrained model with two styles: "choir" plays four voices in its corpus, "line" one."""
+    torch.manual_seed(3)
+    controls = ctl.model_controls(RES, ["choir", "line"], CONTROL_DIMS)
+    model = MelodyLSTM(ModelConfig(len(TOK), 16, 48, 1, 0.0, controls=controls, styles=("choir", "line"),
+                                   causal_controls=True))
+    path = tmp_path_factory.mktemp("styled") / "m.safetensors"
+    save_checkpoint(path, model, TOK, meta={"style_voices": {"choir": 4, "line": 1}})
+    return path
+
+
+def answers(gen, primer, voices="auto", n=6):
+    out = gen.continue_(primer, bars=4, num=n, seed=5, voices=voices)
+    return [r.notes.notes[r.notes.notes[:, ONSET] >= primer.end] for r in out]
+
+
+def test_a_melody_in_whole_notes_is_answered_with_one_voice(untrained_checkpoint):
+    primer = melody([48] * 4)
+    assert primer_voices(primer) == 1
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    limited = answers(gen, primer)
+    assert all(len(a) for a in limited)
+    assert max(polyphony_at_onsets(a) for a in limited) == 1.0
+    free = answers(gen, primer, voices=0)  # the same untrained model without the limit plays chords
+    assert max(polyphony_at_onsets(a) for a in free) > 1.0
+
+
+def test_a_chordal_primer_keeps_its_voices_and_no_more(untrained_checkpoint):
+    primer = chordal()
+    assert primer_voices(primer) == 4
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    for notes in answers(gen, primer):
+        ends = notes[:, ONSET] + notes[:, DURATION]
+        sounding = [((notes[:, ONSET] <= t) & (ends > t)).sum() for t in np.unique(notes[:, ONSET])]
+        assert max(sounding) <= 4
+
+
+def test_no_rest_longer_than_the_primer_has(untrained_checkpoint):
+    primer = melody([6, 6, 12, 6, 6, 12] * 4)  # running notes, no rest at all
+    assert longest_rest(primer) == 0
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    for notes in answers(gen, primer):
+        span_end = int((notes[:, ONSET] + notes[:, DURATION]).max())
+        assert silent_share(notes, primer.end, span_end - primer.end) == 0.0  # no hole before the last note
+    with_rests = melody([12, 12, 24])
+    with_rests.notes[:, DURATION] = [12, 6, 12]  # a dotted rest of 6 steps, then 12 after the end
+    assert longest_rest(with_rests) == 6
+
+
+def test_a_one_voice_primer_is_heard_as_a_one_voice_style(styled_checkpoint):
+    gen = Generator(load_checkpoint(styled_checkpoint))
+    for seed in range(3):
+        gen.continue_(melody([24] * 8), bars=2, seed=seed)
+        assert gen.last_controls["style"] == "line"
+        assert gen.last_controls["voices"] == 1
+    scores = gen.last_controls["style_scores"]
+    gen.continue_(chordal(), bars=2, seed=0)  # four voices: every style may be heard, by likelihood
+    chosen = gen.last_controls["style"]
+    assert chosen == max(gen.last_controls["style_scores"], key=gen.last_controls["style_scores"].get)
+    assert set(scores) == {"choir", "line"}
+
+
+def test_voices_is_checked(untrained_checkpoint):
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    with pytest.raises(ValueError, match="voices"):
+        gen.continue_(melody([12] * 8), bars=1, voices=-1)
+    with pytest.raises(ValueError, match="voices"):
+        gen.generate(bars=1, voices=99)
