@@ -136,7 +136,7 @@ def remove_failed_run(out, made: list[str]) -> None:
     out = Path(out)
     if not made or not out.is_dir() or any(out.glob("*.safetensors")):
         return
-    for name in ("ingest.json", "metrics.jsonl", "loss.png"):
+    for name in ("ingest.json", "plan.json", "metrics.jsonl", "loss.png"):
         with contextlib.suppress(OSError):
             (out / name).unlink()
     remove_folders(made)
