@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import (CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH, PICKED_KEY_STRENGTH,
-                     PRIMER_KEY_STRENGTH, PRIMER_RHYTHM_STRENGTH)
+from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
+                     PICKED_KEY_STRENGTH, PRIMER_KEY_STRENGTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
 from . import controls as ctl
-from .sampling import FastLSTM, KeyGuide, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
+from .sampling import (FastLSTM, KeyGuide, Sampler, chord_tone_bias, estimate_key, key_name, parse_key,
+                       parse_pitch_range, pitch_mask, start_state)
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
@@ -319,10 +320,17 @@ class Generator:
         report = {"controls": names, "strict_key": bool(key_value)}
 
         cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
+        guided, strength = [], request["key_strength"]  # what guidance pushes: a key held, the user's chords
+        if strength and cond_key is not None and cond_key != ctl.KEY_UNKNOWN and "key" in names:
+            guided.append("key")
+        if request["progression"] and "chord" in names and CHORD_STRENGTH:
+            # one pair of rows for both: the key stays guided only where it pushes the same way
+            guided = [g for g in guided if strength > 0] + ["chord"]
+            strength = max(strength, CHORD_STRENGTH)
         guide = None
-        if request["key_strength"] and cond_key is not None and cond_key != ctl.KEY_UNKNOWN and "key" in names:
-            column = names.index("key")
-            guide = KeyGuide(tok, column, int(ctl.unknown_of(config)[column]), request["key_strength"])
+        if guided:
+            columns = [names.index(name) for name in guided]
+            guide = KeyGuide(tok, columns, ctl.unknown_of(config)[columns], strength)
         density = request["density"]
         decoder = tok.decoder(like)
         earlier_chords = None
@@ -344,7 +352,7 @@ class Generator:
                 if density is None and "density" in names:  # keep the pace of the primer's last bars
                     density = ctl.density_bucket(recent_onsets_per_beat(primer, res))
             with one_blas_thread():  # priming steps one row (or one per style) at a time
-                style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guide is not None,
+                style, h, c = self._prime(prefix, primer_controls, request["style"], report, guided=guided if guide else (),
                                           voices=request.get("voices"))
             # rows 0..num-1 told the key; with guidance, rows num.. the same with the key hidden
             self.net.reset(len(h[0]) * num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
@@ -359,7 +367,7 @@ class Generator:
             "key": ctl.key_label(cond_key) if cond_key is not None and "key" in names else None,
             "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (
                 "primer" if cond_key is not None and "key" in names else None),
-            "key_strength": request["key_strength"] if guide else None,
+            "key_strength": request["key_strength"] if guide and "key" in guided else None,
             "primer_key": ctl.key_label(estimated) if primer is not None else None,
             "scale_mask": key_name(*key_value) if key_value else None,
             "style": self.styles[style] if style is not None and style < len(self.styles) else None,
@@ -379,8 +387,11 @@ class Generator:
         if primer is not None and PRIMER_RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
             bias = note_length_bias(tok, primer, PRIMER_RHYTHM_STRENGTH)
             constraint = bias if constraint is None else constraint + bias
+        chord_bias = None
+        if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
+            chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
-                          max_rest)
+                          max_rest, chord_bias)
         with one_blas_thread():  # see its docstring: the thread policy
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
@@ -395,11 +406,11 @@ class Generator:
         used_key = report["scale_mask"] or report["key"]
         return songs, used_key
 
-    def _prime(self, prefix, primer_controls, style, report, guided=False, voices=None):
+    def _prime(self, prefix, primer_controls, style, report, guided=(), voices=None):
         """Run the primer through the network: (style id or None, h, c). Without a given style,
         the primer is run once per style (as rows of one batch) and the style under which it is
-        most likely wins, among the styles whose texture fits the primer's `voices`. guided: a
-        second row with the key hidden (for KeyGuide)."""
+        most likely wins, among the styles whose texture fits the primer's `voices`. guided: the
+        controls a second row hides (for KeyGuide)."""
         config = self.checkpoint.model_config
         if primer_controls is None:
             h, c = self.net.prime(prefix[:-1])
@@ -411,8 +422,8 @@ class Generator:
         rows = np.repeat(full[None, :-1], 2 if guided else 1, axis=0)
         if style is not None:
             rows[:, :, ctl.STYLE] = style
-        if guided:
-            rows[1, :, ctl.KEY] = ctl.KEY_UNKNOWN
+        for name in guided:
+            rows[1, :, ctl.COLUMNS.index(name)] = {"key": ctl.KEY_UNKNOWN, "chord": ctl.CHORD_UNKNOWN}[name]
         h, c = self.net.prime(prefix[:-1], rows[..., columns], rows=len(rows))
         return style, h, c
 

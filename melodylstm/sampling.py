@@ -294,14 +294,16 @@ class Sampler:
 
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
                  constraint: np.ndarray | None = None, plan=None, guide=None, voices: int | None = None,
-                 max_rest: int | None = None):
+                 max_rest: int | None = None, chord_bias: tuple | None = None):
         """plan: a controls.ControlPlan giving the control inputs at each step (None: a model
         without controls). guide: a KeyGuide (the network then runs twice the rows). voices:
         at most this many notes sounding at once (a new note waits until one ends). max_rest:
-        the longest silence (steps) allowed once a note has sounded (None: any)."""
+        the longest silence (steps) allowed once a note has sounded (None: any). chord_bias:
+        (control column, (chord values, vocab) additive logits) for the chord each row is told."""
         self.net, self.tok, self.plan, self.guide = net, tok, plan, guide
         self.voices = min(int(voices), self.MAX_CHORD) if voices else None
         self.max_rest = None if max_rest is None else max(0, int(max_rest))
+        self.chord_bias = chord_bias
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
         follow[:, EOS] = NEG_INF  # length is set by the options, not by the model stopping early
@@ -336,6 +338,9 @@ class Sampler:
                 else:
                     logits = guide.combine(net.step(np.concatenate([current, current]), guide.controls(controls)))
             logits += self.follow[state["last_type"]]
+            if self.chord_bias is not None:
+                column, table = self.chord_bias
+                logits += table[controls[:, column]]
             if tok.config.bar_tokens:
                 room = np.clip(state["next_bar"] - state["time"], 0, tok.max_shift + 1)
                 logits[:, shift_slice] += self.shift_room[room]
@@ -424,24 +429,27 @@ class Sampler:
 
 
 class KeyGuide:
-    """Classifier-free guidance on the key: the network runs each row twice, once told the key and
-    once with the key hidden (training hid it 20% of the time, so it knows both), and the pitch
-    choice moves further in the direction the key pushes it:
+    """Classifier-free guidance on the key (and on the chords, when the user gives a progression):
+    the network runs each row twice, once told them and once with them hidden (training hid each
+    20% of the time, so it knows both), and the pitch choice moves further in the direction they
+    push it:
         log p(pitch) = cond + strength * (cond - hidden), each log-softmaxed over the pitches.
     Only pitches are guided: rhythm and form stay the model's own. Strength 0 is the model as told,
-    -1 the model with the key hidden, values between mix the two."""
+    -1 the model with them hidden, values between mix the two."""
 
-    def __init__(self, tok: Tokenizer, column: int, unknown: int, strength: float):
+    def __init__(self, tok: Tokenizer, columns, unknowns, strength: float):
+        """columns, unknowns: the guided control columns (model order) and their unknown values."""
         self.pitches = slice(tok.pitch0, tok.pitch0 + tok.config.pitch_high - tok.config.pitch_low + 1)
-        self.column, self.unknown, self.strength = column, unknown, np.float32(strength)
+        self.columns, self.unknowns = np.atleast_1d(columns), np.atleast_1d(unknowns)
+        self.strength = np.float32(strength)
         self._given = self._doubled = None
 
     def controls(self, values: np.ndarray) -> np.ndarray:
-        """Rows told the key, then the same rows with the key hidden (the same array while the
-        values stay the same, so the network keeps reusing its control input)."""
+        """Rows told the guided controls, then the same rows with them hidden (the same array
+        while the values stay the same, so the network keeps reusing its control input)."""
         if values is not self._given:
             hidden = values.copy()
-            hidden[:, self.column] = self.unknown
+            hidden[:, self.columns] = self.unknowns
             self._given, self._doubled = values, np.concatenate([values, hidden])
         return self._doubled
 
@@ -481,3 +489,17 @@ def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_tok
         "chord": np.zeros(rows, dtype=np.int64),  # notes at the current time so far
         "ends": ends,
     }
+
+
+def chord_tone_bias(tok: Tokenizer, strength: float) -> np.ndarray:
+    """(chord values, vocab) additive logits: `strength` on every pitch whose pitch class belongs
+    to the chord (rows for "no chord" and "unknown" are zero): the user's chords as a prior on top
+    of the model's own conditioning."""
+    from . import controls as ctl
+
+    table = np.zeros((ctl.N_CHORDS, len(tok)), dtype=np.float32)
+    pitches = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1)
+    for chord in range(ctl.NO_CHORD):
+        tones = np.isin(pitches % 12, ctl.chord_pitch_classes(chord))
+        table[chord, tok.pitch0 + np.flatnonzero(tones)] = strength
+    return table

@@ -236,7 +236,7 @@ def test_style_estimation_and_a_monophonic_answer_to_a_monophonic_primer(two_sty
 def test_key_guidance_moves_only_the_pitch_choice():
     from melodylstm.sampling import KeyGuide
 
-    guide = KeyGuide(TOK, column=0, unknown=ctl.KEY_UNKNOWN, strength=2.0)
+    guide = KeyGuide(TOK, columns=0, unknowns=ctl.KEY_UNKNOWN, strength=2.0)
     rng = np.random.default_rng(0)
     told, hidden = rng.normal(size=(2, len(TOK))).astype(np.float32), rng.normal(size=(2, len(TOK))).astype(np.float32)
     out = guide.combine(np.concatenate([told, hidden]))
