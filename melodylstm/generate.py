@@ -28,10 +28,12 @@ from .sampling import (FastLSTM, KeyGuide, Sampler, chord_tone_bias, estimate_ke
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
-# ... and at most this many tokens of them (whole bars, ~2,700 notes): priming runs token by token, so
-# a dense file's 64 bars (16k tokens) cost seconds. Typical 64 bars are far below it (chorales
-# median 870 tokens, POP909 1,340, the largest of 60 POP909 songs 5,152), so it changes nothing there.
-DEFAULT_PRIMER_TOKENS = 8192
+# ... and at most this many tokens of them (whole bars, ~1,300 notes): priming runs token by token
+# (twice: once to hear the style, once for the answer), so a dense file's 64 bars (16k tokens) cost
+# seconds; 4,096 keeps a 120,000-note file's `continue` near 1 s of CPU. Typical 64 bars are far
+# below it (chorales median 870 tokens, POP909 1,340); 2 of 60 POP909 songs and 2 of 410 chorales
+# prime from fewer bars.
+DEFAULT_PRIMER_TOKENS = 4096
 
 
 @dataclass
