@@ -23,7 +23,8 @@ from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
                    read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
 from . import controls as ctl
-from .sampling import FastLSTM, KeyGuide, Sampler, estimate_key, key_name, parse_key, parse_pitch_range, pitch_mask, start_state
+from . import theory
+from .sampling import FastLSTM, KeyGuide, Sampler, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
@@ -270,11 +271,11 @@ class Generator:
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
                "strict_key": strict_key, "auto_key": auto_key, "key_strength": float(key_strength)}
         if key is not None:  # "" is an unknown key, not no key
-            tonic, scale = parse_key(key)
+            tonic, scale = theory.parse_key(key)
             if strict_key:
                 req["mask_key"] = (tonic, scale)
-            if "key" in names and scale in ctl.MODES:
-                req["key"] = ctl.key_index(tonic, scale)
+            if "key" in names and scale in theory.MODES:
+                req["key"] = theory.key_index(tonic, scale)
             elif "key" in names and not strict_key:
                 raise ValueError(f"--key {key}: the model is told major and minor keys only; "
                                  f"for {scale} add --strict-key (a hard scale mask)")
@@ -308,11 +309,11 @@ class Generator:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
         names = config.control_names
-        estimated = ctl.estimate_key_index(primer.notes) if primer is not None else ctl.KEY_UNKNOWN
+        estimated = theory.estimate_key_index(primer.notes) if primer is not None else theory.KEY_UNKNOWN
         key_value = request["mask_key"]
         if key_value is None and request["auto_key"] and (request["strict_key"] or "key" not in names):
-            key_value = estimate_key(primer.notes)  # --key auto: the primer's scale as a hard mask
-        prange = parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
+            key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
+        prange = theory.parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
         rng = np.random.Generator(np.random.PCG64(seed))
         grid = like.bar_grid()
@@ -320,7 +321,7 @@ class Generator:
 
         cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
         guide = None
-        if request["key_strength"] and cond_key is not None and cond_key != ctl.KEY_UNKNOWN and "key" in names:
+        if request["key_strength"] and cond_key is not None and cond_key != theory.KEY_UNKNOWN and "key" in names:
             column = names.index("key")
             guide = KeyGuide(tok, column, int(ctl.unknown_of(config)[column]), request["key_strength"])
         density = request["density"]
@@ -356,12 +357,12 @@ class Generator:
                                    style, density if "density" in names else None, request["progression"], start_time,
                                    earlier_chords)
         report.update({
-            "key": ctl.key_label(cond_key) if cond_key is not None and "key" in names else None,
+            "key": theory.key_label(cond_key) if cond_key is not None and "key" in names else None,
             "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (
                 "primer" if cond_key is not None and "key" in names else None),
             "key_strength": request["key_strength"] if guide else None,
-            "primer_key": ctl.key_label(estimated) if primer is not None else None,
-            "scale_mask": key_name(*key_value) if key_value else None,
+            "primer_key": theory.key_label(estimated) if primer is not None else None,
+            "scale_mask": theory.key_name(*key_value) if key_value else None,
             "style": self.styles[style] if style is not None and style < len(self.styles) else None,
             "style_source": report.get("style_source") or ("picked" if request.get("style_picked") else
                                                            "given" if request["style"] is not None else None),
@@ -412,7 +413,7 @@ class Generator:
         if style is not None:
             rows[:, :, ctl.STYLE] = style
         if guided:
-            rows[1, :, ctl.KEY] = ctl.KEY_UNKNOWN
+            rows[1, :, ctl.KEY] = theory.KEY_UNKNOWN
         h, c = self.net.prime(prefix[:-1], rows[..., columns], rows=len(rows))
         return style, h, c
 
@@ -434,7 +435,7 @@ class Generator:
         n = len(self.styles)
         rows = np.repeat(full[None, :-1], n, axis=0)
         rows[:, :, ctl.STYLE] = np.arange(n)[:, None]
-        rows[:, :, ctl.KEY] = ctl.KEY_UNKNOWN
+        rows[:, :, ctl.KEY] = theory.KEY_UNKNOWN
         rows[:, :, ctl.DENSITY] = ctl.DENSITY_UNKNOWN
         _, logits = self.net.prime(prefix[:-1], rows[..., columns], rows=n, want_logits=True)
         steps = logits.shape[1] - 1  # logits[t] predicts prefix[t + 1]
@@ -531,6 +532,14 @@ def one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")
+
+
+def primer_key(notes: np.ndarray) -> tuple[int, str]:
+    """The key of the primer's notes, for --key auto."""
+    try:
+        return theory.estimate_key(notes)
+    except ValueError:
+        raise ValueError("--key auto: the primer has no pitched notes to estimate a key from") from None
 
 
 def density_label(bucket) -> str | None:

@@ -8,7 +8,7 @@ import pytest
 
 from melodylstm.generate import Generator
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
-from melodylstm.sampling import SCALES, parse_key
+from melodylstm.theory import SCALES, parse_key
 from melodylstm.tokenizer import Tokenizer
 
 from conftest import scale_song
