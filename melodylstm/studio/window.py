@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..cli import one_line
 from ..config import CONTINUE_TEMPERATURE
 from ..midi import MidiError
+from ..options import one_line
 from ..theory import PITCH_CLASS_NAMES, pitch_name
 from .answers import Answerer, SamplerProcess, SamplerThread, available_styles, check_controls
 from .audio import VELOCITIES, open_audio
