@@ -13,6 +13,8 @@ from melodylstm.model import MelodyLSTM
 from melodylstm.sampling import FastLSTM
 from melodylstm.tokenizer import Tokenizer
 
+from helpers import cli
+
 TOK = Tokenizer()
 RES = 12
 
@@ -292,16 +294,13 @@ def test_without_a_key_generate_draws_one_from_the_corpus_keys():
 
 def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
     import json
-    import subprocess
-    import sys
 
     from melodylstm.generate import Generator
     from melodylstm.midi import write_midi
 
     primer = tmp_path / "cadence.mid"
     write_midi(song_of(cadence(2) * 1), primer)  # D major
-    result = subprocess.run([sys.executable, "-m", "melodylstm", "continue", str(primer), "-o", str(tmp_path / "out.mid"),
-                             "--bars", "1", "--seed", "1", "--json"], capture_output=True, text=True, timeout=300)
+    result = cli("continue", str(primer), "-o", str(tmp_path / "out.mid"), "--bars", "1", "--seed", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["temperature"] == 1.0 and report["key"] == "D:major" and report["key_source"] == "primer"
