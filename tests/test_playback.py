@@ -290,14 +290,14 @@ def test_synths_make_sound_and_stop():
 def test_show_draws_primer_and_generated_notes(tmp_path):
     import pygame
 
-    from melodylstm.generate import append_tracks
-    from melodylstm.midi import midifile_bytes, song_to_midifile
+    from melodylstm.generate import CONTINUATION_NAME
+    from melodylstm.midi import append_tracks, midifile_bytes, song_to_midifile
     from melodylstm.pianoroll import GENERATED, PRIMER
 
     primer = Song(np.array([[0, 48, 60, 127, 0]]), 12, [(0, 500000)])
     new = Song(np.array([[48, 48, 72, 127, 0]]), 12, [(0, 500000)])
     path, png = tmp_path / "c.mid", tmp_path / "roll.png"
-    path.write_bytes(append_tracks(midifile_bytes(song_to_midifile(primer)), new))
+    path.write_bytes(append_tracks(midifile_bytes(song_to_midifile(primer)), new, CONTINUATION_NAME))
     result = cli("show", str(path), "-o", str(png), "--width", "400", "--height", "200")
     assert result.returncode == 0, result.stderr
     image = pygame.image.load(str(png))
