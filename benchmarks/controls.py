@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from melodylstm import controls as ctl  # noqa: E402
 from melodylstm import stats  # noqa: E402
+from melodylstm import theory  # noqa: E402
 from melodylstm.config import DEFAULT_TEMPERATURE  # noqa: E402
 from melodylstm.midi import DRUMS, ONSET, PITCH, PROGRAM, Song, write_midi  # noqa: E402
 
@@ -43,7 +44,7 @@ def pitched(notes):
 
 def own_key_rate(notes) -> float:
     notes = pitched(notes)
-    return ctl.in_key_rate(notes, ctl.estimate_key(notes)) if len(notes) else float("nan")
+    return theory.in_key_rate(notes, theory.estimate_key(notes)) if len(notes) else float("nan")
 
 
 def register_drift(notes, bars: int = 16) -> float:
@@ -125,7 +126,7 @@ def main():
     for i, key in enumerate(KEYS):
         for song in gen.generate(bars=16, num=per_key, seed=100 + i, temperature=T, style=style, key=key):
             notes = pitched(song.notes)
-            hits.append(len(notes) > 0 and ctl.key_label(ctl.key_index(*ctl.estimate_key(notes))) == key)
+            hits.append(len(notes) > 0 and theory.key_label(theory.key_index(*theory.estimate_key(notes))) == key)
     out["key_control"] = {"pieces": len(hits), "estimated_key_is_requested": float(np.mean(hits))}
 
     # 3. chord control

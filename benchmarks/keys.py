@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from melodylstm import controls as ctl  # noqa: E402
+from melodylstm import theory  # noqa: E402
 from melodylstm.continuation import polyphony_at_onsets  # noqa: E402
 from melodylstm.generate import Generator  # noqa: E402
 
@@ -31,14 +31,14 @@ def main(argv=None) -> None:
     ap.add_argument("--bars", type=int, default=16)
     args = ap.parse_args(argv)
     gen = Generator.load(args.checkpoint)
-    keys = [ctl.key_label(i) for i in range(24)]
+    keys = [theory.key_label(i) for i in range(24)]
     print("| style | pieces in the asked key | misses (asked -> heard) |\n|---|---|---|")
     for style in gen.styles or [None]:
         hits, misses = 0, []
         for key in keys:
             songs = gen.generate(bars=args.bars, num=args.seeds, seed=1, key=key, style=style)
             for song in songs:
-                heard = ctl.key_label(ctl.estimate_key_index(song.notes))
+                heard = theory.key_label(theory.estimate_key_index(song.notes))
                 hits += heard == key
                 if heard != key:
                     misses.append(f"{key}->{heard}")

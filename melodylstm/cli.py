@@ -9,15 +9,8 @@ import click
 
 from . import __version__
 from .config import CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE
-
-
-class UserError(click.ClickException):
-    """A problem the user can fix; shown as one line, exit code 1."""
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+from .options import (UserError, one_line, peak_option, playback_options, sampling_options, soundfont_option,
+                      synth_option, tokenizer_options)
 
 
 class Group(click.Group):
@@ -64,19 +57,9 @@ def info(ctx, message: str) -> None:
         click.echo(message, err=True)
 
 
-def tokenizer_options(f):
-    """Options that define the tokenization (stored in every checkpoint)."""
-    options = [
-        click.option("--resolution", default=12, show_default=True, help="Grid steps per quarter note (12: 16ths and triplets)."),
-        click.option("--programs", type=click.Choice(["keep", "merge"]), default="keep", show_default=True,
-                     help="keep: instruments stay apart (PROGRAM tokens); merge: all pitched tracks become one part."),
-        click.option("--drums", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
-                     help="keep drum tracks as DRUM tokens, or drop them."),
-        click.option("--no-bars", is_flag=True, help="No BAR tokens; time moves by SHIFT tokens only."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def user_io(ctx) -> dict:
+    """How playback talks to the user: -v shows what the audio/MIDI libraries print, -q silences it."""
+    return {"verbose": ctx.obj["verbose"], "say": lambda message: info(ctx, message)}
 
 
 def make_tokenizer(resolution, programs, drums, no_bars):
@@ -343,48 +326,6 @@ def stats(ctx, generated, reference, out, reference_split, as_json, max_pieces, 
     info(ctx, f"wrote {out}")
 
 
-def sampling_options(f):
-    options = [
-        click.option("-c", "--checkpoint", type=click.Path(exists=True), help="Checkpoint file or run folder (default: the bundled model)."),
-        click.option("--bars", type=int, help="Length in bars of generated music (default 8)."),
-        click.option("--seconds", type=float, help="Length in seconds of generated music."),
-        click.option("--tokens", type=int, help="Length in tokens."),
-        click.option("-n", "--num", default=1, show_default=True, help="Variations to write (sampled as one batch)."),
-        click.option("-t", "--temperature", type=float,
-                     help=f"Randomness: 1 = the model as trained, lower = safer, 0 = always the likeliest token "
-                          f"(default: {DEFAULT_TEMPERATURE} for generate, {CONTINUE_TEMPERATURE} for continue)."),
-        click.option("--top-k", default=0, show_default=True, help="Sample only from the k likeliest tokens (0: all)."),
-        click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling: smallest set with this probability."),
-        click.option("--seed", type=int, help="Same seed, checkpoint and options give the same file."),
-        click.option("--key", help="Key to write in: D:minor, F#, Bb:major (continue: the primer's by default; "
-                                   "auto: the primer's, as a scale mask with --strict-key)."),
-        click.option("--strict-key", is_flag=True, help="Also forbid pitches outside the key's scale (any scale: Bb:dorian, A:blues)."),
-        click.option("--key-strength", type=float,
-                     help="How hard the key pulls the pitches, -1 (ignore it) to 10 (default: 3 for a --key you "
-                          "name, 0 for a key picked from the corpus, -0.5 for the key heard in the primer)."),
-        click.option("--style", help="Style the model learned (see `melodylstm info`); generate picks one when not given, "
-                                     "continue the one under which the primer is most likely."),
-        click.option("--chords", help='Chord progression, one chord per bar, repeated: "Dm7 G7 Cmaj7 Cmaj7".'),
-        click.option("--chords-file", type=click.Path(exists=True, dir_okay=False),
-                     help="Progression file: one bar per line; several chords on a line share the bar (e.g. one per beat); "
-                          "N.C. for a bar with no chord, # for comments, no blank lines between bars."),
-        click.option("--density", help="Notes per beat: low, medium, high, or a number (e.g. 2)."),
-        click.option("--pitch-range", help="Lowest-highest pitch, e.g. 48-84 or C3-C6."),
-        click.option("--voices", type=click.IntRange(0, 16),
-                     help="At most N notes sounding at once, 0: no limit (default: continue keeps the primer's "
-                          "texture; generate the style's, as its corpus plays it)."),
-        click.option("--play", is_flag=True, help="Play the notes while they are generated."),
-        click.option("--window", is_flag=True, help="With --play: show a scrolling piano roll."),
-        click.option("--soundfont", type=click.Path(exists=True, dir_okay=False), help="SoundFont for --play."),
-        click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
-                     help="Synth for --play."),
-        click.option("--midi-out", help="With --play: send to this MIDI port instead of the speakers."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
 def read_progression(chords, chords_file):
     """--chords text (one chord per bar) or --chords-file (one bar per line) -> bars of chords."""
     from . import controls
@@ -452,6 +393,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     """Write new music from scratch."""
     from .fileio import outputs_or_nothing
     from .midi import write_midi
+    from .playback import open_live_playback, play_while_generating
 
     try:
         numerator, denominator = (int(x) for x in time_signature.split("/"))
@@ -459,7 +401,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
     except (ValueError, AssertionError):
         raise UserError(f"--time-signature must look like 3/4 or 6/8, not {time_signature!r}") from None
     progression = read_progression(chords, chords_file)
-    play_fn, no_device = open_live_playback(ctx, soundfont, synth, midi_out, play, window)
+    play_fn, no_device = open_live_playback(soundfont, synth, midi_out, play, window, **user_io(ctx))
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -483,7 +425,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
         from .midi import Song
 
         like = Song([], gen.tok.config.resolution, [(0, round(60e6 / tempo))], [(0, numerator, denominator)])
-        play_while_generating(play_fn, run, like, on_done=save, say=lambda m: info(ctx, m))
+        play_while_generating(play_fn, run, like, on_done=save, say=user_io(ctx)["say"])
     else:
         save(run())
         if no_device is not None:
@@ -504,6 +446,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                  synth, midi_out, only_new, primer_bars, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes, outputs_or_nothing
+    from .playback import open_live_playback, play_while_generating
 
     paths = output_paths(out, num)
     for path in paths:
@@ -515,7 +458,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
     else:
         primer_bars = int(primer_bars)
     progression = read_progression(chords, chords_file)
-    play_fn, no_device = open_live_playback(ctx, soundfont, synth, midi_out, play, window)
+    play_fn, no_device = open_live_playback(soundfont, synth, midi_out, play, window, **user_io(ctx))
     gen = load_generator(ctx, checkpoint)
 
     def run(on_note=None):
@@ -544,7 +487,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         from .midi import read_midi
 
         primer = read_midi(midi_in, gen.tok.config.resolution)
-        play_while_generating(play_fn, run, primer, primer=primer, on_done=save, say=lambda m: info(ctx, m))
+        play_while_generating(play_fn, run, primer, primer=primer, on_done=save, say=user_io(ctx)["say"])
     else:
         save(run())
         if no_device is not None:
@@ -552,127 +495,6 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
 
 
 # ---------------------------------------------------------------- playback
-
-def playback_options(f):
-    options = [
-        click.option("--soundfont", type=click.Path(exists=True, dir_okay=False), help="SoundFont (.sf2) for the synth."),
-        click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
-                     show_default=True, help="auto: FluidSynth, else TinySoundFont, else the built-in numpy synth."),
-        click.option("--midi-out", help="Send to this MIDI port instead (virtual:NAME opens a virtual port)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def peak_option(f):
-    return click.option("--peak", default="-1", show_default=True, metavar="DBFS|off",
-                        help="WAV files are normalised: their loudest sample at this level in dBFS "
-                             "(off: the synth's own level, which differs from synth to synth).")(f)
-
-
-def run_playback(ctx, timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None, peak=-1.0):
-    """Play (or render) a timeline; returns when it has played out."""
-    if wav:
-        from .playback import render_wav
-        from .synth import make_synth
-
-        engine = make_synth(synth, soundfont)
-        seconds = render_wav(timeline, engine, wav, peak_dbfs=peak)
-        level = "synth level" if peak is None else f"peak {peak:g} dBFS"
-        info(ctx, f"wrote {wav} ({seconds:.1f} s, synth: {engine.name}, {level})")
-        return None
-    return open_playback(ctx, soundfont, synth, midi_out, window)(timeline)
-
-
-def open_live_playback(ctx, soundfont, synth, midi_out, play, window):
-    """(play, None) for generate/continue --play; (None, error) without an audio device: the
-    music is then generated and written all the same, and the error is reported after it."""
-    from .playback import NoAudioDevice
-
-    if not (play or window):
-        return None, None
-    try:
-        return open_playback(ctx, soundfont, synth, midi_out, window), None
-    except NoAudioDevice as exc:
-        return None, exc
-
-
-def open_playback(ctx, soundfont=None, synth="auto", midi_out=None, window=False):
-    """Open the output (port, or synth + audio device + window) and return play(timeline, preroll).
-    Opened before a model loads, so sound can start as soon as the first note exists."""
-    from . import playback
-    from .playback import PygameOutput, open_midi_output, play_to_device, play_to_port
-    from .synth import make_synth
-
-    playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])  # -v: show what libasound/rtmidi print
-
-    if midi_out:
-        port = open_midi_output(midi_out)
-        return lambda timeline, preroll=0.0: play_to_port(timeline, port, preroll=preroll)
-    engine = make_synth(synth, soundfont)
-    output = PygameOutput()
-    view = None
-    if window:
-        from .pianoroll import Window
-
-        view = Window()
-
-    def play(timeline, preroll=0.0):
-        info(ctx, f"playing (synth: {engine.name}; Ctrl-C stops)")
-        play_to_device(timeline, engine, view, output=output, preroll=preroll)
-
-    return play
-
-
-LIVE_PREROLL = 0.15  # seconds
-
-
-def play_while_generating(play, generate_fn, like, primer=None, on_done=None, say=None):
-    """Sample in a worker thread while the main thread plays: notes sound as they are made.
-    `on_done(result)` runs as soon as generation ends, so the output is written even if playback
-    is cut short; Ctrl-C stops playback cleanly (says "stopped"), as it ends `jam`."""
-    import threading
-
-    from .playback import LivePlayer
-
-    player = LivePlayer(like)
-    if primer is not None:
-        player.add_primer(primer)
-    outcome = {}
-
-    def work():
-        from threadpoolctl import threadpool_limits
-
-        try:
-            # One BLAS thread: the audio thread needs a core, and a second BLAS thread spinning
-            # against it made sampling 2-4x slower on a busy 2-core machine (benchmarks/playback.py).
-            with threadpool_limits(1, user_api="blas"):
-                outcome["result"] = generate_fn(player.add_note)
-            player.close()
-            if on_done is not None:
-                on_done(outcome["result"])
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            outcome["error"] = exc
-        finally:
-            player.close()
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    stopped = False
-    try:
-        # From scratch the first notes are due at once: start the clock a little early so a busy
-        # machine cannot make them late (measured by benchmarks/playback.py --load 2).
-        play(player.timeline, preroll=0.0 if primer is not None else LIVE_PREROLL)
-    except KeyboardInterrupt:
-        stopped = True  # the worker still finishes and writes; a second Ctrl-C aborts that
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    if stopped and say is not None:
-        say("stopped")
-    return outcome["result"]
-
 
 @cli.command()
 @click.argument("midi_file", type=click.Path(exists=True, dir_okay=False))
@@ -684,7 +506,7 @@ def play_while_generating(play, generate_fn, like, primer=None, on_done=None, sa
 def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     """Play a MIDI file through the speakers (or a MIDI port, or a WAV file)."""
     from .midi import read_midi
-    from .playback import NoAudioDevice, Timeline, parse_peak
+    from .playback import NoAudioDevice, Timeline, parse_peak, run_playback
 
     check_output(midi_file, wav)
     level = parse_peak(peak)
@@ -692,7 +514,7 @@ def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     timeline.add_song(read_midi(midi_file, 96))
     timeline.close()
     try:
-        run_playback(ctx, timeline, soundfont, synth, midi_out, window, wav, level)
+        run_playback(timeline, soundfont, synth, midi_out, window, wav, level, **user_io(ctx))
     except NoAudioDevice as exc:
         raise UserError(exc.hint(midi_file) + f" (or play {midi_file} --wav FILE)") from None
 
@@ -700,8 +522,8 @@ def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
 @cli.command()
 @click.argument("midi_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
-@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
-@click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto", show_default=True)
+@soundfont_option()
+@synth_option(show_default=True)
 @peak_option
 @click.pass_context
 def render(ctx, midi_file, out, soundfont, synth, peak):
@@ -748,8 +570,8 @@ def show(ctx, midi_file, out, width, height, new_from):
 @click.option("--time-signature", default="4/4", show_default=True,
               help="Metre used to read your playing (a phrase's first note is a downbeat).")
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
-@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
-@click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto")
+@soundfont_option()
+@synth_option()
 @click.option("--answers", type=click.IntRange(min=1), help="Stop after this many answers (for scripts; default: until Ctrl-C).")
 @click.option("--seed", type=int, help="Random seed: the same phrase gets the same answer.")
 @click.pass_context
@@ -763,7 +585,7 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, time_signa
 
     from . import playback
     from .jam import Jam
-    from .playback import open_midi_input, open_midi_output, play_to_port
+    from .playback import open_midi_input, open_midi_output, play_to_port, run_playback
 
     playback.SHOW_BACKEND_NOISE = bool(ctx.obj["verbose"])
     try:
@@ -785,7 +607,7 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, time_signa
             if outport is not None:
                 play_to_port(timeline, outport, close=False)  # ends with all-notes-off
             else:
-                run_playback(ctx, timeline, soundfont, synth)
+                run_playback(timeline, soundfont, synth, **user_io(ctx))
 
         info(ctx, f"listening on {in_port}: play a phrase, then pause; Ctrl-C ends")
         try:
@@ -820,9 +642,8 @@ def info_cmd(checkpoint, as_json):
 @click.option("--pause", type=float, help="Seconds of silence that end your phrase (default: one bar).")
 @click.option("--no-metronome", is_flag=True, help="Start with the metronome off (M toggles it).")
 @click.option("--seed", type=int, help="Seed of the first answer (the next ones count up), for a repeatable session.")
-@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False))
-@click.option("--synth", type=click.Choice(["auto", "fluidsynth", "tinysoundfont", "numpy"]), default="auto",
-              show_default=True)
+@soundfont_option()
+@synth_option(show_default=True)
 @click.option("--size", default="1100x560", show_default=True, help="Window size (resizable).")
 @click.pass_context
 def studio(ctx, midi_file, checkpoint, out_dir, in_port, bars, temperature, tempo, time_signature, key, style, pause,

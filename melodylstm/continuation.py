@@ -4,7 +4,7 @@ Each held-out piece is cut after P bars of the tokenizer's bar grid. The model c
 primer for B bars; its answer, a trivial baseline (the primer's last B bars played again) and the
 piece's real next B bars are described by the same features a musician would check:
 
-  in_key               share of notes in the primer's key (Krumhansl-Schmuckler estimate_key)
+  in_key               share of notes in the primer's key (Krumhansl-Schmuckler theory.estimate_key)
   polyphony            notes sounding at each onset, averaged over onsets (1.0 = a melody)
   mean_pitch           register: average MIDI pitch
   pitch_range          highest minus lowest pitch, in semitones
@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, read_midi_bytes, read_midi_tracks
-from .sampling import SCALES, estimate_key, key_name
+from . import theory
+from .theory import in_key_rate, key_name
 from .stats import inter_onset_histogram, note_length_histogram
 
 FEATURES = ("in_key", "polyphony", "mean_pitch", "pitch_range", "notes_per_beat",
@@ -103,13 +104,6 @@ def repeat_baseline(primer: Song, primer_bars: int, bars: int, tok=None) -> np.n
 
 
 # ---------------------------------------------------------------- features
-
-def in_key_rate(notes: np.ndarray, key: tuple[int, str]) -> float:
-    if len(notes) == 0:
-        return NAN
-    tonic, scale = key
-    return float(np.isin((notes[:, PITCH] - tonic) % 12, SCALES[scale]).mean())
-
 
 def polyphony_at_onsets(notes: np.ndarray) -> float:
     """Mean number of notes sounding at each distinct onset time (held notes included)."""
@@ -234,7 +228,7 @@ def continuation_losses(model, tok, primer: Song, real: np.ndarray, style: int |
             primer_part = ctl.controls_for(primer, tok.encode_normalized(primer), tok, False)
             file_controls[:first] = primer_part[:first]
             file_controls[:, ctl.KEY] = primer_part[0, ctl.KEY]
-            file_controls[first:, ctl.CHORD] = ctl.CHORD_UNKNOWN
+            file_controls[first:, ctl.CHORD] = theory.CHORD_UNKNOWN
             file_controls[first:, ctl.DENSITY] = primer_part[-1, ctl.DENSITY]
         controls = torch.from_numpy(model_controls(model.config, file_controls, style, hide=())[:last - 1])[None]
     with torch.inference_mode():
@@ -328,8 +322,10 @@ def bars_to_generate(primer: Song, primer_bars: int, bars: int) -> int:
 def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int, seed: int, temperature: float,
                 path: str = "", key_strength: float | None = None) -> dict:
     """Features of the model's answers, the repeat baseline and the real continuation for one cut."""
+    from .generate import primer_key  # a primer without pitched notes fails as --key auto does
+
     primer, res = cut.primer, cut.primer.resolution
-    key = estimate_key(primer.notes)
+    key = primer_key(primer.notes)
     span = cut.end - cut.cut
     answers = gen.continue_(primer, bars=bars_to_generate(primer, primer_bars, bars), seed=seed,
                             temperature=temperature, num=samples, key_strength=key_strength)

@@ -10,7 +10,7 @@ likelihood figure may give them, and when generating the user's key, chords and 
 in for them.
 
 * key      24 keys (12 tonics x major/minor): Krumhansl-Schmuckler on the notes heard so far
-           (unknown for the first 8 notes)
+           (theory.running_keys; unknown for the first 8 notes)
 * chord    12 roots x 7 qualities or "no chord": the chord of the beat before, by template
            matching (below)
 * density  note onsets per beat in the bar before, in 5 buckets
@@ -25,106 +25,13 @@ from __future__ import annotations
 import numpy as np
 
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, BarGrid
+from .theory import (CHORD_UNKNOWN, KEY_UNKNOWN, N_CHORDS, N_KEYS, NO_CHORD, QUALITIES, chord_label,
+                     chord_pitch_classes, estimate_key_index, parse_chord, running_keys)
 
-CONTROLS_VERSION = 2  # part of the token cache key: bump when any estimate below changes
-
-# ---------------------------------------------------------------- keys
-
-TONIC_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
-MODES = ("major", "minor")
-KEY_UNKNOWN = 24
-N_KEYS = 25
-# Krumhansl-Kessler key profiles
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-SCALE_STEPS = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}
-
-
-def key_index(tonic: int, mode: str) -> int:
-    return tonic % 12 + (12 if mode == "minor" else 0)
-
-
-def key_of_index(index: int) -> tuple[int, str]:
-    return index % 12, MODES[index // 12]
-
-
-def key_label(index: int) -> str:
-    if index == KEY_UNKNOWN:
-        return "unknown"
-    tonic, mode = key_of_index(index)
-    return f"{TONIC_NAMES[tonic]}:{mode}"
-
-
-def key_histogram(notes: np.ndarray) -> np.ndarray:
-    """Duration-weighted pitch-class histogram of the pitched notes (drums excluded)."""
-    pitched = notes[notes[:, PROGRAM] != DRUMS]
-    if len(pitched) == 0:
-        raise ValueError("no pitched notes to estimate a key from")
-    return np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
-
-
-# the 24 rotated profiles, major tonics 0..11 then minor: row i is key index i
-KEY_PROFILES = np.array([np.roll(p, t) for p in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])
-_CENTRED = KEY_PROFILES - KEY_PROFILES.mean(axis=1, keepdims=True)
-_CENTRED /= np.sqrt((_CENTRED ** 2).sum(axis=1, keepdims=True))
-
-
-def best_key(hist: np.ndarray) -> int:
-    """Index (0..23) of the profile best correlated with `hist`; 0 (C major) when no correlation
-    is defined (a flat histogram).
-
-    All 24 correlations come from one matrix product; keys within 1e-9 of the best are then
-    re-scored with np.corrcoef in key order, so the answer (ties and rounding included) is the
-    one 24 np.corrcoef calls give."""
-    h = hist - hist.mean()
-    norm = np.sqrt((h * h).sum())
-    if not norm > 0 or not np.isfinite(norm):
-        return 0  # corrcoef is nan for every key: the first key stays
-    r = _CENTRED @ (h / norm)
-    near = np.flatnonzero(r >= r.max() - 1e-9)
-    if len(near) == 1:
-        return int(near[0])
-    best, best_index = -2.0, 0
-    for i in near.tolist():
-        value = np.corrcoef(hist, KEY_PROFILES[i])[0, 1]
-        if np.isfinite(value) and value > best:
-            best, best_index = value, i
-    return best_index
-
-
-def estimate_key(notes: np.ndarray) -> tuple[int, str]:
-    """Krumhansl-Schmuckler: correlate the duration-weighted pitch-class histogram with the
-    24 rotated major/minor profiles and take the best."""
-    return key_of_index(best_key(key_histogram(notes)))
-
-
-def estimate_key_index(notes: np.ndarray) -> int:
-    try:
-        return key_index(*estimate_key(notes))
-    except ValueError:
-        return KEY_UNKNOWN
-
-
-def in_key_rate(notes: np.ndarray, key: tuple[int, str]) -> float:
-    """Share of pitched notes whose pitch class is in the key's (natural) scale."""
-    pitched = notes[notes[:, PROGRAM] != DRUMS]
-    if len(pitched) == 0:
-        return float("nan")
-    tonic, mode = key
-    return float(np.isin((pitched[:, PITCH] - tonic) % 12, SCALE_STEPS[mode]).mean())
-
+CONTROLS_VERSION = 2  # part of the token cache key: bump when any estimate here or in theory.py changes
 
 # ---------------------------------------------------------------- chords
 
-QUALITIES = {"": (0, 4, 7), "m": (0, 3, 7), "dim": (0, 3, 6), "aug": (0, 4, 8),
-             "7": (0, 4, 7, 10), "maj7": (0, 4, 7, 11), "m7": (0, 3, 7, 10)}
-QUALITY_NAMES = list(QUALITIES)
-NO_CHORD = 12 * len(QUALITIES)
-CHORD_UNKNOWN = NO_CHORD + 1
-N_CHORDS = NO_CHORD + 2
-QUALITY_ALIASES = {"": "", "maj": "", "M": "", "m": "m", "min": "m", "-": "m", "dim": "dim", "o": "dim",
-                   "aug": "aug", "+": "aug", "7": "7", "dom7": "7", "maj7": "maj7", "M7": "maj7", "m7": "m7",
-                   "min7": "m7", "-7": "m7"}
 # one row per chord: its pitch classes, unit length (cosine similarity with a histogram)
 TEMPLATES = np.zeros((NO_CHORD, 12))
 for _q, _intervals in enumerate(QUALITIES.values()):
@@ -132,45 +39,6 @@ for _q, _intervals in enumerate(QUALITIES.values()):
         TEMPLATES[_root * len(QUALITIES) + _q, [(_root + i) % 12 for i in _intervals]] = 1.0
 TEMPLATES /= np.linalg.norm(TEMPLATES, axis=1, keepdims=True)
 KEEP_PREVIOUS = 0.9  # a beat keeps the previous chord unless another fits clearly better
-
-
-def chord_index(root: int, quality: str) -> int:
-    return (root % 12) * len(QUALITIES) + QUALITY_NAMES.index(quality)
-
-
-def chord_pitch_classes(index: int) -> tuple[int, ...]:
-    if index >= NO_CHORD:
-        return ()
-    root, q = divmod(index, len(QUALITIES))
-    return tuple((root + i) % 12 for i in QUALITIES[QUALITY_NAMES[q]])
-
-
-def chord_label(index: int) -> str:
-    if index == NO_CHORD:
-        return "N.C."
-    if index == CHORD_UNKNOWN:
-        return "?"
-    root, q = divmod(index, len(QUALITIES))
-    return TONIC_NAMES[root] + QUALITY_NAMES[q]
-
-
-def parse_chord(text: str) -> int:
-    """'C', 'Dm7', 'F#dim', 'Bbmaj7', 'G7', 'N.C.' -> chord index."""
-    t = text.strip()
-    if t.upper().replace(".", "") in ("N", "NC"):
-        return NO_CHORD
-    accepted = "a root C..B with # or b, then one of: major (nothing), m, dim, aug, 7, maj7, m7; or N.C."
-    shown = repr(t if len(t) <= 24 else t[:24] + "...")  # the message stays one short line
-    if not t or t[0].upper() not in "CDEFGAB":
-        raise ValueError(f"unparseable chord {shown}: use {accepted}")
-    root = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[t[0].upper()]
-    rest = t[1:]
-    while rest[:1] in ("#", "b"):  # no quality name starts with b, so b is always a flat
-        root += 1 if rest[0] == "#" else -1
-        rest = rest[1:]
-    if rest not in QUALITY_ALIASES:
-        raise ValueError(f"unparseable chord {shown}: use {accepted}")
-    return chord_index(root, QUALITY_ALIASES[rest])
 
 
 MAX_PROGRESSION_BARS = 4096  # a progression repeats, so more bars than any piece is never needed
@@ -417,30 +285,6 @@ def chord_inputs(notes: np.ndarray, n_beats: int, resolution: int, causal: bool 
     first), or with `causal=False` the beat's own chord (older checkpoints)."""
     chords = estimate_chords(notes, n_beats, resolution)
     return np.concatenate([[NO_CHORD], chords[:-1]]) if causal else chords
-
-
-def running_keys(notes: np.ndarray, n_beats: int, resolution: int, min_notes: int = 8) -> np.ndarray:
-    """Key index per beat from the notes that start before that beat (Krumhansl-Schmuckler on
-    the duration-weighted pitch classes heard so far); unknown until `min_notes` have started."""
-    pitched = notes[notes[:, PROGRAM] != DRUMS]
-    out = np.full(n_beats, KEY_UNKNOWN, dtype=np.int64)
-    if len(pitched) == 0 or n_beats == 0:
-        return out
-    beat = np.minimum(pitched[:, ONSET] // resolution, n_beats - 1).astype(np.int64)
-    hist = np.zeros((n_beats, 12))
-    np.add.at(hist, (beat, pitched[:, PITCH] % 12), pitched[:, DURATION])
-    count = np.bincount(beat, minlength=n_beats)
-    # before beat b: the sum over beats < b
-    heard = np.vstack([np.zeros((1, 12)), np.cumsum(hist, axis=0)[:-1]])
-    heard_count = np.concatenate([[0], np.cumsum(count)[:-1]])
-    profiles = np.stack([np.roll(p, t) for p in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])  # (24, 12)
-    z = (profiles - profiles.mean(1, keepdims=True)) / profiles.std(1, keepdims=True)
-    h = heard - heard.mean(1, keepdims=True)
-    sd = h.std(1, keepdims=True)
-    scores = np.divide(h, sd, out=np.zeros_like(h), where=sd > 0) @ z.T
-    known = (heard_count >= min_notes) & (sd[:, 0] > 0)
-    out[known] = scores[known].argmax(1)
-    return out
 
 
 def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:

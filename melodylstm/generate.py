@@ -20,11 +20,11 @@ from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
                      PICKED_KEY_STRENGTH, PRIMER_KEY_STRENGTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
-from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, crop_song, midifile_bytes,
-                   read_midi_bytes, seconds_to_steps, song_to_midifile, song_to_tracks)
+from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, append_tracks, crop_song, midi_chunks, midifile_bytes,
+                   read_midi_bytes, seconds_to_steps, song_to_midifile)
 from . import controls as ctl
-from .sampling import (FastLSTM, KeyGuide, Sampler, chord_tone_bias, estimate_key, key_name, parse_key,
-                       parse_pitch_range, pitch_mask, start_state)
+from . import theory
+from .sampling import FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
@@ -76,57 +76,10 @@ class Continuation:
                 song = Song(np.concatenate([self.primer.notes, self.notes.notes]), song.resolution,
                             song.tempos, song.time_signatures, song.names)
             return midifile_bytes(song_to_midifile(song))
-        return append_tracks(self.source, self.notes)
+        return append_tracks(self.source, self.notes, CONTINUATION_NAME)
 
     def save(self, path, only_new: bool = False) -> None:
         atomic_write_bytes(path, self.midi_bytes(only_new))
-
-
-def midi_chunks(data: bytes):
-    """(format, tracks, division, [(chunk id, start, end)]) of a standard MIDI file, or None when its
-    chunk structure is broken (then the input is written anew rather than copied)."""
-    if len(data) < 14 or data[:4] != b"MThd" or int.from_bytes(data[4:8], "big") < 6:
-        return None
-    fmt, ntracks, division = (int.from_bytes(data[i:i + 2], "big") for i in (8, 10, 12))
-    chunks, pos = [], 8 + int.from_bytes(data[4:8], "big")
-    while pos + 8 <= len(data):
-        size = int.from_bytes(data[pos + 4:pos + 8], "big")
-        if pos + 8 + size > len(data):
-            return None
-        chunks.append((data[pos:pos + 4], pos + 8, pos + 8 + size))
-        pos += 8 + size
-    if pos != len(data) or division & 0x8000 or fmt > 1 or sum(c[0] == b"MTrk" for c in chunks) != ntracks:
-        return None  # trailing bytes, SMPTE time, format 2 or a miscounted header: rewrite instead
-    return fmt, ntracks, division, chunks
-
-
-def channels_in(data: bytes, chunks) -> set:
-    """Channels a file may use: every channel-message status byte in its tracks. Bytes of delta
-    times or meta data can look like status bytes too, so this may over-count, never under-count."""
-    used = set()
-    for kind, start, end in chunks:
-        if kind == b"MTrk":
-            block = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
-            status = block[(block >= 0x80) & (block < 0xF0)]
-            used.update((np.unique(status) & 0x0F).tolist())
-    return used
-
-
-def append_tracks(source: bytes, song: Song) -> bytes:
-    """The original file, byte for byte, plus the song as new tracks on unused channels: only the
-    header's track count changes (and format 0 becomes 1), so a long input costs nothing to keep."""
-    import mido
-
-    fmt, ntracks, division, chunks = midi_chunks(source)
-    used = channels_in(source, chunks)
-    free = [ch for ch in range(16) if ch != 9 and ch not in used] or [ch for ch in range(16) if ch != 9]
-    named = Song(song.notes, song.resolution, song.tempos, song.time_signatures,
-                 {p: CONTINUATION_NAME for p in set(song.notes[:, PROGRAM].tolist())})
-    extra = mido.MidiFile(type=1, ticks_per_beat=division)
-    extra.tracks.extend(song_to_tracks(named, division / song.resolution, channels=free))
-    new_chunks = midifile_bytes(extra)[14:]  # the new tracks' MTrk chunks, without their header
-    header = source[:8] + (1).to_bytes(2, "big") + (ntracks + len(extra.tracks)).to_bytes(2, "big") + source[12:14]
-    return header + source[14:] + new_chunks
 
 
 class Generator:
@@ -273,11 +226,11 @@ class Generator:
         req = {"key": None, "mask_key": None, "style": None, "progression": None, "density": None,
                "strict_key": strict_key, "auto_key": auto_key, "key_strength": float(key_strength)}
         if key is not None:  # "" is an unknown key, not no key
-            tonic, scale = parse_key(key)
+            tonic, scale = theory.parse_key(key)
             if strict_key:
                 req["mask_key"] = (tonic, scale)
-            if "key" in names and scale in ctl.MODES:
-                req["key"] = ctl.key_index(tonic, scale)
+            if "key" in names and scale in theory.MODES:
+                req["key"] = theory.key_index(tonic, scale)
             elif "key" in names and not strict_key:
                 raise ValueError(f"--key {key}: the model is told major and minor keys only; "
                                  f"for {scale} add --strict-key (a hard scale mask)")
@@ -311,11 +264,11 @@ class Generator:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
         names = config.control_names
-        estimated = ctl.estimate_key_index(primer.notes) if primer is not None else ctl.KEY_UNKNOWN
+        estimated = theory.estimate_key_index(primer.notes) if primer is not None else theory.KEY_UNKNOWN
         key_value = request["mask_key"]
         if key_value is None and request["auto_key"] and (request["strict_key"] or "key" not in names):
-            key_value = estimate_key(primer.notes)  # --key auto: the primer's scale as a hard mask
-        prange = parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
+            key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
+        prange = theory.parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
         rng = np.random.Generator(np.random.PCG64(seed))
         grid = like.bar_grid()
@@ -323,7 +276,7 @@ class Generator:
 
         cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
         guided, strength = [], request["key_strength"]  # what guidance pushes: a key held, the user's chords
-        if strength and cond_key is not None and cond_key != ctl.KEY_UNKNOWN and "key" in names:
+        if strength and cond_key is not None and cond_key != theory.KEY_UNKNOWN and "key" in names:
             guided.append("key")
         if request["progression"] and "chord" in names and CHORD_STRENGTH:
             # one pair of rows for both: the key stays guided only where it pushes the same way
@@ -366,12 +319,12 @@ class Generator:
                                    style, density if "density" in names else None, request["progression"], start_time,
                                    earlier_chords)
         report.update({
-            "key": ctl.key_label(cond_key) if cond_key is not None and "key" in names else None,
+            "key": theory.key_label(cond_key) if cond_key is not None and "key" in names else None,
             "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (
                 "primer" if cond_key is not None and "key" in names else None),
             "key_strength": request["key_strength"] if guide and "key" in guided else None,
-            "primer_key": ctl.key_label(estimated) if primer is not None else None,
-            "scale_mask": key_name(*key_value) if key_value else None,
+            "primer_key": theory.key_label(estimated) if primer is not None else None,
+            "scale_mask": theory.key_name(*key_value) if key_value else None,
             "style": self.styles[style] if style is not None and style < len(self.styles) else None,
             "style_source": report.get("style_source") or ("picked" if request.get("style_picked") else
                                                            "given" if request["style"] is not None else None),
@@ -425,7 +378,7 @@ class Generator:
         if style is not None:
             rows[:, :, ctl.STYLE] = style
         for name in guided:
-            rows[1, :, ctl.COLUMNS.index(name)] = {"key": ctl.KEY_UNKNOWN, "chord": ctl.CHORD_UNKNOWN}[name]
+            rows[1, :, ctl.COLUMNS.index(name)] = {"key": theory.KEY_UNKNOWN, "chord": theory.CHORD_UNKNOWN}[name]
         h, c = self.net.prime(prefix[:-1], rows[..., columns], rows=len(rows))
         return style, h, c
 
@@ -447,7 +400,7 @@ class Generator:
         n = len(self.styles)
         rows = np.repeat(full[None, :-1], n, axis=0)
         rows[:, :, ctl.STYLE] = np.arange(n)[:, None]
-        rows[:, :, ctl.KEY] = ctl.KEY_UNKNOWN
+        rows[:, :, ctl.KEY] = theory.KEY_UNKNOWN
         rows[:, :, ctl.DENSITY] = ctl.DENSITY_UNKNOWN
         _, logits = self.net.prime(prefix[:-1], rows[..., columns], rows=n, want_logits=True)
         steps = logits.shape[1] - 1  # logits[t] predicts prefix[t + 1]
@@ -544,6 +497,14 @@ def one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")
+
+
+def primer_key(notes: np.ndarray) -> tuple[int, str]:
+    """The key of the primer's notes, for --key auto."""
+    try:
+        return theory.estimate_key(notes)
+    except ValueError:
+        raise ValueError("--key auto: the primer has no pitched notes to estimate a key from") from None
 
 
 def density_label(bucket) -> str | None:

@@ -1,7 +1,8 @@
 """MIDI files <-> `Song`, the grid-quantized note list every other module works on.
 
 Reading uses symusic (a C++ parser, ~100x faster than pretty_midi); writing uses mido,
-which gives full control over tracks, channels and event order.
+which gives full control over tracks, channels and event order. `append_tracks` adds new
+tracks to a file's own bytes, so a continued input is kept byte for byte.
 """
 from __future__ import annotations
 
@@ -321,3 +322,53 @@ def crop_song(song: Song, start: int) -> Song:
 
     return Song(notes, song.resolution, rebase(song.tempos) or [(0, DEFAULT_TEMPO)],
                 rebase(song.time_signatures) or [(0, 4, 4)], dict(song.names))
+
+
+# ---------------------------------------------------------------- splicing into a file as it is
+
+def midi_chunks(data: bytes):
+    """(format, tracks, division, [(chunk id, start, end)]) of a standard MIDI file, or None when its
+    chunk structure is broken (then the input is written anew rather than copied)."""
+    if len(data) < 14 or data[:4] != b"MThd" or int.from_bytes(data[4:8], "big") < 6:
+        return None
+    fmt, ntracks, division = (int.from_bytes(data[i:i + 2], "big") for i in (8, 10, 12))
+    chunks, pos = [], 8 + int.from_bytes(data[4:8], "big")
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + size > len(data):
+            return None
+        chunks.append((data[pos:pos + 4], pos + 8, pos + 8 + size))
+        pos += 8 + size
+    if pos != len(data) or division & 0x8000 or fmt > 1 or sum(c[0] == b"MTrk" for c in chunks) != ntracks:
+        return None  # trailing bytes, SMPTE time, format 2 or a miscounted header: rewrite instead
+    return fmt, ntracks, division, chunks
+
+
+def channels_in(data: bytes, chunks) -> set:
+    """Channels a file may use: every channel-message status byte in its tracks. Bytes of delta
+    times or meta data can look like status bytes too, so this may over-count, never under-count."""
+    used = set()
+    for kind, start, end in chunks:
+        if kind == b"MTrk":
+            block = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
+            status = block[(block >= 0x80) & (block < 0xF0)]
+            used.update((np.unique(status) & 0x0F).tolist())
+    return used
+
+
+def append_tracks(source: bytes, song: Song, name: str) -> bytes:
+    """The original file, byte for byte, plus the song as new tracks named `name` on unused
+    channels: only the header's track count changes (and format 0 becomes 1), so a long input
+    costs nothing to keep. `source` must pass midi_chunks."""
+    import mido
+
+    fmt, ntracks, division, chunks = midi_chunks(source)
+    used = channels_in(source, chunks)
+    free = [ch for ch in range(16) if ch != 9 and ch not in used] or [ch for ch in range(16) if ch != 9]
+    named = Song(song.notes, song.resolution, song.tempos, song.time_signatures,
+                 {p: name for p in set(song.notes[:, PROGRAM].tolist())})
+    extra = mido.MidiFile(type=1, ticks_per_beat=division)
+    extra.tracks.extend(song_to_tracks(named, division / song.resolution, channels=free))
+    new_chunks = midifile_bytes(extra)[14:]  # the new tracks' MTrk chunks, without their header
+    header = source[:8] + (1).to_bytes(2, "big") + (ntracks + len(extra.tracks)).to_bytes(2, "big") + source[12:14]
+    return header + source[14:] + new_chunks

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from .theory import pitch_name
+
 BACKGROUND = (24, 26, 32)
 RULER_BG = (34, 37, 45)
 GRID = (48, 52, 62)
@@ -25,8 +27,6 @@ INSTRUMENTS = [PRIMER, (110, 200, 120), (200, 110, 200), (80, 200, 200), (230, 2
 DRUM_COLOUR = (170, 170, 170)
 MARGIN = 40  # left margin for pitch labels
 RULER = 30  # top strip: bar numbers, then times
-
-NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 
 
 def _pygame():
@@ -163,7 +163,7 @@ def draw_background(surface, low, high, t0, t1, grid=None) -> None:
         if pitch % 12 == 0:  # a line and a label at every C
             y = y_of(pitch) + row
             pygame.draw.line(surface, C_LINE, (MARGIN, y), (width, y))
-            surface.blit(small.render(f"C{pitch // 12 - 1}", True, LABEL), (4, y - 12))
+            surface.blit(small.render(pitch_name(pitch), True, LABEL), (4, y - 12))
     _time_ruler(surface, x_of, t0, t1)
 
 

@@ -19,7 +19,8 @@ import wave
 import numpy as np
 
 from .midi import DRUMS, Song
-from .synth import DRUM_CHANNEL, SAMPLE_RATE
+from .options import one_line
+from .synth import DRUM_CHANNEL, SAMPLE_RATE, make_synth
 
 BLOCK = 1024  # frames per device buffer and rendering step: 23 ms at 44.1 kHz
 QUEUED_BLOCK = 2 * BLOCK  # frames per block queued on the mixer channel; two in flight = 93 ms of
@@ -37,7 +38,7 @@ class NoAudioDevice(PlaybackError):
     def hint(self, midi_path) -> str:
         """The one line to show, naming the MIDI file that exists and how to render it."""
         wav = os.path.splitext(str(midi_path))[0] + ".wav"
-        return f"{_one_line(self)}; nothing played. Render {midi_path} instead: melodylstm render {midi_path} -o {wav}"
+        return f"{one_line(self)}; nothing played. Render {midi_path} instead: melodylstm render {midi_path} -o {wav}"
 
 
 SHOW_BACKEND_NOISE = False  # the CLI sets it with -v: show what the audio/MIDI libraries print
@@ -336,7 +337,7 @@ def _open_midi_port(opener: str, name: str):
     except ImportError as exc:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - rtmidi's errors (e.g. no ALSA sequencer) derive from Exception only
-        raise PlaybackError(f"cannot open MIDI port {name!r} ({_one_line(exc)}); `melodylstm ports` lists them") from None
+        raise PlaybackError(f"cannot open MIDI port {name!r} ({one_line(exc)}); `melodylstm ports` lists them") from None
 
 
 def list_ports() -> dict:
@@ -348,13 +349,8 @@ def list_ports() -> dict:
     except ImportError as exc:
         raise PlaybackError(f"MIDI ports need python-rtmidi: pip install python-rtmidi ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - rtmidi.SystemError when the MIDI system cannot start
-        raise PlaybackError(f"no MIDI system available here ({_one_line(exc)}); on Linux the ALSA sequencer "
+        raise PlaybackError(f"no MIDI system available here ({one_line(exc)}); on Linux the ALSA sequencer "
                             f"(/dev/snd/seq) or JACK (MIDO_BACKEND=mido.backends.rtmidi/UNIX_JACK) is needed") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def play_to_port(timeline: Timeline, port, clock=time.monotonic, sleep=time.sleep, preroll: float = 0.0,
@@ -408,3 +404,97 @@ class LivePlayer:
 
     def close(self):
         self.timeline.close()
+
+
+# ---------------------------------------------------------------- the commands' playback
+
+def open_playback(soundfont=None, synth="auto", midi_out=None, window=False, verbose=False, say=None):
+    """Open the output (port, or synth + audio device + window) and return play(timeline, preroll).
+    Opened before a model loads, so sound can start as soon as the first note exists."""
+    global SHOW_BACKEND_NOISE
+    SHOW_BACKEND_NOISE = bool(verbose)  # -v: show what libasound/rtmidi print
+
+    if midi_out:
+        port = open_midi_output(midi_out)
+        return lambda timeline, preroll=0.0: play_to_port(timeline, port, preroll=preroll)
+    engine = make_synth(synth, soundfont)
+    output = PygameOutput()
+    view = None
+    if window:
+        from .pianoroll import Window
+
+        view = Window()
+
+    def play(timeline, preroll=0.0):
+        say(f"playing (synth: {engine.name}; Ctrl-C stops)")
+        play_to_device(timeline, engine, view, output=output, preroll=preroll)
+
+    return play
+
+
+def open_live_playback(soundfont, synth, midi_out, play, window, verbose=False, say=None):
+    """(play, None) for generate/continue --play; (None, error) without an audio device: the
+    music is then generated and written all the same, and the error is reported after it."""
+    if not (play or window):
+        return None, None
+    try:
+        return open_playback(soundfont, synth, midi_out, window, verbose, say), None
+    except NoAudioDevice as exc:
+        return None, exc
+
+
+def run_playback(timeline, soundfont=None, synth="auto", midi_out=None, window=False, wav=None, peak=-1.0,
+                 verbose=False, say=None):
+    """Play (or render) a timeline; returns when it has played out."""
+    if wav:
+        engine = make_synth(synth, soundfont)
+        seconds = render_wav(timeline, engine, wav, peak_dbfs=peak)
+        level = "synth level" if peak is None else f"peak {peak:g} dBFS"
+        say(f"wrote {wav} ({seconds:.1f} s, synth: {engine.name}, {level})")
+        return None
+    return open_playback(soundfont, synth, midi_out, window, verbose, say)(timeline)
+
+
+LIVE_PREROLL = 0.15  # seconds
+
+
+def play_while_generating(play, generate_fn, like, primer=None, on_done=None, say=None):
+    """Sample in a worker thread while the main thread plays: notes sound as they are made.
+    `on_done(result)` runs as soon as generation ends, so the output is written even if playback
+    is cut short; Ctrl-C stops playback cleanly (says "stopped"), as it ends `jam`."""
+    player = LivePlayer(like)
+    if primer is not None:
+        player.add_primer(primer)
+    outcome = {}
+
+    def work():
+        from threadpoolctl import threadpool_limits
+
+        try:
+            # One BLAS thread: the audio thread needs a core, and a second BLAS thread spinning
+            # against it made sampling 2-4x slower on a busy 2-core machine (benchmarks/playback.py).
+            with threadpool_limits(1, user_api="blas"):
+                outcome["result"] = generate_fn(player.add_note)
+            player.close()
+            if on_done is not None:
+                on_done(outcome["result"])
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+        finally:
+            player.close()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    stopped = False
+    try:
+        # From scratch the first notes are due at once: start the clock a little early so a busy
+        # machine cannot make them late (measured by benchmarks/playback.py --load 2).
+        play(player.timeline, preroll=0.0 if primer is not None else LIVE_PREROLL)
+    except KeyboardInterrupt:
+        stopped = True  # the worker still finishes and writes; a second Ctrl-C aborts that
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    if stopped and say is not None:
+        say("stopped")
+    return outcome["result"]

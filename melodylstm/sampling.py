@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .midi import BarGrid
+from .theory import SCALES
 from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer
 
 NEG_INF = np.float32(-np.inf)
@@ -190,78 +191,6 @@ class FastLSTM:
 
 
 # ---------------------------------------------------------------- musical constraints
-
-PITCH_NAMES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
-SCALES = {
-    "major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10],
-    "harmonic-minor": [0, 2, 3, 5, 7, 8, 11], "melodic-minor": [0, 2, 3, 5, 7, 9, 11],
-    "dorian": [0, 2, 3, 5, 7, 9, 10], "phrygian": [0, 1, 3, 5, 7, 8, 10], "lydian": [0, 2, 4, 6, 7, 9, 11],
-    "mixolydian": [0, 2, 4, 5, 7, 9, 10], "locrian": [0, 1, 3, 5, 6, 8, 10],
-    "major-pentatonic": [0, 2, 4, 7, 9], "minor-pentatonic": [0, 3, 5, 7, 10], "blues": [0, 3, 5, 6, 7, 10],
-}
-from .controls import TONIC_NAMES  # noqa: E402
-
-
-def parse_pitch(text: str) -> int:
-    """'60', 'C4', 'F#3', 'Bb5' -> MIDI number (C4 = 60)."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        value = int(text)
-    else:
-        name = text[0].lower()
-        if name not in PITCH_NAMES:
-            raise ValueError(f"not a pitch: {text!r} (use a number 0-127 or a name like C4, F#3, Bb5)")
-        rest, value = text[1:], PITCH_NAMES[name]
-        while rest[:1] in ("#", "b") and not rest[:1].isdigit():
-            value += 1 if rest[0] == "#" else -1
-            rest = rest[1:]
-        if not rest.lstrip("-").isdigit():
-            raise ValueError(f"not a pitch: {text!r} (missing octave, e.g. C4)")
-        value += 12 * (int(rest) + 1)
-    if not 0 <= value <= 127:
-        raise ValueError(f"pitch {text!r} is outside MIDI's 0-127")
-    return value
-
-
-def parse_pitch_range(text: str) -> tuple[int, int]:
-    parts = text.split("-") if text.count("-") == 1 else None
-    if not parts:
-        raise ValueError(f"--pitch-range must look like LOW-HIGH (e.g. 48-84 or C3-C6), not {text!r}")
-    low, high = parse_pitch(parts[0]), parse_pitch(parts[1])
-    if low > high:
-        raise ValueError(f"--pitch-range {text}: LOW is above HIGH")
-    return low, high
-
-
-def parse_key(text: str) -> tuple[int, str]:
-    """'D:minor', 'F#', 'Bb:dorian' -> (tonic pitch class, scale name)."""
-    tonic_text, colon, scale = text.partition(":")
-    scale = (scale if colon else "major").strip().lower().replace("_", "-").replace(" ", "-")  # "C:" names no scale
-    tonic_text = tonic_text.strip()
-    if not tonic_text or tonic_text[0].lower() not in PITCH_NAMES or scale not in SCALES:
-        raise ValueError(f"unknown key {text!r}: use TONIC[:SCALE], e.g. D:minor, F#, Bb:dorian "
-                         f"(scales: {', '.join(SCALES)})")
-    tonic = PITCH_NAMES[tonic_text[0].lower()]
-    for ch in tonic_text[1:]:
-        if ch not in "#b":
-            raise ValueError(f"unknown key {text!r}")
-        tonic += 1 if ch == "#" else -1
-    return tonic % 12, scale
-
-
-def key_name(tonic: int, scale: str) -> str:
-    return f"{TONIC_NAMES[tonic]}:{scale}"
-
-
-def estimate_key(notes: np.ndarray) -> tuple[int, str]:
-    """Krumhansl-Schmuckler estimate of the key of some notes (controls.estimate_key)."""
-    from .controls import estimate_key as ks
-
-    try:
-        return ks(notes)
-    except ValueError:
-        raise ValueError("--key auto: the primer has no pitched notes to estimate a key from") from None
-
 
 def pitch_mask(tok: Tokenizer, key: tuple[int, str] | None, pitch_range: tuple[int, int] | None) -> np.ndarray:
     """Additive logit mask (0 or -inf) that removes PITCH tokens outside the key or range.
@@ -495,11 +424,11 @@ def chord_tone_bias(tok: Tokenizer, strength: float) -> np.ndarray:
     """(chord values, vocab) additive logits: `strength` on every pitch whose pitch class belongs
     to the chord (rows for "no chord" and "unknown" are zero): the user's chords as a prior on top
     of the model's own conditioning."""
-    from . import controls as ctl
+    from . import theory
 
-    table = np.zeros((ctl.N_CHORDS, len(tok)), dtype=np.float32)
+    table = np.zeros((theory.N_CHORDS, len(tok)), dtype=np.float32)
     pitches = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1)
-    for chord in range(ctl.NO_CHORD):
-        tones = np.isin(pitches % 12, ctl.chord_pitch_classes(chord))
+    for chord in range(theory.NO_CHORD):
+        tones = np.isin(pitches % 12, theory.chord_pitch_classes(chord))
         table[chord, tok.pitch0 + np.flatnonzero(tones)] = strength
     return table

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, MidiError, Song, read_midi
-from .sampling import SCALES
+from .theory import SCALES
 
 RESOLUTION = 12
 # note-length classes in beats, from 1/8 to 4 beats (Yang & Lerch use 12 classes; these are ours)

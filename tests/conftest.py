@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from melodylstm.midi import Song, write_midi
+from melodylstm.midi import write_midi
+
+from helpers import scale_song
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MIDI = ROOT.parent / "shared" / "midi"
@@ -18,23 +19,6 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
-
-
-def scale_song(seed: int, bars: int = 8, resolution: int = 12, program: int = 0) -> Song:
-    """A simple melody with chords, deterministic per seed."""
-    rng = np.random.default_rng(seed)
-    notes, t = [], 0
-    steps = [3, 6, 12]
-    major = [0, 2, 4, 5, 7, 9, 11]
-    while t < bars * 4 * resolution:
-        d = int(rng.choice(steps))
-        pitch = 60 + major[int(rng.integers(0, 7))] + 12 * int(rng.integers(-1, 1))
-        notes.append((t, d, pitch, int(rng.integers(60, 110)), program))
-        if t % (4 * resolution) == 0:
-            notes.append((t, 4 * resolution, 48, 70, program))
-            notes.append((t, 4 * resolution, 55, 70, program))
-        t += d
-    return Song(np.array(notes), resolution, [(0, 500000)], [(0, 4, 4)], {program: "melody"})
 
 
 @pytest.fixture(scope="session")

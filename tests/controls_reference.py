@@ -3,6 +3,7 @@ reference that the fast versions in melodylstm.controls must match value for val
 import numpy as np
 
 from melodylstm import controls as ctl
+from melodylstm import theory
 from melodylstm.midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM
 
 
@@ -12,7 +13,7 @@ def estimate_key(notes):
         raise ValueError("no pitched notes to estimate a key from")
     hist = np.bincount(pitched[:, PITCH] % 12, weights=pitched[:, DURATION], minlength=12)
     best, best_key = -2.0, (0, "major")
-    for mode, profile in (("major", ctl.MAJOR_PROFILE), ("minor", ctl.MINOR_PROFILE)):
+    for mode, profile in (("major", theory.MAJOR_PROFILE), ("minor", theory.MINOR_PROFILE)):
         for tonic in range(12):
             r = np.corrcoef(hist, np.roll(profile, tonic))[0, 1]
             if np.isfinite(r) and r > best:
@@ -22,9 +23,9 @@ def estimate_key(notes):
 
 def estimate_key_index(notes):
     try:
-        return ctl.key_index(*estimate_key(notes))
+        return theory.key_index(*estimate_key(notes))
     except ValueError:
-        return ctl.KEY_UNKNOWN
+        return theory.KEY_UNKNOWN
 
 
 def beat_histograms(notes, n_beats, resolution):
@@ -48,14 +49,14 @@ def estimate_chords(notes, n_beats, resolution):
     hist = beat_histograms(notes, n_beats, resolution)
     norms = np.linalg.norm(hist, axis=1, keepdims=True)
     scores = np.divide(hist, norms, out=np.zeros_like(hist), where=norms > 0) @ ctl.TEMPLATES.T
-    out = np.full(n_beats, ctl.NO_CHORD, dtype=np.int64)
-    previous = ctl.NO_CHORD
+    out = np.full(n_beats, theory.NO_CHORD, dtype=np.int64)
+    previous = theory.NO_CHORD
     for b in range(n_beats):
         if norms[b, 0] == 0:
-            previous = ctl.NO_CHORD
+            previous = theory.NO_CHORD
             continue
         best = int(scores[b].argmax())
-        if previous < ctl.NO_CHORD and scores[b, previous] >= ctl.KEEP_PREVIOUS * scores[b, best]:
+        if previous < theory.NO_CHORD and scores[b, previous] >= ctl.KEEP_PREVIOUS * scores[b, best]:
             best = previous
         out[b] = previous = best
     return out

@@ -19,7 +19,7 @@ from melodylstm.model import MelodyLSTM
 from melodylstm.tokenizer import Tokenizer
 from melodylstm.train import TrainConfig, window_losses
 
-from conftest import scale_song
+from helpers import scale_song
 
 TOK = Tokenizer()
 RES = TOK.config.resolution

@@ -8,9 +8,7 @@ import pytest
 from melodylstm import __version__
 from melodylstm.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
-
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "melodylstm", *args], capture_output=True, text=True, timeout=300, **kw)
+from helpers import cli
 
 
 def test_help_is_fast_and_lists_the_commands():

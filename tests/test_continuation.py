@@ -1,7 +1,5 @@
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,8 @@ from melodylstm.generate import Generator
 from melodylstm.midi import DURATION, ONSET, Song
 from melodylstm.stats import LENGTH_CLASSES
 from melodylstm.tokenizer import Tokenizer
+
+from helpers import cli
 
 TOK = Tokenizer()
 RES = 12
@@ -166,9 +166,9 @@ def test_track_selection(untrained_checkpoint, tiny_corpus):
 
 
 def test_cli_evaluate_continuation_json(untrained_checkpoint, tiny_corpus):
-    out = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(tiny_corpus), "-c", str(untrained_checkpoint),
-                          "--continuation", "--primer-bars", "2", "--bars", "2", "-n", "3", "--samples", "2",
-                          "--seed", "5", "-t", "0.9", "--json"], capture_output=True, text=True, timeout=300)
+    out = cli("-q", "evaluate", str(tiny_corpus), "-c", str(untrained_checkpoint),
+              "--continuation", "--primer-bars", "2", "--bars", "2", "-n", "3", "--samples", "2",
+              "--seed", "5", "-t", "0.9", "--json")
     assert out.returncode == 0, out.stderr
 
     def no_nan(text):

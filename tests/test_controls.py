@@ -5,12 +5,15 @@ import pytest
 import torch
 
 from melodylstm import controls as ctl
+from melodylstm import theory
 from melodylstm.config import CONTROL_DIMS, ModelConfig
 from melodylstm.data import WindowSampler
 from melodylstm.midi import Song
 from melodylstm.model import MelodyLSTM
 from melodylstm.sampling import FastLSTM
 from melodylstm.tokenizer import Tokenizer
+
+from helpers import cli
 
 TOK = Tokenizer()
 RES = 12
@@ -33,29 +36,29 @@ def cadence(tonic: int, minor: bool = False):
 
 def test_key_of_a_c_major_scale_and_a_minor_piece():
     scale = [(i * 12, 12, p, 80, 0) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 67, 64, 60])]
-    assert ctl.key_label(ctl.estimate_key_index(np.array(scale))) == "C:major"
+    assert theory.key_label(theory.estimate_key_index(np.array(scale))) == "C:major"
     a_minor = [(i * 12, 12, p, 80, 0) for i, p in enumerate([57, 59, 60, 62, 64, 65, 68, 69, 64, 60, 57, 56, 57])]
-    assert ctl.key_label(ctl.estimate_key_index(np.array(a_minor))) == "A:minor"
-    assert ctl.estimate_key_index(np.array([(0, 12, 36, 80, 128)])) == ctl.KEY_UNKNOWN  # drums only
+    assert theory.key_label(theory.estimate_key_index(np.array(a_minor))) == "A:minor"
+    assert theory.estimate_key_index(np.array([(0, 12, 36, 80, 128)])) == theory.KEY_UNKNOWN  # drums only
 
 
 @pytest.mark.parametrize("tonic", [0, 2, 7, 10])
 def test_cadence_chords_in_several_keys(tonic):
     chords = ctl.estimate_chords(np.array(cadence(tonic)), 8, RES)
-    expected = [ctl.chord_index(tonic + step, "") for step in (0, 5, 7, 0)]
+    expected = [theory.chord_index(tonic + step, "") for step in (0, 5, 7, 0)]
     assert chords.tolist() == [c for c in expected for _ in range(2)]
     minor = ctl.estimate_chords(np.array(cadence(tonic, minor=True)), 8, RES)
-    assert [ctl.chord_label(c) for c in minor[::2]] == [ctl.chord_label(ctl.chord_index(tonic + s, q))
+    assert [theory.chord_label(c) for c in minor[::2]] == [theory.chord_label(theory.chord_index(tonic + s, q))
                                                        for s, q in ((0, "m"), (5, "m"), (7, ""), (0, "m"))]
 
 
 def test_silence_is_no_chord_and_parsing_names():
-    assert ctl.estimate_chords(np.array([(0, 12, 60, 80, 0)]), 3, RES).tolist()[1:] == [ctl.NO_CHORD] * 2
-    assert [ctl.chord_label(ctl.parse_chord(c)) for c in ("Dm7", "G7", "Cmaj7", "F#dim", "Bbm", "N.C.")] == \
+    assert ctl.estimate_chords(np.array([(0, 12, 60, 80, 0)]), 3, RES).tolist()[1:] == [theory.NO_CHORD] * 2
+    assert [theory.chord_label(theory.parse_chord(c)) for c in ("Dm7", "G7", "Cmaj7", "F#dim", "Bbm", "N.C.")] == \
         ["Dm7", "G7", "Cmaj7", "F#dim", "Bbm", "N.C."]
     for bad in ("H7", "Cxyz", ""):
         with pytest.raises(ValueError, match="chord"):
-            ctl.parse_chord(bad)
+            theory.parse_chord(bad)
     assert ctl.parse_density("low") == 1 and ctl.parse_density("2") == ctl.density_bucket(2.0)
     with pytest.raises(ValueError, match="low, medium, high"):
         ctl.parse_density("loud")
@@ -70,11 +73,11 @@ def test_per_token_controls_read_only_the_notes_before_their_beat_or_bar():
     old = ctl.controls_for(kept, tokens, TOK, causal=False)
     # the key heard so far: unknown for the first 8 notes, then the piece's key
     heard = np.array([(kept.notes[:, 0] < (t // RES) * RES).sum() for t in times])
-    assert set(c[heard < 8, ctl.KEY]) == {ctl.KEY_UNKNOWN}
-    assert set(c[heard >= 8, ctl.KEY]) == {ctl.key_index(2, "major")}
+    assert set(c[heard < 8, ctl.KEY]) == {theory.KEY_UNKNOWN}
+    assert set(c[heard >= 8, ctl.KEY]) == {theory.key_index(2, "major")}
     # the chord of the beat before, the density of the bar before
     chords = ctl.estimate_chords(kept.notes, int(times.max()) // RES + 2, RES)
-    assert c[times < 12, ctl.CHORD].tolist() == [ctl.NO_CHORD] * int((times < 12).sum())
+    assert c[times < 12, ctl.CHORD].tolist() == [theory.NO_CHORD] * int((times < 12).sum())
     later = times >= 12
     assert np.array_equal(c[later, ctl.CHORD], chords[times[later] // RES - 1])
     assert set(c[times < 48, ctl.DENSITY]) == {ctl.DENSITY_UNKNOWN}
@@ -89,22 +92,22 @@ def test_per_token_controls_of_older_checkpoints_follow_the_music():
     tokens = TOK.encode_normalized(kept)
     c = ctl.controls_for(kept, tokens, TOK, causal=False)
     assert c.shape == (len(tokens), 4)
-    assert set(c[:, ctl.KEY]) == {ctl.key_index(2, "major")}
+    assert set(c[:, ctl.KEY]) == {theory.key_index(2, "major")}
     times = ctl.token_times(tokens, TOK, kept.bar_grid())
     assert np.array_equal(c[:, ctl.POSITION], times % 48)  # 4/4 bars of 48 steps
-    assert c[times < 24, ctl.CHORD].tolist() == [ctl.chord_index(2, "")] * int((times < 24).sum())
+    assert c[times < 24, ctl.CHORD].tolist() == [theory.chord_index(2, "")] * int((times < 24).sum())
     assert set(c[(times >= 48) & (times < 96), ctl.DENSITY]) == {ctl.density_bucket(0.5)}  # 2 chords in 4 beats
     assert set(c[times >= 96, ctl.DENSITY]) == {ctl.density_bucket(4.0)}
 
 
 def test_transposition_moves_key_and_chords_with_the_notes():
     controls = np.zeros((2, 3, 5), dtype=np.int64)
-    controls[..., ctl.KEY] = [[ctl.key_index(11, "major")] * 3, [ctl.key_index(0, "minor")] * 3]
-    controls[..., ctl.CHORD] = [[ctl.chord_index(11, "7"), ctl.NO_CHORD, ctl.CHORD_UNKNOWN]] * 2
+    controls[..., ctl.KEY] = [[theory.key_index(11, "major")] * 3, [theory.key_index(0, "minor")] * 3]
+    controls[..., ctl.CHORD] = [[theory.chord_index(11, "7"), theory.NO_CHORD, theory.CHORD_UNKNOWN]] * 2
     ctl.transpose(controls, np.array([2, -3]))
-    assert ctl.key_label(controls[0, 0, ctl.KEY]) == "C#:major" and ctl.key_label(controls[1, 0, ctl.KEY]) == "A:minor"
-    assert ctl.chord_label(controls[0, 0, ctl.CHORD]) == "C#7" and ctl.chord_label(controls[1, 0, ctl.CHORD]) == "Ab7"
-    assert controls[0, 1, ctl.CHORD] == ctl.NO_CHORD and controls[0, 2, ctl.CHORD] == ctl.CHORD_UNKNOWN
+    assert theory.key_label(controls[0, 0, ctl.KEY]) == "C#:major" and theory.key_label(controls[1, 0, ctl.KEY]) == "A:minor"
+    assert theory.chord_label(controls[0, 0, ctl.CHORD]) == "C#7" and theory.chord_label(controls[1, 0, ctl.CHORD]) == "Ab7"
+    assert controls[0, 1, ctl.CHORD] == theory.NO_CHORD and controls[0, 2, ctl.CHORD] == theory.CHORD_UNKNOWN
 
 
 def test_window_sampler_transposes_labels_and_hides_each_control():
@@ -124,7 +127,7 @@ def test_window_sampler_transposes_labels_and_hides_each_control():
         keys = set(c[row, :, ctl.KEY].tolist())
         if keys != {unknown[ctl.KEY]} and len(moved) == 2:  # 0 (other tokens) and the row's shift
             shift = int(moved[moved != 0][0])
-            assert keys == {ctl.key_index(shift % 12, "major")}
+            assert keys == {theory.key_index(shift % 12, "major")}
             checked += 1
     assert checked > 10
     hidden = (c == unknown[None, None]).all(axis=1)  # per row and control: hidden for the whole window
@@ -236,7 +239,7 @@ def test_style_estimation_and_a_monophonic_answer_to_a_monophonic_primer(two_sty
 def test_key_guidance_moves_only_the_pitch_choice():
     from melodylstm.sampling import KeyGuide
 
-    guide = KeyGuide(TOK, columns=0, unknowns=ctl.KEY_UNKNOWN, strength=2.0)
+    guide = KeyGuide(TOK, columns=0, unknowns=theory.KEY_UNKNOWN, strength=2.0)
     rng = np.random.default_rng(0)
     told, hidden = rng.normal(size=(2, len(TOK))).astype(np.float32), rng.normal(size=(2, len(TOK))).astype(np.float32)
     out = guide.combine(np.concatenate([told, hidden]))
@@ -251,7 +254,7 @@ def test_key_guidance_moves_only_the_pitch_choice():
     np.testing.assert_allclose(out[:, pitches], expected, rtol=1e-5, atol=1e-5)
     values = np.array([[3, 7], [5, 7]])
     doubled = guide.controls(values)
-    assert doubled.tolist() == [[3, 7], [5, 7], [ctl.KEY_UNKNOWN, 7], [ctl.KEY_UNKNOWN, 7]]
+    assert doubled.tolist() == [[3, 7], [5, 7], [theory.KEY_UNKNOWN, 7], [theory.KEY_UNKNOWN, 7]]
     assert guide.controls(values) is doubled  # reused while the plan's values stay the same
 
 
@@ -263,7 +266,7 @@ def test_a_named_key_is_held_harder_with_guidance():
 
     def share_in_key(strength):
         songs = gen.generate(bars=8, num=6, seed=11, style="chorale", key="Eb:major", key_strength=strength)
-        return np.mean([ctl.in_key_rate(s.notes, (3, "major")) for s in songs])
+        return np.mean([theory.in_key_rate(s.notes, (3, "major")) for s in songs])
 
     unguided, guided = share_in_key(0.0), share_in_key(3.0)
     assert gen.last_controls["key_strength"] == 3.0 and gen.last_controls["key"] == "Eb:major"
@@ -276,31 +279,28 @@ def test_without_a_key_generate_draws_one_from_the_corpus_keys():
     assert {ctl.pick_key(prior, "tune", rng) for _ in range(50)} == {7}
     assert len({ctl.pick_key(prior, "chorale", rng) for _ in range(200)}) > 15
     assert len({ctl.pick_key(None, None, rng) for _ in range(200)}) > 15  # an old checkpoint: any key
-    stored = ctl.key_prior(np.array([[7, 0, 0, 0, 1]] * 5 + [[2, 0, 0, 0, 0]] * 3 + [[ctl.KEY_UNKNOWN, 0, 0, 0, 0]]),
+    stored = ctl.key_prior(np.array([[7, 0, 0, 0, 1]] * 5 + [[2, 0, 0, 0, 0]] * 3 + [[theory.KEY_UNKNOWN, 0, 0, 0, 0]]),
                            ["chorale", "tune"])
     assert stored["tune"][7] == 5 and stored["chorale"][2] == 3 and sum(stored["chorale"]) == 3
 
     from melodylstm.generate import Generator
-    from melodylstm.sampling import parse_key
+    from melodylstm.theory import parse_key
 
     gen = Generator.load()
     gen.generate(bars=1, seed=3, style="tune")
     assert gen.last_controls["key_source"] == "picked"
-    assert gen.checkpoint.meta["key_prior"]["tune"][ctl.key_index(*parse_key(gen.last_controls["key"]))] > 0
+    assert gen.checkpoint.meta["key_prior"]["tune"][theory.key_index(*parse_key(gen.last_controls["key"]))] > 0
 
 
 def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
     import json
-    import subprocess
-    import sys
 
     from melodylstm.generate import Generator
     from melodylstm.midi import write_midi
 
     primer = tmp_path / "cadence.mid"
     write_midi(song_of(cadence(2) * 1), primer)  # D major
-    result = subprocess.run([sys.executable, "-m", "melodylstm", "continue", str(primer), "-o", str(tmp_path / "out.mid"),
-                             "--bars", "1", "--seed", "1", "--json"], capture_output=True, text=True, timeout=300)
+    result = cli("continue", str(primer), "-o", str(tmp_path / "out.mid"), "--bars", "1", "--seed", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["temperature"] == 1.0 and report["key"] == "D:major" and report["key_source"] == "primer"

@@ -7,6 +7,7 @@ import pytest
 
 import controls_reference as ref
 from melodylstm import controls as ctl
+from melodylstm import theory
 from melodylstm.midi import MidiError, Song, read_midi
 from melodylstm.tokenizer import Tokenizer
 
@@ -23,7 +24,7 @@ def same_controls(song):
     grid, res = kept.bar_grid(), TOK.config.resolution
     for n_beats in (1, 3, kept.end // res + 2):  # also cut short, as tests and generate call it
         assert np.array_equal(ctl.estimate_chords(kept.notes, n_beats, res), ref.estimate_chords(kept.notes, n_beats, res))
-    assert ctl.estimate_key_index(kept.notes) == ref.estimate_key_index(kept.notes)
+    assert theory.estimate_key_index(kept.notes) == ref.estimate_key_index(kept.notes)
     n_bars = grid.index_at_or_after(kept.end) + 2
     assert np.array_equal(ctl.bar_densities(kept.notes, grid, n_bars, res), ref.bar_densities(kept.notes, grid, n_bars, res))
 
@@ -83,8 +84,8 @@ def test_token_times_when_shifts_run_past_bar_lines():
 
 def test_key_ties_and_flat_histograms():
     flat = np.array([(i * 12, 12, 60 + i, 80, 0) for i in range(12)])  # every pitch class alike: no correlation
-    assert ctl.estimate_key_index(flat) == ref.estimate_key_index(flat) == ctl.key_index(0, "major")
+    assert theory.estimate_key_index(flat) == ref.estimate_key_index(flat) == theory.key_index(0, "major")
     for pcs in ([0], [0, 7], [0, 4, 7], [2, 9], [0, 6]):
         notes = np.array([(i * 12, 12, 60 + p, 80, 0) for i, p in enumerate(pcs)])
-        assert ctl.estimate_key_index(notes) == ref.estimate_key_index(notes)
-    assert ctl.estimate_key_index(np.array([(0, 12, 36, 80, 128)])) == ctl.KEY_UNKNOWN
+        assert theory.estimate_key_index(notes) == ref.estimate_key_index(notes)
+    assert theory.estimate_key_index(np.array([(0, 12, 36, 80, 128)])) == theory.KEY_UNKNOWN

@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,13 +9,10 @@ from melodylstm.data import (TokenCache, WindowSampler, find_midi_files, is_vali
 from melodylstm.midi import write_midi
 from melodylstm.tokenizer import Tokenizer
 
-from conftest import scale_song, shared_files
+from conftest import shared_files
+from helpers import cli, scale_song
 
 TOK = Tokenizer()
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "melodylstm", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_scan_finds_nested_files_any_case_and_skips_broken_ones_with_reasons(tiny_corpus, tmp_path):
@@ -94,7 +89,7 @@ def test_transposition_never_leaves_the_pitch_range():
 
 
 def test_data_command_json_and_one_line_errors(tiny_corpus, tmp_path):
-    result = run_cli("data", str(tiny_corpus), "--json", "--cache-dir", str(tmp_path))
+    result = cli("data", str(tiny_corpus), "--json", "--cache-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert {"files_found", "files_used", "files_skipped", "notes", "tokens", "seconds"} <= set(report)
@@ -102,7 +97,7 @@ def test_data_command_json_and_one_line_errors(tiny_corpus, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "bad.mid").write_bytes(b"\x00" * 100)
-    result = run_cli("data", str(empty), "--cache-dir", str(tmp_path))
+    result = cli("data", str(empty), "--cache-dir", str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no usable MIDI" in result.stderr.strip().splitlines()[-1]
 

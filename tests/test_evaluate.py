@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,12 +7,11 @@ from melodylstm.checkpoint import load_checkpoint, save_checkpoint
 from melodylstm.config import ModelConfig
 from melodylstm.evaluate import evaluate_folder
 from melodylstm.model import MelodyLSTM
+from melodylstm.midi import write_midi
 from melodylstm.ngram import NGramModel
 from melodylstm.tokenizer import Tokenizer
 
-from conftest import scale_song
-
-from melodylstm.midi import write_midi
+from helpers import cli, scale_song
 
 TOK = Tokenizer()
 
@@ -68,8 +65,7 @@ def test_evaluate_reports_lstm_and_baseline(tiny_corpus, tmp_path):
     assert lstm["bits_per_note"] == pytest.approx(lstm["nats_per_token"] * report["tokens"] / report["notes"] / np.log(2))
     assert report["ngram"]["nats_per_token"] < lstm["nats_per_token"]
     assert any(s["reason"] for s in report["files_skipped"])  # the broken files are reported, not fatal
-    out = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(tiny_corpus), "-c", str(path), "--json"],
-                         capture_output=True, text=True, timeout=300)
+    out = cli("-q", "evaluate", str(tiny_corpus), "-c", str(path), "--json")
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["lstm"]) >= {"nats_per_token", "bits_per_note", "bits_per_second", "perplexity", "accuracy"}
 
@@ -87,8 +83,7 @@ def test_evaluate_never_reports_a_baseline_fitted_on_nothing(tiny_corpus, tmp_pa
     held_out = evaluate_folder(load_checkpoint(path), tiny_corpus, split="val")
     assert held_out["ngram"]["train_files"] == 12 - held_out["files"] > 0  # every training-split file
     assert held_out["ngram"]["perplexity"] < len(TOK) / 2  # fitted on real training files
-    out = subprocess.run([sys.executable, "-m", "melodylstm", "-q", "evaluate", str(tiny_corpus), "-c", str(path)],
-                         capture_output=True, text=True, timeout=300)
+    out = cli("-q", "evaluate", str(tiny_corpus), "-c", str(path))
     assert out.returncode == 0, out.stderr
     assert "Kneser-Ney" not in out.stdout  # no baseline row
     last = out.stdout.strip().splitlines()[-1]

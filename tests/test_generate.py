@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import mido
 import numpy as np
 import pretty_midi
@@ -8,10 +5,10 @@ import pytest
 
 from melodylstm.generate import Generator
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
-from melodylstm.sampling import SCALES, parse_key
+from melodylstm.theory import SCALES, parse_key
 from melodylstm.tokenizer import Tokenizer
 
-from conftest import scale_song
+from helpers import cli, scale_song
 
 TOK = Tokenizer()
 
@@ -24,10 +21,6 @@ def random_ckpt(untrained_checkpoint):
 @pytest.fixture(scope="module")
 def gen(random_ckpt):
     return Generator.load(random_ckpt)
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "melodylstm", *args], capture_output=True, text=True, timeout=300)
 
 
 def primer_file(tmp_path, song=None, name="primer.mid"):
@@ -204,8 +197,6 @@ def test_python_api_accepts_pretty_midi(gen, tmp_path):
 
 
 def test_long_primer_is_primed_from_its_last_bars_and_copied_byte_for_byte(random_ckpt, tmp_path):
-    from conftest import scale_song
-
     long_song = scale_song(3, bars=200)
     primer = tmp_path / "long.mid"
     write_midi(long_song, primer)

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from melodylstm.cli import cli
 from melodylstm.data import load_corpus
 from melodylstm.midi import MidiError, midifile_bytes, read_midi_bytes, song_to_midifile
 from melodylstm.tokenizer import Tokenizer
 
-from conftest import scale_song
+from helpers import invoke, scale_song
 from hostile_midi import cases, write_all
 
 TOK = Tokenizer()
@@ -35,12 +33,6 @@ def hostile(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(untrained_checkpoint):
     return untrained_checkpoint
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
 
 
 def test_data_survives_a_hostile_folder(hostile, tmp_path):

@@ -7,19 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from melodylstm import controls, fileio
+from melodylstm import controls, fileio, theory
 from melodylstm.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-from melodylstm.cli import cli
 from melodylstm.data import parse_sources
-from melodylstm.sampling import parse_key
+from melodylstm.theory import parse_key
 
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
+from helpers import invoke
 
 
 def one_line_error(result, *words):
@@ -58,7 +52,7 @@ def test_chords_file_is_read_with_a_bound(tmp_path):
 
 def test_chords_file_blank_lines_and_comments():
     bars = controls.parse_chords_file("# intro\nC G\nF  # a comment\n# verse\nN.C.\nAm\n\n\n")
-    assert [[controls.chord_label(c) for c in bar] for bar in bars] == [["C", "G"], ["F"], ["N.C."], ["Am"]]
+    assert [[theory.chord_label(c) for c in bar] for bar in bars] == [["C", "G"], ["F"], ["N.C."], ["Am"]]
     for text, line in (("C\n\nG\n", 2), ("\nC\n", 1), ("C\n   \nG", 2)):
         with pytest.raises(ValueError, match=f"line {line} is blank: write N.C."):
             controls.parse_chords_file(text)
@@ -116,7 +110,7 @@ def test_a_subfolder_style_with_a_line_break_is_refused(tmp_path):
     from melodylstm.midi import write_midi
     from melodylstm.tokenizer import Tokenizer
 
-    from conftest import scale_song
+    from helpers import scale_song
 
     (tmp_path / "bad\nname").mkdir()
     write_midi(scale_song(0), tmp_path / "bad\nname" / "a.mid")

@@ -1,6 +1,6 @@
 """benchmarks/peers.py: the small GPT peer trains and scores, and its scores are causal.
 
-The corpus is generated here (conftest.scale_song: simple scales and chords written by the tests).
+The corpus is generated here (helpers.scale_song: simple scales and chords written by the tests).
 """
 import hashlib
 import importlib.util
@@ -14,7 +14,8 @@ import torch
 
 from melodylstm.midi import write_midi
 
-from conftest import ROOT, scale_song
+from conftest import ROOT
+from helpers import scale_song
 
 pytest.importorskip("miditok")
 

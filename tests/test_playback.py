@@ -13,7 +13,9 @@ from melodylstm.midi import DRUMS, Song, write_midi
 from melodylstm.playback import Timeline, play_to_port
 from melodylstm.synth import make_synth
 
-SR = 44100
+from helpers import SR, onsets, read_wav
+from helpers import cli as run_cli
+
 ENV = {**os.environ, "SDL_NO_SIGNAL_HANDLERS": "1", "PYGAME_HIDE_SUPPORT_PROMPT": "1", "SDL_VIDEODRIVER": "dummy"}
 
 
@@ -23,32 +25,13 @@ def five_notes(path, pitch=69, spacing_steps=12, tempo_us=300000):
     write_midi(Song(np.array(notes), 12, [(0, tempo_us)], [(0, 4, 4)]), path)
 
 
-def read_wav(path):
-    with wave.open(str(path)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
-
-
-def onsets(signal, window=441, threshold=0.004):
-    """Times (s) where the short-time energy jumps up."""
-    frames = len(signal) // window
-    energy = np.sqrt((signal[: frames * window].reshape(frames, window) ** 2).mean(axis=1))
-    before = np.concatenate([[0.0], energy[:-1]])  # silence before the start
-    rises = [i for i in range(frames) if energy[i] > threshold and energy[i] > 2.5 * before[i] + 1e-4]
-    out = []
-    for i in rises:
-        if not out or i * window / SR - out[-1] > 0.1:
-            out.append(i * window / SR)
-    return out
-
-
 def dominant_frequency(signal):
     spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal))))
     return np.fft.rfftfreq(len(signal), 1 / SR)[spectrum.argmax()]
 
 
 def cli(*args, env=ENV, timeout=60):
-    return subprocess.run([sys.executable, "-m", "melodylstm", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("synth", ["numpy", "tinysoundfont"])
@@ -307,14 +290,14 @@ def test_synths_make_sound_and_stop():
 def test_show_draws_primer_and_generated_notes(tmp_path):
     import pygame
 
-    from melodylstm.generate import append_tracks
-    from melodylstm.midi import midifile_bytes, song_to_midifile
+    from melodylstm.generate import CONTINUATION_NAME
+    from melodylstm.midi import append_tracks, midifile_bytes, song_to_midifile
     from melodylstm.pianoroll import GENERATED, PRIMER
 
     primer = Song(np.array([[0, 48, 60, 127, 0]]), 12, [(0, 500000)])
     new = Song(np.array([[48, 48, 72, 127, 0]]), 12, [(0, 500000)])
     path, png = tmp_path / "c.mid", tmp_path / "roll.png"
-    path.write_bytes(append_tracks(midifile_bytes(song_to_midifile(primer)), new))
+    path.write_bytes(append_tracks(midifile_bytes(song_to_midifile(primer)), new, CONTINUATION_NAME))
     result = cli("show", str(path), "-o", str(png), "--width", "400", "--height", "200")
     assert result.returncode == 0, result.stderr
     image = pygame.image.load(str(png))

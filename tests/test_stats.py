@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -8,7 +6,7 @@ import pytest
 from melodylstm import stats
 from melodylstm.midi import Song, write_midi
 
-from conftest import scale_song
+from helpers import cli, scale_song
 
 
 def notes(rows):
@@ -64,8 +62,7 @@ def test_stats_command_writes_a_report(tmp_path):
         for i in seeds:
             write_midi(scale_song(i, bars=4), tmp_path / name / f"{i}.mid")
     out = tmp_path / "report.png"
-    result = subprocess.run([sys.executable, "-m", "melodylstm", "stats", str(tmp_path / "gen"), str(tmp_path / "ref"),
-                             "-o", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    result = cli("stats", str(tmp_path / "gen"), str(tmp_path / "ref"), "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["generated"]["pieces"] == 4 and set(data["features"]) == set(stats.FEATURES) | {"bar_repetition"}

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import wave
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from melodylstm.midi import Song, read_midi_tracks, write_midi
 from melodylstm.pianoroll import BAR_LINE, GENERATED, PLAYHEAD, PRIMER, geometry, shaded
 from melodylstm.studio import ANSWER_TRACK, PHRASE_TRACK, Meter, Session
 
-SR = 44100
+from helpers import SR, onsets, read_wav
+
 ENV = {**os.environ, "SDL_NO_SIGNAL_HANDLERS": "1", "PYGAME_HIDE_SUPPORT_PROMPT": "1", "SDL_VIDEODRIVER": "dummy",
        "SDL_AUDIODRIVER": "disk"}
 
@@ -105,23 +105,6 @@ def run_studio(tmp_path, steps, *args, env=None, timeout=60):
 def capture(path):
     data = np.fromfile(path, dtype="<i2")
     return data[: len(data) // 2 * 2].reshape(-1, 2)[:, 0] / 32768.0
-
-
-def read_wav(path):
-    with wave.open(str(path)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0] / 32768.0
-
-
-def onsets(signal, window=441, threshold=0.004):
-    """Seconds where the short-time energy jumps up (10 ms frames)."""
-    frames = len(signal) // window
-    energy = np.sqrt((signal[: frames * window].reshape(frames, window) ** 2).mean(axis=1))
-    before = np.concatenate([[0.0], energy[:-1]])
-    found = []
-    for i in np.flatnonzero((energy > threshold) & (energy > 2.5 * before + 1e-4)):
-        if not found or i * window / SR - found[-1] > 0.1:
-            found.append(i * window / SR)
-    return found
 
 
 def pitch_at(signal, start, seconds=0.2):

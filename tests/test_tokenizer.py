@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from melodylstm.midi import DRUMS, MidiError, Song, midifile_bytes, read_midi, read_midi_bytes, song_to_midifile
 from melodylstm.tokenizer import Tokenizer, TokenizerConfig
 
-from conftest import BACH, scale_song, shared_files
+from conftest import BACH, shared_files
+from helpers import scale_song
 
 TOK = Tokenizer()
 

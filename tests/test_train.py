@@ -17,12 +17,14 @@ from melodylstm.model import MelodyLSTM
 from melodylstm.tokenizer import Tokenizer
 from melodylstm.train import Run, TrainConfig
 
+from helpers import cli as run_cli
+
 TOK = Tokenizer()
 TINY = ["--layers", "1", "--hidden", "32", "--embedding", "16", "--batch-size", "4", "--seq-len", "32", "-j", "1"]
 
 
 def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "melodylstm", "-q", *args], capture_output=True, text=True, timeout=600, **kw)
+    return run_cli("-q", *args, timeout=600, **kw)
 
 
 def losses(run_dir):
@@ -367,9 +369,8 @@ def test_step_timer_measures_cheap_sizes_and_extrapolates_costly_ones():
 
 
 def test_cli_prints_the_recipe_and_the_budget(tiny_corpus, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "melodylstm", "train", str(tiny_corpus), "-o", str(tmp_path / "r"),
-                             "--max-steps", "4", "-j", "1", "--cache-dir", str(tmp_path / "c")],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli("train", str(tiny_corpus), "-o", str(tmp_path / "r"), "--max-steps", "4", "-j", "1",
+                     "--cache-dir", str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr
     assert "recipe: small model" in result.stderr and "budget: 4 steps" in result.stderr
     assert "controls: key, chord, density, position, style" in result.stderr  # tiny_corpus has a subfolder

@@ -12,9 +12,9 @@ import signal
 import threading
 import time
 
-from ..cli import one_line
 from ..config import CONTINUE_TEMPERATURE
 from ..midi import Song
+from ..options import one_line
 from .session import Placement
 
 SPECULATE = 0.5  # start sampling this long before a pause ends (dropped if you play on)

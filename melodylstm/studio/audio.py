@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from ..cli import one_line
 from ..midi import DRUMS
+from ..options import one_line
 
 KEY_BUFFER = 512  # mixer buffer: a key sounds at the next one (11.6 ms)
 KEY_CHANNELS = 24

@@ -10,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from ..cli import one_line
 from ..config import CONTINUE_TEMPERATURE
 from ..midi import MidiError
+from ..options import one_line
+from ..theory import PITCH_CLASS_NAMES, pitch_name
 from .answers import Answerer, SamplerProcess, SamplerThread, available_styles, check_controls
 from .audio import VELOCITIES, open_audio
 from .session import Session, load_phrase, render_in_child
@@ -23,8 +24,7 @@ WHITE_OFFSETS = [0, 2, 4, 5, 7, 9, 11, 12, 14, 16, 17]
 BLACK_KEYS = "w e t y u o p".split()
 BLACK_OFFSETS = [1, 3, 6, 8, 10, 13, 15]
 METRES = [(4, 4), (3, 4), (2, 4), (6, 8), (5, 4), (7, 8)]
-NOTE_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
-KEY_CHOICES = [None, "auto"] + NOTE_NAMES + [f"{n}:minor" for n in NOTE_NAMES]
+KEY_CHOICES = [None, "auto"] + PITCH_CLASS_NAMES + [f"{n}:minor" for n in PITCH_CLASS_NAMES]
 FPS = 30
 WAIT_MS = 8  # longest sleep between looks at the stream, the sampler and the MIDI port
 
@@ -368,7 +368,7 @@ class Studio:
             "temperature": f"temp {answers.temperature:.1f}",
             "bars": f"{answers.bars} bar{'s' if answers.bars != 1 else ''}",
             "key": f"key {answers.key or 'off'}", "style": f"style {answers.style or '-'}",
-            "octave": f"A = {NOTE_NAMES[self.octave % 12]}{self.octave // 12 - 1}", "velocity": f"vel {self.velocity}",
+            "octave": f"A = {pitch_name(self.octave)}", "velocity": f"vel {self.velocity}",
         }
         return texts[name]
 
