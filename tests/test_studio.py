@@ -193,7 +193,8 @@ def test_answer_is_drawn_in_its_own_colour_with_bar_lines_and_playhead(typed_ses
         pixel = tuple(roll.get_at((int((x0 + x1) / 2), int(y_of(pitch) + row / 2))))[:3]
         assert is_shade_of(pixel, GENERATED if is_answer else PRIMER), (pixel, is_answer, pitch)
         seen[is_answer] += 1
-    assert seen[True] >= 3 and seen[False] >= 3, seen
+    # an answer to single notes is one voice (continue keeps the phrase's texture): fewer notes
+    assert seen[True] >= 2 and seen[False] >= 3, seen
     # the playhead at the time the frame was drawn
     x = int(x_of(shot["now"]))
     column = [tuple(roll.get_at((x, y)))[:3] for y in range(35, roll.get_height(), 7)]
