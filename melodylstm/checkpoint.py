@@ -223,6 +223,8 @@ def describe(ckpt: Checkpoint) -> dict:
         "model": f"{c.layers}x{c.hidden} LSTM, embedding {c.embedding}, {params:,} parameters"
                  + (", tied weights" if c.tie_weights else ""),
         "controls": c.control_names,
+        "causal_controls": c.causal_controls,
+        "style_voices": meta.get("style_voices"),
         "styles": list(c.styles),
         "tokenizer": {"vocabulary": len(ckpt.tokenizer), "steps_per_quarter": ckpt.tokenizer.config.resolution,
                       "programs": ckpt.tokenizer.config.programs, "drums": ckpt.tokenizer.config.drums},
@@ -241,8 +243,12 @@ def format_description(info: dict) -> str:
     val = info["validation"]
     lines = [f"checkpoint  {info['path']}",
              f"model       {info['model']} ({info['weights']} weights)",
-             f"controls    {', '.join(info['controls']) or 'none (an older checkpoint: --key works only with --strict-key)'}",
-             f"styles      {', '.join(info['styles']) or 'none'}",
+             f"controls    {', '.join(info['controls']) or 'none (an older checkpoint: --key works only with --strict-key)'}"
+             + ((" (causal: read from the notes before each token)" if info["causal_controls"] else
+                 " (older: key, chord and density are hidden in every likelihood figure)") if info["controls"] else ""),
+             f"styles      {', '.join(info['styles']) or 'none'}" + (
+                 " (voices: " + ", ".join(f"{k} {v}" for k, v in info["style_voices"].items()) + ")"
+                 if isinstance(info.get("style_voices"), dict) and info["style_voices"] else ""),
              f"tokens      {info['tokenizer']['vocabulary']} in the vocabulary, "
              f"{info['tokenizer']['steps_per_quarter']} steps per quarter note"]
     if sources or corpus.get("files_used"):
