@@ -233,6 +233,7 @@ class Sampler:
         self.voices = min(int(voices), self.MAX_CHORD) if voices else None
         self.max_rest = None if max_rest is None else max(0, int(max_rest))
         self.chord_bias = chord_bias
+        self.shifts = np.arange(1, tok.max_shift + 1)[None, :]  # the SHIFT tokens' step counts
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
         follow[:, EOS] = NEG_INF  # length is set by the options, not by the model stopping early
@@ -307,8 +308,7 @@ class Sampler:
         bound = (last_end >= 0) & (limit < self.tok.max_shift)
         if not bound.any():
             return
-        k = np.arange(1, self.tok.max_shift + 1)[None, :]
-        logits[:, shift_slice] += np.where(bound[:, None] & (k > limit[:, None]), NEG_INF, 0.0).astype(np.float32)
+        logits[:, shift_slice] += np.where(bound[:, None] & (self.shifts > limit[:, None]), NEG_INF, np.float32(0))
         if self.tok.config.bar_tokens:
             too_far = bound & (state["next_bar"] - state["time"] > limit)
             logits[too_far, BAR] = NEG_INF

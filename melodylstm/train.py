@@ -209,26 +209,32 @@ class StopNow(Exception):
 
 
 @contextlib.contextmanager
-def stop_signals_interrupt():
-    """While a run is set up (tokenizing, measuring) there is nothing to save: SIGTERM and SIGHUP
-    then stop it as Ctrl-C does, with one line instead of a silent death."""
+def signal_handlers(names, handler, active: bool = True):
+    """`handler` for the named signals (those this platform has: no SIGHUP on Windows) while the
+    block runs, the previous handlers after it; nothing changes when not `active` (signals reach
+    only the main thread)."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if not active or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    numbers = [getattr(signal, name) for name in STOP_SIGNALS[1:] if hasattr(signal, name)]
-    previous = {number: signal.signal(number, interrupt) for number in numbers}
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {number: signal.signal(number, handler) for number in numbers}
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def stop_signals_interrupt():
+    """While a run is set up (tokenizing, measuring) there is nothing to save: SIGTERM and SIGHUP
+    then stop it as Ctrl-C does, with one line instead of a silent death."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal_handlers(STOP_SIGNALS[1:], interrupt)
 
 
 class Run:
@@ -630,30 +636,16 @@ class Run:
                      f"with dropout {self.model_config.dropout} and transposition +-{cfg.transpose} on "
                      f"{cfg.transpose_share:.0%} of the windows for the rest of the budget")
 
-    @contextlib.contextmanager
     def _signals_end_the_step(self):
         """SIGINT (Ctrl-C), SIGTERM (a scheduler, `timeout`, `docker stop`) and SIGHUP (a closing
         terminal) all let the current step finish, so the saved state is exactly that of a step
         boundary and --resume continues the same schedule; a second one leaves at once (StopNow)."""
-        import signal
-        import threading
-
-        if self.dist.world > 1 or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         def request_stop(signum, frame):
             if self.stop_requested:
                 raise StopNow()
             self.stop_requested, self.stop_signal = True, signum
 
-        numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]  # no SIGHUP on Windows
-        previous = {number: signal.signal(number, request_stop) for number in numbers}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+        return signal_handlers(STOP_SIGNALS, request_stop, active=self.dist.world == 1)
 
     def summary(self, status: str, command: str) -> str:
         """The run's last line; a stopped one says how, what was saved and how to go on (`command`
