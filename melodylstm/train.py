@@ -3,10 +3,10 @@ step loop, validation, checkpoints, and a clean stop on SIGINT, SIGTERM or SIGHU
 
 A run is planned by a budget (steps, time, or both: whichever binds first), not by epochs: the
 learning rate warms up, then decays on a cosine that ends exactly when the budget ends, and
-validation runs a fixed number of times per budget (early stopping counts evaluations). A run the
-recipe left unregularised that stops improving is not stopped the first time: it goes back to its
-best weights and goes on with dropout and transposition (the corpus was memorised sooner than its
-size predicted), so the schedule still ends with the budget.
+validation runs a fixed number of times per budget (early stopping counts evaluations from the
+third pass on). A run the recipe left unregularised that stops improving is not stopped the first
+time: it goes back to its best weights and goes on with dropout and transposition (the corpus was
+memorised sooner than its size predicted), so the schedule still ends with the budget.
 Data order and dropout noise are pure functions of (seed, rank, step), so a resumed run repeats
 exactly what an uninterrupted one would do, with no random state to save. Multi-GPU and
 multi-node runs use torchrun + DistributedDataParallel."""
@@ -33,7 +33,7 @@ from .evaluate import hidden_controls
 from .fileio import atomic_write_bytes, write_error
 from .model import MelodyLSTM
 from .progress import TrainingProgress
-from .recipe import Budget, CorpusSummary, Plan, TrainConfig, resolve_plan
+from .recipe import JUDGE_AFTER_PASSES, Budget, CorpusSummary, Plan, TrainConfig, resolve_plan
 from .steptime import StepTimer
 from .tokenizer import PAD, Tokenizer
 
@@ -534,7 +534,7 @@ class Run:
             self.save("best.safetensors", nll)
             if self.may_regularise:
                 self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
+        elif self.epochs_done >= JUDGE_AFTER_PASSES:  # sooner, a worse figure is noise, not memorising
             self.bad_evals += 1
 
     def train(self, clock=time.perf_counter) -> str:

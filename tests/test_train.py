@@ -270,25 +270,30 @@ def scripted_validation(run, values):
     return seen
 
 
+def regularising_run(tiny_corpus, out, cache, epochs):
+    cfg = TrainConfig(out=str(out), batch_size=2, seq_len=16, lr=1e-2, warmup=5, log_every=1,
+                      epochs=epochs, evals=20, patience=3)
+    return Run(tiny_corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 2}, cfg, progress=False, log=lambda m: None,
+               data_options={"cache_dir": cache, "jobs": 1})
+
+
 def test_a_run_that_stops_improving_regularises_once_then_stops(tiny_corpus, tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "run"), batch_size=2, seq_len=16, lr=1e-2, warmup=5, log_every=1,
-                      epochs=4, evals=20, patience=3)
-    run = Run(tiny_corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 2}, cfg, progress=False, log=lambda m: None,
-              data_options={"cache_dir": tmp_path / "cache", "jobs": 1})
+    run = regularising_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", epochs=16)  # 0.8 passes per validation
     assert run.recipe.dropout == 0 and not run.cfg.transpose and run.may_regularise  # a few passes: none planned
-    assert "regularise instead" in run.describe_plan()
-    # best at the 2nd validation; two without improvement (regularise_patience) switch it on at the
-    # 4th: back to the 2nd's weights; it never beats the best again, so patience (3) stops it at the 7th
+    assert "regularise instead" in run.describe_plan() and "counted after 3 passes" in run.describe_plan()
+    # best at the 2nd validation; the 3rd (2.4 passes) is not judged; two more without improvement
+    # (regularise_patience) switch it on at the 5th: back to the 2nd's weights; it never beats the
+    # best again, so patience (3) stops it at the 8th
     seen = scripted_validation(run, [3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
     restored = []
     run.regularise = (lambda original: lambda: (original(), restored.append(
         {k: v.detach().clone() for k, v in run.model.state_dict().items()})))(run.regularise)
     assert run.train(clock=FakeClock()) == "early-stopped"
     validated = sorted(records(tmp_path / "run", "val_nll"))
-    assert len(validated) == 7 and run.step == validated[6] < run.budget.steps
-    assert sorted(records(tmp_path / "run", "regularised")) == [validated[3]]
-    assert all(torch.equal(restored[0][k], seen[1][k]) for k in seen[1])  # the best weights, not step 40's
-    assert not all(torch.equal(seen[3][k], seen[1][k]) for k in seen[1])
+    assert len(validated) == 8 and run.step == validated[7] < run.budget.steps
+    assert sorted(records(tmp_path / "run", "regularised")) == [validated[4]]
+    assert all(torch.equal(restored[0][k], seen[1][k]) for k in seen[1])  # the best weights, not the latest
+    assert not all(torch.equal(seen[4][k], seen[1][k]) for k in seen[1])
     assert run.model.drop.p == 0.2 and run.model.lstm.dropout == 0.2 and run.sampler.transpose == 5
     # the checkpoints carry the switch, so --resume keeps it and does not switch twice
     last = load_checkpoint(tmp_path / "run" / "last.safetensors", with_train_state=True)
@@ -298,15 +303,23 @@ def test_a_run_that_stops_improving_regularises_once_then_stops(tiny_corpus, tmp
     assert best.meta["val_nll"] == 2.0 and best.meta["step"] == validated[1]
 
 
+def test_a_run_of_fewer_than_three_passes_neither_switches_nor_stops(tiny_corpus, tmp_path):
+    """Before the third pass a worse validation is the noise of training, not memorising."""
+    run = regularising_run(tiny_corpus, tmp_path / "run", tmp_path / "cache", epochs=2.9)
+    scripted_validation(run, [2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
+    assert run.train(clock=FakeClock()) == "done" and run.step == run.budget.steps
+    assert len(records(tmp_path / "run", "val_nll")) >= 19 and not records(tmp_path / "run", "regularised")
+
+
 def test_regularisation_set_by_hand_is_left_alone(tiny_corpus, tmp_path):
     for options, kw in (({"dropout": 0.0}, {}), ({}, {"transpose": 0})):
-        cfg = TrainConfig(out=str(tmp_path / f"run{len(kw)}"), batch_size=2, seq_len=16, epochs=4, evals=10,
-                          patience=2, **kw)
+        cfg = TrainConfig(out=str(tmp_path / f"run{len(kw)}"), batch_size=2, seq_len=16, epochs=12, evals=10,
+                          patience=2, **kw)  # 1.2 passes per validation: the 3rd and 4th are judged
         run = Run(tiny_corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 1, **options}, cfg, progress=False,
                   log=lambda m: None, data_options={"cache_dir": tmp_path / "cache", "jobs": 1})
         scripted_validation(run, [3.0, 3.0])
         assert not run.may_regularise and run.train(clock=FakeClock()) == "early-stopped"
-        assert len(records(cfg.out, "val_nll")) == 3 and not records(cfg.out, "regularised")
+        assert len(records(cfg.out, "val_nll")) == 4 and not records(cfg.out, "regularised")
 
 
 def test_resume_mid_schedule_gives_the_same_schedule(tiny_corpus, tmp_path):

@@ -23,13 +23,14 @@ TOK = Tokenizer()
 # ---------------------------------------------------------------- validations after a resume
 
 def scripted_run(corpus, out, cache, resume=False):
-    """A run whose validation losses are a function of the step (best at 10, then worse): it
-    regularises at 20 and stops early at 35, whatever interrupts it."""
-    cfg = TrainConfig(out=str(out), max_steps=40, evals=8, patience=3, batch_size=8, seq_len=48, lr=1e-2, warmup=5,
+    """A run whose validation losses are a function of the step (best at 15, then worse; 0.18
+    passes a step, so judged from step 20 on): it regularises at 25 and stops early at 35,
+    whatever interrupts it."""
+    cfg = TrainConfig(out=str(out), max_steps=40, evals=8, patience=2, batch_size=8, seq_len=48, lr=1e-2, warmup=5,
                       log_every=1)
     run = Run(corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 1}, cfg, resume=str(out) if resume else None,
               data_options={"cache_dir": cache, "jobs": 1}, log=lambda m: None, progress=False)
-    run.validate = lambda: {5: 3.0, 10: 2.0}.get(run.step, 2.0 + run.step / 100)
+    run.validate = lambda: {5: 3.0, 10: 2.5, 15: 2.0}.get(run.step, 2.0 + run.step / 100)
     return run
 
 
@@ -38,10 +39,10 @@ def test_stopped_at_any_step_and_resumed_it_validates_switches_and_stops_as_the_
     ref = scripted_run(tiny_corpus, tmp_path / "ref", cache)
     assert ref.may_regularise and ref.train(clock=FakeClock()) == "early-stopped"
     assert sorted(records(tmp_path / "ref", "val_nll")) == [5, 10, 15, 20, 25, 30, 35]
-    assert sorted(records(tmp_path / "ref", "regularised")) == [20]
+    assert sorted(records(tmp_path / "ref", "regularised")) == [25]
     # stops just before, at and after validations (14 and 23 gave 15 and 25 up: two validations
     # "too close together"), and at the switch itself
-    run, stops = scripted_run(tiny_corpus, tmp_path / "cut", cache), [3, 14, 20, 23, 33]
+    run, stops = scripted_run(tiny_corpus, tmp_path / "cut", cache), [3, 14, 20, 23, 25, 33]
     for n, stop in enumerate(stops):
         if n:
             run = scripted_run(tiny_corpus, tmp_path / "cut", cache, resume=True)
