@@ -21,21 +21,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from melodylstm.midi import ONSET, Song, crop_song, read_midi, read_midi_tracks, write_midi  # noqa: E402
+from melodylstm.midi import Song, crop_to_bar, read_midi, read_midi_tracks, write_midi  # noqa: E402
 
 RES = 12
 
 
 def from_first_bar(song: Song) -> Song:
     """The song from the bar line before its first note (a voice that enters late starts at once)."""
-    grid = song.bar_grid()
-    first = int(song.notes[:, ONSET].min())
-    return crop_song(song, grid.start(grid.index_at_or_after(first + 1) - 1))
+    return crop_to_bar(song)[0]
 
 
 def one_track(path: Path, name: str) -> Song | None:

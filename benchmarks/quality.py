@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from peers import gpt_bits, lstm_loop_bits, tsd_tokens  # noqa: F401 (tsd_tokens: kept importable from here)
 

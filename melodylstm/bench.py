@@ -261,13 +261,13 @@ def random_fast_lstm(layers, hidden, embedding, batch, controls=False):
 
 def sampler_rate(layers, hidden, embedding, n, batch=1, controls=False) -> float:
     from .controls import ControlPlan, parse_progression
-    from .midi import BarGrid
+    from .midi import TempoMap
     from .sampling import Sampler, start_state
     from .tokenizer import Tokenizer
 
     tok = Tokenizer()
     net = random_fast_lstm(layers, hidden, embedding, batch, controls)
-    grid = BarGrid([(0, 4, 4)], 12)
+    grid = TempoMap(resolution=12)
     state = start_state(tok, batch, grid)
     plan = ControlPlan(net.config, 12, grid, key=0, style=0, density=2,
                        progression=[[c] for c in parse_progression("C F G C")]) if controls else None

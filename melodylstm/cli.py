@@ -544,7 +544,7 @@ def show(ctx, midi_file, out, width, height, new_from):
     ruler. Tracks named "melodylstm continuation" are drawn as generated notes; a file without
     them is coloured by instrument."""
     from .midi import read_midi_tracks
-    from .pianoroll import Grid, save_png
+    from .pianoroll import save_png
     from .playback import Timeline
 
     check_output(midi_file, out)
@@ -556,7 +556,7 @@ def show(ctx, midi_file, out, width, height, new_from):
         track_of += [track] * (len(timeline.notes) - len(track_of))
     notes = [(s, e, p, v, prog, new or (new_from is not None and s >= new_from), track)
              for (s, e, p, v, prog, new), track in zip(timeline.notes, track_of)]
-    save_png(notes, out, width, height, grid=Grid.of(parts[0][1]) if parts else None)
+    save_png(notes, out, width, height, grid=parts[0][1].tempo_map if parts else None)
     info(ctx, f"wrote {out} ({len(notes)} notes)")
 
 

@@ -62,7 +62,7 @@ class Cut:
 
 def bar_count(song: Song) -> int:
     """Bars (of the song's bar grid) up to the end of its last note."""
-    return song.bar_grid().index_at_or_after(song.end)
+    return song.tempo_map.bar_at_or_after(song.end)
 
 
 def clip_durations(notes: np.ndarray, end: int, tok=None) -> np.ndarray:
@@ -77,8 +77,8 @@ def clip_durations(notes: np.ndarray, end: int, tok=None) -> np.ndarray:
 
 def cut_piece(song: Song, primer_bars: int, bars: int, tok=None) -> Cut:
     """Split a song at bar line `primer_bars`; the real continuation is the next `bars` bars."""
-    grid = song.bar_grid()
-    cut, end = grid.start(primer_bars), grid.start(primer_bars + bars)
+    grid = song.tempo_map
+    cut, end = grid.bar_start(primer_bars), grid.bar_start(primer_bars + bars)
     onsets = song.notes[:, ONSET]
     primer = clip_durations(song.notes[onsets < cut], cut, tok)
     real = clip_durations(song.notes[(onsets >= cut) & (onsets < end)], end, tok)
@@ -89,16 +89,16 @@ def cut_piece(song: Song, primer_bars: int, bars: int, tok=None) -> Cut:
 def repeat_baseline(primer: Song, primer_bars: int, bars: int, tok=None) -> np.ndarray:
     """The trivial answer: the primer's last `bars` bars played again (the whole primer, in a
     loop, when it is shorter), each bar moved onto the bar it fills, clipped at the end."""
-    grid = primer.bar_grid()
+    grid = primer.tempo_map
     loop = min(bars, primer_bars)
-    end = grid.start(primer_bars + bars)
+    end = grid.bar_start(primer_bars + bars)
     out = []
     for target in range(primer_bars, primer_bars + bars):
         source = primer_bars - loop + (target - primer_bars) % loop
-        lo, hi = grid.start(source), grid.start(source + 1)
+        lo, hi = grid.bar_start(source), grid.bar_start(source + 1)
         part = primer.notes[(primer.notes[:, ONSET] >= lo) & (primer.notes[:, ONSET] < hi)].astype(np.int64)
-        part[:, ONSET] += grid.start(target) - lo
-        out.append(part[part[:, ONSET] < grid.start(target + 1)])
+        part[:, ONSET] += grid.bar_start(target) - lo
+        out.append(part[part[:, ONSET] < grid.bar_start(target + 1)])
     notes = np.concatenate(out) if out else np.zeros((0, 5), dtype=np.int64)
     return clip_durations(notes, end, tok)
 
@@ -316,7 +316,7 @@ def evaluate_continuation(checkpoint, folder, split: str = "all", primer_bars: i
 def bars_to_generate(primer: Song, primer_bars: int, bars: int) -> int:
     """`continue_` counts its bars from the bar line at or after the primer's end, which is before
     bar line P when the primer's last bars are silent: ask for as many as reach bar line P + B."""
-    return primer_bars + bars - primer.bar_grid().index_at_or_after(primer.end)
+    return primer_bars + bars - primer.tempo_map.bar_at_or_after(primer.end)
 
 
 def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int, seed: int, temperature: float,

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, BarGrid
+from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, TempoMap
 from .theory import (CHORD_UNKNOWN, KEY_UNKNOWN, N_CHORDS, N_KEYS, NO_CHORD, QUALITIES, chord_label,
                      chord_pitch_classes, estimate_key_index, parse_chord, running_keys)
+from .tokenizer import token_times
 
 CONTROLS_VERSION = 2  # part of the token cache key: bump when any estimate here or in theory.py changes
 
@@ -187,10 +188,10 @@ def distinct_onsets(notes: np.ndarray) -> np.ndarray:
     return onsets[np.concatenate(([True], step))]
 
 
-def bar_densities(notes: np.ndarray, grid: BarGrid, n_bars: int, resolution: int) -> np.ndarray:
+def bar_densities(notes: np.ndarray, grid: TempoMap, n_bars: int, resolution: int) -> np.ndarray:
     """Bucket of each bar's distinct note onsets per beat."""
     onsets = distinct_onsets(notes)
-    starts = bar_start(grid, np.arange(n_bars + 1))
+    starts = grid.bar_starts(np.arange(n_bars + 1))
     counts = np.diff(np.searchsorted(onsets, starts))
     beats = np.diff(starts) / resolution
     rate = counts / np.maximum(beats, 1e-9)
@@ -217,67 +218,10 @@ def unknown_values(resolution: int, n_styles: int) -> np.ndarray:
     return np.array([n - 1 for n in sizes(resolution, n_styles).values()], dtype=np.int64)
 
 
-def bar_at(grid: BarGrid, times: np.ndarray) -> np.ndarray:
-    """Index of the bar each time lies in (vectorized BarGrid lookup)."""
-    times = np.asarray(times, dtype=np.int64)
-    head = np.asarray(grid.head, dtype=np.int64)
-    in_head = np.searchsorted(head, times, side="right") - 1
-    tail = len(head) + (times - grid.tail_start) // grid.tail_length
-    return np.where((times < grid.tail_start) & (len(head) > 0), in_head, np.maximum(tail, 0))
-
-
-def bar_start(grid: BarGrid, bars: np.ndarray) -> np.ndarray:
-    """Start step of each bar index (vectorized BarGrid.start)."""
-    bars = np.asarray(bars, dtype=np.int64)
-    head = np.asarray(grid.head, dtype=np.int64)
-    tail = grid.tail_start + (bars - len(head)) * grid.tail_length
-    if len(head) == 0:
-        return tail
-    return np.where(bars < len(head), head[np.clip(bars, 0, len(head) - 1)], tail)
-
-
-def position_in_bar(grid: BarGrid, times: np.ndarray, resolution: int) -> np.ndarray:
+def position_in_bar(grid: TempoMap, times: np.ndarray, resolution: int) -> np.ndarray:
     """Steps since the bar line, capped: the value past the cap means "unknown"."""
     times = np.asarray(times, dtype=np.int64)
-    return np.minimum(times - bar_start(grid, bar_at(grid, times)), POSITION_BEATS * resolution)
-
-
-def token_times(tokens, tok, grid: BarGrid) -> np.ndarray:
-    """Time (in steps) right after each token, following the decoder's rules: SHIFT moves on by
-    its value, BAR goes to the next bar line (to the first bar line at or after the time when
-    shifts ran past bar lines).
-
-    Between two BARs the time is the bar's start plus the shifts so far (a cumulative sum). The
-    n-th BAR starts bar n unless shifts ran past its line; that is checked for all BARs at once,
-    and only then are the BARs followed one by one."""
-    from .tokenizer import BAR, SHIFT
-
-    tokens = np.asarray(tokens, dtype=np.int64)
-    if len(tokens) == 0:
-        return np.zeros(0, dtype=np.int64)
-    kinds = tok.token_type[tokens]
-    shift = np.where(kinds == SHIFT, tok.token_value[tokens], 0).astype(np.int64)
-    moved = np.cumsum(shift)
-    bars = np.flatnonzero(kinds == BAR)
-    if len(bars) == 0:
-        return moved
-    segment = np.cumsum(kinds == BAR) - 1  # which BAR each token follows (-1: none yet)
-    index = np.arange(len(bars))
-    bar_starts = bar_start(grid, index)
-    # the time just before each BAR, if every BAR so far went to the next bar line
-    before = np.where(index > 0, bar_starts[index - 1] + moved[bars - 1] - moved[bars[index - 1]], 0)
-    before[0] = moved[bars[0]]  # shifts before the first BAR (a BAR adds no shift)
-    if (bar_starts < before).any():  # shifts ran past a bar line: follow the BARs in order
-        bar_index, time, previous = -1, 0, 0
-        for i, j in enumerate(bars.tolist()):
-            time += int(moved[j] - previous)
-            bar_index += 1
-            if grid.start(bar_index) < time:
-                bar_index = grid.index_at_or_after(time)
-            time = grid.start(bar_index)
-            bar_starts[i], previous = time, int(moved[j])
-    base = bar_starts[segment] - moved[bars[segment]]
-    return np.where(segment >= 0, base + moved, moved)
+    return np.minimum(times - grid.bar_starts(grid.bars_of(times)), POSITION_BEATS * resolution)
 
 
 def chord_inputs(notes: np.ndarray, n_beats: int, resolution: int, causal: bool = True) -> np.ndarray:
@@ -294,11 +238,11 @@ def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
     likelihood may give them. `causal=False`: the older inputs (the whole piece's key, the
     current beat's chord, the current bar's density) that older checkpoints were trained on."""
     res = tok.config.resolution
-    grid = song.bar_grid()
+    grid = song.tempo_map
     times = token_times(tokens, tok, grid)
     last = int(max(times.max() if len(times) else 0, song.end)) + 1
     n_beats = last // res + 1
-    bars = bar_at(grid, np.append(times, last))  # each token's bar, and the bar of the end
+    bars = grid.bars_of(np.append(times, last))  # each token's bar, and the bar of the end
     n_bars = int(bars[-1]) + 2
     bars = bars[:-1]
     out = np.empty((len(tokens), 4), dtype=np.uint8)
@@ -311,7 +255,7 @@ def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
         out[:, KEY] = estimate_key_index(song.notes)
         out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[beats]
         out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bars]
-    out[:, POSITION] = np.minimum(times - bar_start(grid, bars), POSITION_BEATS * res)  # position_in_bar
+    out[:, POSITION] = np.minimum(times - grid.bar_starts(bars), POSITION_BEATS * res)  # position_in_bar
     return out
 
 
@@ -415,7 +359,7 @@ class ControlPlan:
     "unknown"), a chord progression laid over the bars from `start` on (or "unknown"), and the
     exact position in the bar, computed from each row's time."""
 
-    def __init__(self, model_config, resolution: int, grid: BarGrid, key: int | None = None,
+    def __init__(self, model_config, resolution: int, grid: TempoMap, key: int | None = None,
                  style: int | None = None, density: int | None = None, progression=None, start: int = 0,
                  earlier_chords=None):
         """progression: bars, each a list of chord indices sharing the bar equally (one per bar,
@@ -427,7 +371,7 @@ class ControlPlan:
         self.res, self.grid, self.start = resolution, grid, start
         self.progression = progression
         self.fixed = {"key": key, "style": style, "density": density}
-        self.start_bar = int(bar_at(grid, np.array([start]))[0])
+        self.start_bar = grid.bar_of(start)
         self.memo = {}
         self.last_times, self.last_values = None, None
 
@@ -436,8 +380,8 @@ class ControlPlan:
         hit = self.memo.get(time)
         if hit is None:
             grid = self.grid
-            bar = grid.index_at_or_after(time + 1) - 1  # the bar holding `time`
-            start = grid.start(bar)
+            bar = grid.bar_of(time)  # the bar holding `time`
+            start = grid.bar_start(bar)
             position = min(time - start, POSITION_BEATS * self.res)
             chord = CHORD_UNKNOWN
             if time < self.start:
@@ -446,7 +390,7 @@ class ControlPlan:
                     chord = int(self.earlier_chords[beat])
             elif self.progression:
                 chords = self.progression[(bar - self.start_bar) % len(self.progression)]
-                length = max(1, grid.start(bar + 1) - start)
+                length = max(1, grid.bar_start(bar + 1) - start)
                 chord = chords[min(len(chords) - 1, (time - start) * len(chords) // length)]
             hit = self.memo[time] = (position, chord)
         return hit

@@ -21,7 +21,7 @@ from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, CONTINUE_TEMPERATURE, DEFA
                      PICKED_KEY_STRENGTH, PRIMER_KEY_STRENGTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, append_tracks, crop_song, midi_chunks, midifile_bytes,
-                   read_midi_bytes, seconds_to_steps, song_to_midifile)
+                   read_midi_bytes, song_to_midifile)
 from . import controls as ctl
 from . import theory
 from .sampling import FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
@@ -69,9 +69,9 @@ class Continuation:
 
     def midi_bytes(self, only_new: bool = False) -> bytes:
         if only_new or self.source is None:
-            bar = self.notes.bar_grid()
+            bar = self.notes.tempo_map
             first = int(self.notes.notes[:, ONSET].min()) if len(self.notes.notes) else self.start
-            song = crop_song(self.notes, bar.start(max(0, bar.index_at_or_after(first + 1) - 1))) if only_new else self.notes
+            song = crop_song(self.notes, bar.bar_start(bar.bar_of(first))) if only_new else self.notes
             if not only_new:  # primer could not be copied verbatim: write it as read, plus the new part
                 song = Song(np.concatenate([self.primer.notes, self.notes.notes]), song.resolution,
                             song.tempos, song.time_signatures, song.names)
@@ -156,10 +156,10 @@ class Generator:
             raise ValueError("the primer has no notes the model can read" if len(song.notes) else "the primer has no notes")
         offset, total_bars, used_bars = 0, None, None
         if primer_bars:
-            grid = kept.bar_grid()
-            total_bars = grid.index_at_or_after(kept.end)
+            grid = kept.tempo_map
+            total_bars = grid.bar_at_or_after(kept.end)
             first = max(0, total_bars - primer_bars)
-            offset = grid.start(first)
+            offset = grid.bar_start(first)
             kept = crop_song(kept, offset)
             if len(kept.notes) == 0:
                 raise ValueError(f"the last {primer_bars} bars of the primer hold no notes")
@@ -271,7 +271,7 @@ class Generator:
         prange = theory.parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
         rng = np.random.Generator(np.random.PCG64(seed))
-        grid = like.bar_grid()
+        grid = like.tempo_map
         report = {"controls": names, "strict_key": bool(key_value)}
 
         cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
@@ -431,9 +431,9 @@ class Generator:
 
             return None, stop_tokens, length.tokens + 1
         if length.bars:
-            end = grid.start(grid.index_at_or_after(start_time) + length.bars) if start_time else grid.start(length.bars)
+            end = grid.bar_start(grid.bar_at_or_after(start_time) + length.bars) if start_time else grid.bar_start(length.bars)
         else:
-            end = seconds_to_steps(like.seconds(start_time) + length.seconds, like.tempos, like.resolution)
+            end = grid.first_step_at(grid.seconds(start_time) + length.seconds)
         # chords are capped at Sampler.MAX_CHORD notes (4 tokens each), so time must move within this budget
         budget = int((end - start_time) * (4 * Sampler.MAX_CHORD + 2) + 256)
 
@@ -473,11 +473,11 @@ def bound_primer_tokens(song: Song, tok, max_tokens) -> tuple:
     # BAR j starts bar j; from it on (after a BOS) the primer holds len - position tokens, but EOS
     fits = np.flatnonzero(len(tokens) - bars <= max_tokens)
     notes_end = int(song.notes[:, ONSET].max())
-    grid = song.bar_grid()
-    last_with_notes = max(0, grid.index_at_or_after(notes_end + 1) - 1)
+    grid = song.tempo_map
+    last_with_notes = grid.bar_of(notes_end)
     j = int(fits[0]) if len(fits) else last_with_notes
     j = min(j, last_with_notes)  # keep at least the bar of the last onset
-    cut = grid.start(j)
+    cut = grid.bar_start(j)
     return crop_song(song, cut), cut, j
 
 
@@ -546,8 +546,8 @@ RECENT_BARS = 2  # the primer's pace and rests are read from its last bars: wher
 
 def recent_span(song: Song, bars: int = RECENT_BARS) -> int:
     """The step where the song's last `bars` bars begin."""
-    grid = song.bar_grid()
-    return grid.start(max(0, grid.index_at_or_after(song.end) - bars))
+    grid = song.tempo_map
+    return grid.bar_start(max(0, grid.bar_at_or_after(song.end) - bars))
 
 
 def recent_onsets_per_beat(song: Song, resolution: int) -> float:

@@ -24,7 +24,7 @@ class Jam:
         self.bars, self.temperature, self.tempo, self.metre, self.seed = bars, temperature, tempo, tuple(metre), seed
         self.resolution = generator.tok.config.resolution if generator is not None else DEFAULT_RESOLUTION
         self.listen()
-        self.bar_seconds = self.session.meter.bar_seconds()
+        self.bar_seconds = self.session.tempo_map.bar_seconds()
         self.pause = pause if pause is not None else self.bar_seconds  # one bar of silence ends a phrase
         self.answers = 0
 

@@ -1,4 +1,5 @@
-"""MIDI files <-> `Song`, the grid-quantized note list every other module works on.
+"""MIDI files <-> `Song`, the grid-quantized note list every other module works on, and its
+`TempoMap`, the one place that turns steps into seconds and finds bar lines and beats.
 
 Reading uses symusic (a C++ parser, ~100x faster than pretty_midi); writing uses mido,
 which gives full control over tracks, channels and event order. `append_tracks` adds new
@@ -7,6 +8,7 @@ tracks to a file's own bytes, so a continued input is kept byte for byte.
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -50,13 +52,13 @@ class Song:
             return 0
         return int((self.notes[:, ONSET] + self.notes[:, DURATION]).max())
 
-    def bar_grid(self) -> "BarGrid":
-        return BarGrid(self.time_signatures, self.resolution)
+    @property
+    def tempo_map(self) -> "TempoMap":
+        return TempoMap(self.tempos, self.time_signatures, self.resolution)
 
     def seconds(self, steps=None):
-        """Convert steps (scalar or array; default: the song's end) to seconds via the tempo map."""
-        steps = self.end if steps is None else steps
-        return steps_to_seconds(np.asarray(steps, dtype=np.float64), self.tempos, self.resolution)
+        """Seconds of steps (scalar or array; default: the song's end), by the tempo map."""
+        return self.tempo_map.seconds(self.end if steps is None else steps)
 
 
 def sort_notes(notes: np.ndarray) -> np.ndarray:
@@ -69,58 +71,180 @@ def bar_length(numerator: int, denominator: int, resolution: int) -> int:
     return max(1, round(numerator * resolution * 4 / denominator))
 
 
-class BarGrid:
-    """Bar lines of a time-signature map, extended forever with the last metre."""
+class TempoMap:
+    """The tempo map and metre of a piece on a grid of `resolution` steps per quarter note: steps
+    <-> seconds, bar lines and beats, the last tempo and metre going on forever. The one place
+    that walks a piece's time: songs, the tokenizer's BAR/SHIFT clock, the piano roll, the
+    studio's clock and metronome all ask it. A change (the studio's) starts at the next bar line,
+    so the bars already played keep their places."""
 
-    def __init__(self, time_signatures, resolution: int):
-        sigs = sorted(time_signatures) or [(0, 4, 4)]
-        if sigs[0][0] > 0:
-            sigs = [(0, 4, 4)] + sigs
-        starts = []
-        for (step, num, den), nxt in zip(sigs, [s[0] for s in sigs[1:]] + [None]):
-            length = bar_length(num, den, resolution)
+    def __init__(self, tempos=(), time_signatures=(), resolution: int = 12):
+        self.resolution = resolution
+        self.tempos = [(int(t), int(us)) for t, us in sorted(tempos)] or [(0, DEFAULT_TEMPO)]  # (step, us per quarter)
+        if self.tempos[0][0] > 0:
+            self.tempos.insert(0, (0, DEFAULT_TEMPO))
+        self.signatures = [(int(t), int(n), int(d)) for t, n, d in sorted(time_signatures)] or [(0, 4, 4)]
+        if self.signatures[0][0] > 0:
+            self.signatures.insert(0, (0, 4, 4))
+        self._index()
+
+    @classmethod
+    def steady(cls, bpm: float = 120.0, metre=(4, 4), resolution: int = 12) -> "TempoMap":
+        return cls([(0, round(60e6 / bpm))], [(0, int(metre[0]), int(metre[1]))], resolution)
+
+    def _index(self) -> None:
+        """Tables for the lookups, rebuilt when the map changes."""
+        self._steps = np.array([t for t, _ in self.tempos], dtype=np.float64)
+        self._per_step = np.array([us for _, us in self.tempos], dtype=np.float64) / 1e6 / self.resolution
+        self._starts = np.concatenate([[0.0], np.cumsum(np.diff(self._steps) * self._per_step[:-1])])
+        self._steps_per_second = np.array([1e6 / us * self.resolution for _, us in self.tempos])
+        head = []  # explicit bar lines before the last time signature
+        for (step, num, den), nxt in zip(self.signatures, [s[0] for s in self.signatures[1:]] + [None]):
+            length = bar_length(num, den, self.resolution)
             if nxt is None:
                 self.tail_start, self.tail_length = step, length
             else:
-                starts.extend(range(step, nxt, length))
-        self.head = starts  # explicit bar lines before the last time signature
+                head.extend(range(step, nxt, length))
+        self.head = head
 
-    def start(self, index: int) -> int:
+    @property
+    def bpm(self) -> float:
+        """The last tempo, in quarter notes per minute."""
+        return 60e6 / self.tempos[-1][1]
+
+    @property
+    def metre(self) -> tuple[int, int]:
+        return self.signatures[-1][1], self.signatures[-1][2]
+
+    # ------------------------------------------------------------ steps <-> seconds
+
+    def seconds(self, steps):
+        """Seconds at a step (fractional allowed), or at an array of steps."""
+        steps = np.asarray(steps, dtype=np.float64)
+        i = np.clip(np.searchsorted(self._steps, steps, side="right") - 1, 0, len(self._steps) - 1)
+        out = self._starts[i] + (steps - self._steps[i]) * self._per_step[i]
+        return float(out) if np.ndim(out) == 0 else out
+
+    def step_at(self, seconds):
+        """The (fractional) step at a time, or at an array of times."""
+        at = np.asarray(seconds, dtype=np.float64)
+        i = np.clip(np.searchsorted(self._starts, at, side="right") - 1, 0, len(self._starts) - 1)
+        out = self._steps[i] + (at - self._starts[i]) * self._steps_per_second[i]
+        return float(out) if np.ndim(out) == 0 else out
+
+    def first_step_at(self, seconds: float) -> int:
+        """The first whole step at or after `seconds` (turns --seconds into a length)."""
+        lo, hi = 0, 1
+        while self.seconds(hi) < seconds:
+            hi *= 2
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.seconds(mid) < seconds:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    # ------------------------------------------------------------ bars and beats
+
+    def bar_start(self, index: int) -> int:
+        """The step bar `index` (from 0) starts on."""
         if index < len(self.head):
             return self.head[index]
         return self.tail_start + (index - len(self.head)) * self.tail_length
 
-    def index_at_or_after(self, time: int) -> int:
-        if self.head and time <= self.head[-1]:
-            return bisect.bisect_left(self.head, time)
-        k = max(0, -(-(time - self.tail_start) // self.tail_length))
-        return len(self.head) + k
+    def bar_starts(self, indices) -> np.ndarray:
+        """bar_start of an array of bar indices."""
+        bars = np.asarray(indices, dtype=np.int64)
+        head = np.asarray(self.head, dtype=np.int64)
+        tail = self.tail_start + (bars - len(head)) * self.tail_length
+        if len(head) == 0:
+            return tail
+        return np.where(bars < len(head), head[np.clip(bars, 0, len(head) - 1)], tail)
 
+    def bar_at_or_after(self, step: int) -> int:
+        """Index of the first bar line at or after `step`."""
+        if self.head and step <= self.head[-1]:
+            return bisect.bisect_left(self.head, step)
+        return len(self.head) + max(0, -(-(step - self.tail_start) // self.tail_length))
 
-def steps_to_seconds(steps: np.ndarray, tempos, resolution: int):
-    tempos = sorted(tempos) or [(0, DEFAULT_TEMPO)]
-    if tempos[0][0] > 0:
-        tempos = [(0, DEFAULT_TEMPO)] + tempos
-    t_steps = np.array([t for t, _ in tempos], dtype=np.float64)
-    sec_per_step = np.array([us for _, us in tempos], dtype=np.float64) / 1e6 / resolution
-    seg_start = np.concatenate([[0.0], np.cumsum(np.diff(t_steps) * sec_per_step[:-1])])
-    idx = np.clip(np.searchsorted(t_steps, steps, side="right") - 1, 0, len(tempos) - 1)
-    out = seg_start[idx] + (steps - t_steps[idx]) * sec_per_step[idx]
-    return float(out) if np.ndim(out) == 0 else out
+    def bar_of(self, step: int) -> int:
+        """Index of the bar that holds `step` (a whole step)."""
+        return max(0, self.bar_at_or_after(step + 1) - 1)
 
+    def bars_of(self, steps) -> np.ndarray:
+        """bar_of an array of whole steps."""
+        steps = np.asarray(steps, dtype=np.int64)
+        head = np.asarray(self.head, dtype=np.int64)
+        in_head = np.searchsorted(head, steps, side="right") - 1
+        tail = len(head) + (steps - self.tail_start) // self.tail_length
+        return np.where((steps < self.tail_start) & (len(head) > 0), in_head, np.maximum(tail, 0))
 
-def seconds_to_steps(seconds: float, tempos, resolution: int) -> int:
-    """Inverse of steps_to_seconds for a scalar (used to turn --seconds into a length)."""
-    lo, hi = 0, 1
-    while steps_to_seconds(np.float64(hi), tempos, resolution) < seconds:
-        hi *= 2
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if steps_to_seconds(np.float64(mid), tempos, resolution) < seconds:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    def beat_length(self, step: int) -> int:
+        """Steps per beat (the metre's denominator) at `step`."""
+        denominator = [d for s, n, d in self.signatures if s <= step][-1]
+        return max(1, round(self.resolution * 4 / denominator))
+
+    def bar_seconds(self) -> float:
+        """Seconds of one bar of the last tempo and metre."""
+        numerator, denominator = self.metre
+        return numerator * 4 / denominator * 60.0 / self.bpm
+
+    def beats(self, t0: float, t1: float, closed: bool = False, limit: int = 2000) -> list[tuple[float, int]]:
+        """(seconds, bar number from 1) of every bar line and (seconds, 0) of every other beat from
+        `t0` to `t1` (`t1` itself when `closed`): the piano roll's lines, the metronome's clicks."""
+        index = self.bar_of(max(0, math.floor(self.step_at(max(0.0, t0))) - 1))
+        out = []
+        while len(out) < limit:
+            start, end = self.bar_start(index), self.bar_start(index + 1)
+            for step in range(start, end, self.beat_length(start)):
+                when = self.seconds(step)
+                if when > t1 or (when == t1 and not closed):
+                    return out
+                if when >= t0:
+                    out.append((when, index + 1 if step == start else 0))
+            index += 1
+        return out
+
+    def next_bar(self, seconds: float) -> int:
+        """The step of the first bar line at or after `seconds`."""
+        return self.bar_start(self.bar_at_or_after(math.ceil(self.step_at(seconds) - 1e-6)))
+
+    def next_beat(self, seconds: float) -> float:
+        """Seconds of the first beat at or after `seconds`."""
+        step = self.step_at(seconds)
+        start = self.bar_start(self.bar_of(math.floor(step)))
+        beat = self.beat_length(start)
+        return self.seconds(start + math.ceil((step - start) / beat - 1e-9) * beat)
+
+    def next_step(self, seconds: float, resolution: int) -> float:
+        """Seconds of the first step of a coarser grid (`resolution` per quarter) at or after `seconds`."""
+        size = self.resolution / resolution
+        return self.seconds(math.ceil(self.step_at(seconds) / size - 1e-9) * size)
+
+    # ------------------------------------------------------------ changes (the studio's)
+
+    def change(self, at_seconds: float, bpm: float | None = None, metre=None) -> None:
+        """A new tempo and/or metre from the first bar line at or after `at_seconds` on."""
+        step = self.next_bar(at_seconds)
+        if bpm is not None:
+            self.tempos = [t for t in self.tempos if t[0] < step] + [(step, round(60e6 / bpm))]
+        if metre is not None:
+            self.signatures = [s for s in self.signatures if s[0] < step] + [(step, int(metre[0]), int(metre[1]))]
+        self._index()
+
+    def restart(self, bpm: float, metre) -> None:
+        """A new map from time 0 (nothing is recorded yet, so nothing moves)."""
+        self.tempos, self.signatures = [(0, round(60e6 / bpm))], [(0, int(metre[0]), int(metre[1]))]
+        self._index()
+
+    def on_grid(self, resolution: int) -> "TempoMap":
+        """The same map on a grid of `resolution` steps per quarter (step numbers rounded)."""
+        def step(at):
+            return round(at * resolution / self.resolution)
+
+        return TempoMap([(step(t), us) for t, us in self.tempos], [(step(t), n, d) for t, n, d in self.signatures],
+                        resolution)
 
 
 # ---------------------------------------------------------------- reading
@@ -322,6 +446,15 @@ def crop_song(song: Song, start: int) -> Song:
 
     return Song(notes, song.resolution, rebase(song.tempos) or [(0, DEFAULT_TEMPO)],
                 rebase(song.time_signatures) or [(0, 4, 4)], dict(song.names))
+
+
+def crop_to_bar(song: Song) -> tuple[Song, int]:
+    """The song from the bar line at or before its first note, and that bar line's step."""
+    if not len(song.notes):
+        return song, 0
+    grid = song.tempo_map
+    start = grid.bar_start(grid.bar_of(int(song.notes[:, ONSET].min())))
+    return crop_song(song, start), start
 
 
 # ---------------------------------------------------------------- splicing into a file as it is

@@ -48,51 +48,6 @@ def font(size=16):
     return _FONTS[size]
 
 
-class Grid:
-    """Bar and beat lines in seconds, from a tempo map and a metre map in grid steps (a Song's)."""
-
-    def __init__(self, tempos, time_signatures, resolution: int):
-        from .midi import BarGrid
-
-        self.tempos, self.resolution = list(tempos), resolution
-        self.signatures = sorted(time_signatures) or [(0, 4, 4)]
-        self.bars = BarGrid(self.signatures, resolution)
-
-    @classmethod
-    def of(cls, song) -> "Grid | None":
-        return None if song is None else cls(song.tempos, song.time_signatures, song.resolution)
-
-    def seconds(self, step) -> float:
-        from .midi import steps_to_seconds
-
-        return float(steps_to_seconds(np.float64(step), self.tempos, self.resolution))
-
-    def beat_steps(self, step: int) -> int:
-        denominator = [d for s, n, d in self.signatures if s <= step][-1] if self.signatures[0][0] <= step else 4
-        return max(1, round(self.resolution * 4 / denominator))
-
-    def lines(self, t0: float, t1: float, limit: int = 2000) -> list[tuple[float, int]]:
-        """(seconds, bar number) for every bar line in [t0, t1], and (seconds, 0) for beat lines."""
-        from .midi import seconds_to_steps
-
-        first = seconds_to_steps(max(0.0, t0), self.tempos, self.resolution)
-        index = max(0, self.bars.index_at_or_after(first) - 1)
-        out = []
-        while len(out) < limit:
-            start, end = self.bars.start(index), self.bars.start(index + 1)
-            when = self.seconds(start)
-            if when > t1:
-                break
-            if when >= t0:
-                out.append((when, index + 1))
-            beat = self.beat_steps(start)
-            for step in range(start + beat, end, beat):
-                if t0 <= self.seconds(step) <= t1:
-                    out.append((self.seconds(step), 0))
-            index += 1
-        return out
-
-
 def pitch_bounds(notes) -> tuple[int, int]:
     if not notes:
         return 48, 84
@@ -143,7 +98,7 @@ def draw_background(surface, low, high, t0, t1, grid=None) -> None:
     surface.fill(BACKGROUND)
     pygame.draw.rect(surface, RULER_BG, (0, 0, width, RULER))
     small = font(16)
-    lines = grid.lines(t0, t1) if grid is not None else []
+    lines = grid.beats(t0, t1, closed=True) if grid is not None else []
     bar_xs = [x_of(t) for t, bar in lines if bar]
     bar_gap = min(np.diff(bar_xs)) if len(bar_xs) > 1 else width
     beats_per_bar = len(lines) / max(1, len(bar_xs))
@@ -202,7 +157,7 @@ def draw_playhead(surface, low, high, t0, t1, playhead) -> None:
 
 
 def draw(surface, notes, t0: float, t1: float, playhead: float | None = None, bounds=None, grid=None) -> None:
-    """notes: (start s, end s, pitch, velocity, program, is_new); grid: a Grid for bar lines."""
+    """notes: (start s, end s, pitch, velocity, program, is_new); grid: a TempoMap for bar lines."""
     low, high = bounds or pitch_bounds(notes)
     draw_background(surface, low, high, t0, t1, grid)
     draw_notes(surface, notes, low, high, t0, t1)
@@ -255,7 +210,7 @@ class Window:
             notes = list(timeline.notes)
         t0 = max(0.0, now - self.span * 0.25)
         draw(self.screen, notes, t0, t0 + self.span, playhead=max(0.0, now), bounds=pitch_bounds(notes),
-             grid=Grid.of(getattr(timeline, "meter", None)))
+             grid=getattr(timeline, "tempo_map", None))
         self.pygame.display.flip()
 
 

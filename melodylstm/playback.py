@@ -88,7 +88,7 @@ class Timeline:
         self.channels = {}  # program -> MIDI channel
         self.end = 0.0
         self.notes = []  # (start, end, pitch, velocity, program, is_new) for the piano roll
-        self.meter = None  # a Song whose tempo map and metre give the piano roll its bar lines
+        self.tempo_map = None  # the piece's, for the piano roll's bar lines
 
     def channel_for(self, program: int) -> int:
         if program == DRUMS:
@@ -115,8 +115,8 @@ class Timeline:
                 self.notes.append((start, end, pitch, velocity, program, is_new))
 
     def add_song(self, song: Song, is_new: bool = False, offset_steps: int = 0):
-        if self.meter is None and not offset_steps:
-            self.meter = song
+        if self.tempo_map is None and not offset_steps:
+            self.tempo_map = song.tempo_map
         starts = song.seconds(song.notes[:, 0] + offset_steps) if len(song.notes) else []
         ends = song.seconds(song.notes[:, 0] + song.notes[:, 1] + offset_steps) if len(song.notes) else []
         for (onset, dur, pitch, vel, prog), s, e in zip(song.notes.tolist(), np.atleast_1d(starts), np.atleast_1d(ends)):
@@ -392,7 +392,7 @@ class LivePlayer:
 
     def __init__(self, like: Song):
         self.like, self.timeline = like, Timeline()
-        self.timeline.meter = like
+        self.timeline.tempo_map = like.tempo_map
 
     def add_primer(self, song: Song):
         self.timeline.add_song(song, is_new=False)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .midi import BarGrid
+from .midi import TempoMap
 from .theory import SCALES
-from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer
+from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer, after_bar
 
 NEG_INF = np.float32(-np.inf)
 
@@ -326,9 +326,8 @@ class Sampler:
         if shift.any():
             state["time"][shift] += self.tok.token_value[tokens[shift]]
         for r in np.flatnonzero(kinds == BAR):  # rare (once a bar), so a loop is fine
-            state["bar_index"][r] += 1
-            state["time"][r] = grid.start(int(state["bar_index"][r]))
-            state["next_bar"][r] = grid.start(int(state["bar_index"][r]) + 1)
+            state["bar_index"][r], state["time"][r] = after_bar(grid, int(state["bar_index"][r]), int(state["time"][r]))
+            state["next_bar"][r] = grid.bar_start(int(state["bar_index"][r]) + 1)
             state["bars"][r] += 1
 
     def choose(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -395,7 +394,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))
 
 
-def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_token: int | None = None) -> dict:
+def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:
     """Per-row grammar state: fresh (the next step feeds BOS) or after a primer, whose decoder
     knows the time and bar; `last_token` is the primer token the next step feeds."""
     ends = np.full((rows, Sampler.MAX_CHORD), -1, dtype=np.int64)  # when the notes sounding end
@@ -413,7 +412,7 @@ def start_state(tok: Tokenizer, rows: int, grid: BarGrid, decoder=None, last_tok
         "last_type": np.full(rows, last_type, dtype=np.int64),
         "time": np.full(rows, time, dtype=np.int64),
         "bar_index": np.full(rows, bar_index, dtype=np.int64),
-        "next_bar": np.full(rows, grid.start(bar_index + 1), dtype=np.int64),
+        "next_bar": np.full(rows, grid.bar_start(bar_index + 1), dtype=np.int64),
         "bars": np.zeros(rows, dtype=np.int64),
         "chord": np.zeros(rows, dtype=np.int64),  # notes at the current time so far
         "ends": ends,

@@ -109,10 +109,8 @@ def bar_repetition(notes, grid) -> float:
     (same rhythm, same intervals): how much a piece reuses its own material, as real tunes do."""
     if len(notes) == 0:
         return 0.0
-    from .controls import bar_at, bar_start
-
-    bars = bar_at(grid, notes[:, ONSET])
-    offsets = notes[:, ONSET] - bar_start(grid, bars)
+    bars = grid.bars_of(notes[:, ONSET])
+    offsets = notes[:, ONSET] - grid.bar_starts(bars)
     seen, repeats, total = set(), 0, 0
     for b in np.unique(bars):
         part = bars == b
@@ -140,7 +138,7 @@ FEATURES = {
 def piece_features(song: Song) -> dict:
     notes = pitched(song)
     out = {name: np.atleast_1d(np.asarray(fn(notes, song.resolution), dtype=float)) for name, fn in FEATURES.items()}
-    out["bar_repetition"] = np.atleast_1d(bar_repetition(notes, song.bar_grid()))
+    out["bar_repetition"] = np.atleast_1d(bar_repetition(notes, song.tempo_map))
     return out
 
 

@@ -1,7 +1,8 @@
-"""Event tokenizer: Song <-> a sequence of integer tokens from a small, fixed vocabulary.
+"""Event tokenizer: Song <-> a sequence of integer tokens from a small, fixed vocabulary, the
+grammar of such sequences and their BAR/SHIFT clock.
 
 Each note becomes PITCH (or DRUM), VELOCITY, DURATION. Time moves forward with BAR
-(to the next bar line) and SHIFT_k (k grid steps) tokens; a PROGRAM token appears only when
+(to the next bar line: `after_bar`) and SHIFT_k (k grid steps) tokens; a PROGRAM token appears only when
 the instrument of the next pitched note differs from the previous one. Sequences are wrapped
 in BOS ... EOS, PAD fills batches.
 
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, VELOCITY, Song
+from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, VELOCITY, Song, TempoMap
 
 # token types
 PAD, BOS, EOS, BAR, SHIFT, PROGRAM_T, PITCH_T, DRUM_T, VELOCITY_T, DURATION_T = range(10)
@@ -235,7 +236,7 @@ class Tokenizer:
         if len(notes) == 0:
             return np.array([BOS, EOS], dtype=np.uint16)
         c = self.config
-        grid = song.bar_grid()
+        grid = song.tempo_map
         shift0, max_shift, bar_token = self.shift0 - 1, self.max_shift, self.bar
         pitch_base, drum_base = self.pitch0 - c.pitch_low, self.drum0 - c.drum_low
         program_base = self.program0
@@ -243,7 +244,7 @@ class Tokenizer:
         out = [BOS]
         append = out.append
         time, bar_index = 0, -1
-        next_bar = grid.start(0) if c.bar_tokens else 1 << 62
+        next_bar = grid.bar_start(0) if c.bar_tokens else 1 << 62
         program = self.initial_program
         for onset, dur, pitch, vel, prog in notes.tolist():
             if onset != time or next_bar <= onset:
@@ -251,7 +252,7 @@ class Tokenizer:
                     append(bar_token)
                     bar_index += 1
                     time = next_bar
-                    next_bar = grid.start(bar_index + 1)
+                    next_bar = grid.bar_start(bar_index + 1)
                 gap = onset - time
                 while gap > max_shift:
                     append(shift0 + max_shift)
@@ -317,6 +318,50 @@ class Tokenizer:
         return [self.vocab[t] if 0 <= t < len(self.vocab) else f"<{t}>" for t in np.asarray(tokens).tolist()]
 
 
+# ---------------------------------------------------------------- the BAR/SHIFT clock
+
+def after_bar(grid: TempoMap, bar_index: int, time: int) -> tuple[int, int]:
+    """(bar index, time) after a BAR token: the next bar line, or the first bar line at or after
+    `time` when shifts ran past bar lines. The one rule the decoder, the sampler and the controls
+    (`token_times`) follow; a SHIFT just adds its value."""
+    bar_index += 1
+    if grid.bar_start(bar_index) < time:
+        bar_index = grid.bar_at_or_after(time)
+    return bar_index, grid.bar_start(bar_index)
+
+
+def token_times(tokens, tok, grid: TempoMap) -> np.ndarray:
+    """Time (in steps) right after each token, following the decoder's rules: SHIFT moves on by
+    its value, BAR goes to the next bar line (to the first bar line at or after the time when
+    shifts ran past bar lines).
+
+    Between two BARs the time is the bar's start plus the shifts so far (a cumulative sum). The
+    n-th BAR starts bar n unless shifts ran past its line; that is checked for all BARs at once,
+    and only then are the BARs followed one by one."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) == 0:
+        return np.zeros(0, dtype=np.int64)
+    kinds = tok.token_type[tokens]
+    shift = np.where(kinds == SHIFT, tok.token_value[tokens], 0).astype(np.int64)
+    moved = np.cumsum(shift)
+    bars = np.flatnonzero(kinds == BAR)
+    if len(bars) == 0:
+        return moved
+    segment = np.cumsum(kinds == BAR) - 1  # which BAR each token follows (-1: none yet)
+    index = np.arange(len(bars))
+    bar_starts = grid.bar_starts(index)
+    # the time just before each BAR, if every BAR so far went to the next bar line
+    before = np.where(index > 0, bar_starts[index - 1] + moved[bars - 1] - moved[bars[index - 1]], 0)
+    before[0] = moved[bars[0]]  # shifts before the first BAR (a BAR adds no shift)
+    if (bar_starts < before).any():  # shifts ran past a bar line: follow the BARs in order
+        bar_index, time, previous = -1, 0, 0
+        for i, j in enumerate(bars.tolist()):
+            bar_index, time = after_bar(grid, bar_index, time + int(moved[j] - previous))
+            bar_starts[i], previous = time, int(moved[j])
+    base = bar_starts[segment] - moved[bars[segment]]
+    return np.where(segment >= 0, base + moved, moved)
+
+
 class StreamingDecoder:
     """Takes tokens one at a time; `push` returns each note the moment its DURATION arrives.
 
@@ -327,7 +372,7 @@ class StreamingDecoder:
         self.tok = tokenizer
         res = tokenizer.config.resolution
         self.like = like if like is not None else Song(np.zeros((0, 5)), res)
-        self.grid = self.like.bar_grid()
+        self.grid = self.like.tempo_map
         self.time = 0
         self.bar_index = -1
         self.program = tokenizer.initial_program
@@ -339,7 +384,7 @@ class StreamingDecoder:
 
     @property
     def next_bar(self) -> int:
-        return self.grid.start(self.bar_index + 1)
+        return self.grid.bar_start(self.bar_index + 1)
 
     def push(self, token: int):
         tok = self.tok
@@ -350,10 +395,7 @@ class StreamingDecoder:
         if kind in (BAR, SHIFT, PROGRAM_T, PITCH_T, DRUM_T, EOS, BOS, PAD):
             self.pending = None  # an unfinished note is dropped, never half-emitted
         if kind == BAR:
-            self.bar_index += 1
-            if self.grid.start(self.bar_index) < self.time:  # shifts ran past bar lines
-                self.bar_index = self.grid.index_at_or_after(self.time)
-            self.time = self.grid.start(self.bar_index)
+            self.bar_index, self.time = after_bar(self.grid, self.bar_index, self.time)
             self.bars_seen += 1
         elif kind == SHIFT:
             self.time += value

@@ -65,7 +65,7 @@ def estimate_chords(notes, n_beats, resolution):
 def bar_densities(notes, grid, n_bars, resolution):
     out = np.zeros(n_bars, dtype=np.int64)
     onsets = np.unique(notes[:, ONSET]) if len(notes) else np.zeros(0, dtype=np.int64)
-    starts = np.array([grid.start(i) for i in range(n_bars + 1)])
+    starts = np.array([grid.bar_start(i) for i in range(n_bars + 1)])
     counts = np.diff(np.searchsorted(onsets, starts))
     beats = np.diff(starts) / resolution
     for i in range(n_bars):
@@ -85,23 +85,23 @@ def token_times(tokens, tok, grid):
             time += int(values[t])
         elif kind == BAR:
             bar += 1
-            if grid.start(bar) < time:
-                bar = grid.index_at_or_after(time)
-            time = grid.start(bar)
+            if grid.bar_start(bar) < time:
+                bar = grid.bar_at_or_after(time)
+            time = grid.bar_start(bar)
         out[i] = time
     return out
 
 
 def controls_for(song, tokens, tok):
     res = tok.config.resolution
-    grid = song.bar_grid()
+    grid = song.tempo_map
     times = token_times(tokens, tok, grid)
     last = int(max(times.max() if len(times) else 0, song.end)) + 1
     n_beats = last // res + 1
-    n_bars = int(ctl.bar_at(grid, np.array([last]))[0]) + 2
+    n_bars = int(grid.bars_of(np.array([last]))[0]) + 2
     out = np.empty((len(tokens), 4), dtype=np.uint8)
     out[:, ctl.KEY] = estimate_key_index(song.notes)
     out[:, ctl.CHORD] = estimate_chords(song.notes, n_beats, res)[times // res]
-    out[:, ctl.DENSITY] = bar_densities(song.notes, grid, n_bars, res)[ctl.bar_at(grid, times)]
+    out[:, ctl.DENSITY] = bar_densities(song.notes, grid, n_bars, res)[grid.bars_of(times)]
     out[:, ctl.POSITION] = ctl.position_in_bar(grid, times, res)
     return out

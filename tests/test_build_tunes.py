@@ -50,8 +50,8 @@ def assert_monophonic(song):
 
 
 def bar_lines(song, count):
-    grid = song.bar_grid()
-    return [grid.start(i) for i in range(count)]
+    grid = song.tempo_map
+    return [grid.bar_start(i) for i in range(count)]
 
 
 def test_pickup_is_padded_so_it_ends_on_the_first_bar_line():

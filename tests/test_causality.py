@@ -6,7 +6,6 @@ older one (whose leaky inputs must be hidden). The same check fed the older, lea
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from melodylstm import controls as ctl

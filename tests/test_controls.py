@@ -11,7 +11,7 @@ from melodylstm.data import WindowSampler
 from melodylstm.midi import Song
 from melodylstm.model import MelodyLSTM
 from melodylstm.sampling import FastLSTM
-from melodylstm.tokenizer import Tokenizer
+from melodylstm.tokenizer import Tokenizer, token_times
 
 from helpers import cli
 
@@ -69,7 +69,7 @@ def test_per_token_controls_read_only_the_notes_before_their_beat_or_bar():
     kept, _ = TOK.normalize(song)
     tokens = TOK.encode_normalized(kept)
     c = ctl.controls_for(kept, tokens, TOK)
-    times = ctl.token_times(tokens, TOK, kept.bar_grid())
+    times = token_times(tokens, TOK, kept.tempo_map)
     old = ctl.controls_for(kept, tokens, TOK, causal=False)
     # the key heard so far: unknown for the first 8 notes, then the piece's key
     heard = np.array([(kept.notes[:, 0] < (t // RES) * RES).sum() for t in times])
@@ -93,7 +93,7 @@ def test_per_token_controls_of_older_checkpoints_follow_the_music():
     c = ctl.controls_for(kept, tokens, TOK, causal=False)
     assert c.shape == (len(tokens), 4)
     assert set(c[:, ctl.KEY]) == {theory.key_index(2, "major")}
-    times = ctl.token_times(tokens, TOK, kept.bar_grid())
+    times = token_times(tokens, TOK, kept.tempo_map)
     assert np.array_equal(c[:, ctl.POSITION], times % 48)  # 4/4 bars of 48 steps
     assert c[times < 24, ctl.CHORD].tolist() == [theory.chord_index(2, "")] * int((times < 24).sum())
     assert set(c[(times >= 48) & (times < 96), ctl.DENSITY]) == {ctl.density_bucket(0.5)}  # 2 chords in 4 beats

@@ -9,7 +9,7 @@ import controls_reference as ref
 from melodylstm import controls as ctl
 from melodylstm import theory
 from melodylstm.midi import MidiError, Song, read_midi
-from melodylstm.tokenizer import Tokenizer
+from melodylstm.tokenizer import Tokenizer, token_times
 
 TOK = Tokenizer()
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,11 +21,11 @@ def same_controls(song):
     tokens = TOK.encode_normalized(kept)
     fast, slow = ctl.controls_for(kept, tokens, TOK, causal=False), ref.controls_for(kept, tokens, TOK)
     assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
-    grid, res = kept.bar_grid(), TOK.config.resolution
+    grid, res = kept.tempo_map, TOK.config.resolution
     for n_beats in (1, 3, kept.end // res + 2):  # also cut short, as tests and generate call it
         assert np.array_equal(ctl.estimate_chords(kept.notes, n_beats, res), ref.estimate_chords(kept.notes, n_beats, res))
     assert theory.estimate_key_index(kept.notes) == ref.estimate_key_index(kept.notes)
-    n_bars = grid.index_at_or_after(kept.end) + 2
+    n_bars = grid.bar_at_or_after(kept.end) + 2
     assert np.array_equal(ctl.bar_densities(kept.notes, grid, n_bars, res), ref.bar_densities(kept.notes, grid, n_bars, res))
 
 
@@ -77,9 +77,9 @@ def test_token_times_when_shifts_run_past_bar_lines():
     note = [TOK.pitch_token(60), TOK.velocity0 + 3, TOK.duration0 + 5]
     tokens = [TOK.bos, TOK.bar, *note, shift(48), shift(30), TOK.bar, *note, TOK.bar, shift(12), TOK.bar, *note, TOK.eos]
     for sigs in ([(0, 4, 4)], [(0, 3, 4), (40, 2, 4), (100, 4, 4)]):
-        grid = Song(np.zeros((0, 5)), 12, [(0, 500000)], sigs).bar_grid()
-        assert np.array_equal(ctl.token_times(tokens, TOK, grid), ref.token_times(tokens, TOK, grid))
-    assert ctl.token_times([], TOK, grid).tolist() == []
+        grid = Song(np.zeros((0, 5)), 12, [(0, 500000)], sigs).tempo_map
+        assert np.array_equal(token_times(tokens, TOK, grid), ref.token_times(tokens, TOK, grid))
+    assert token_times([], TOK, grid).tolist() == []
 
 
 def test_key_ties_and_flat_histograms():

@@ -53,7 +53,7 @@ def test_sampled_tokens_obey_the_grammar(gen):
     from melodylstm.sampling import Sampler, start_state
 
     gen.net.reset(4)
-    state = start_state(TOK, 4, Song(np.zeros((0, 5)), 12).bar_grid())
+    state = start_state(TOK, 4, Song(np.zeros((0, 5)), 12).tempo_map)
     rows = Sampler(gen.net, TOK, 1.3).run(4, state, lambda s, n, k: np.zeros(4, bool), np.random.default_rng(0), 500)
     for row in rows:
         assert TOK.is_legal([TOK.bos] + row)
@@ -87,9 +87,9 @@ def test_continuation_keeps_the_input_unchanged_and_adds_its_own_track(random_ck
 def test_bars_count_generated_music_only_and_end_cleanly(gen, tmp_path):
     primer = scale_song(1, bars=3)  # ends exactly on a bar line
     result = gen.continue_(primer, bars=5, seed=4)[0]
-    grid = primer.bar_grid()
-    start_bar = grid.index_at_or_after(primer.end)
-    end = grid.start(start_bar + 5)
+    grid = primer.tempo_map
+    start_bar = grid.bar_at_or_after(primer.end)
+    end = grid.bar_start(start_bar + 5)
     assert result.notes.end <= end
     assert result.notes.notes[:, 0].max() >= end - 2 * 48  # music reaches into the last bars
     assert result.notes.notes[:, 0].min() >= primer.notes[-1, 0]

@@ -70,13 +70,13 @@ def test_stats_command_writes_a_report(tmp_path):
 
 
 def test_bar_repetition_counts_exact_and_transposed_repeats():
-    from melodylstm.midi import BarGrid
+    from melodylstm.midi import TempoMap
 
     motif = [(0, 12, 60), (12, 12, 64), (24, 24, 67)]
     bars = [0, 0, 5, 9]  # bar 2 repeats bar 1, bar 3 is bar 1 a fourth up; bar 4 differs in rhythm
     notes = [(b * 48 + o, d, p + t, 80, 0) for b, t in enumerate(bars[:3]) for o, d, p in motif]
     notes += [(3 * 48, 48, 69, 80, 0)]
-    value = stats.bar_repetition(np.array(notes), BarGrid([(0, 4, 4)], 12))
+    value = stats.bar_repetition(np.array(notes), TempoMap(resolution=12))
     assert value == pytest.approx(2 / 4)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from melodylstm.midi import Song, read_midi_tracks, write_midi
 from melodylstm.pianoroll import BAR_LINE, GENERATED, PLAYHEAD, PRIMER, geometry, shaded
-from melodylstm.studio import ANSWER_TRACK, PHRASE_TRACK, Meter, Session
+from melodylstm.studio import ANSWER_TRACK, PHRASE_TRACK, Session
 
 from helpers import SR, onsets, read_wav
 
@@ -299,10 +299,10 @@ def test_session_edits_remove_the_very_part_and_retime_from_the_next_bar():
     session.mark_saved(session.version)
     assert session.remove(first) and session.dirty and not session.remove(first)
     session.retime(3.0, bpm=60)  # notes recorded: from the next bar line (4 s) on
-    assert session.meter.seconds(8 * 480) == pytest.approx(4.0) and session.meter.seconds(9 * 480) == pytest.approx(5.0)
+    assert session.tempo_map.seconds(8 * 480) == pytest.approx(4.0) and session.tempo_map.seconds(9 * 480) == pytest.approx(5.0)
     empty = Session(bpm=120)
     empty.retime(3.0, bpm=60, metre=(3, 4))  # nothing recorded: the grid moves from time 0
-    assert empty.meter.seconds(480) == pytest.approx(1.0) and empty.meter.signatures == [(0, 3, 4)]
+    assert empty.tempo_map.seconds(480) == pytest.approx(1.0) and empty.tempo_map.signatures == [(0, 3, 4)]
 
 
 def test_piano_roll_colours_tracks_apart_unless_some_notes_are_the_models():
@@ -314,15 +314,6 @@ def test_piano_roll_colours_tracks_apart_unless_some_notes_are_the_models():
     answered = tracks + [(1, 2, 62, 90, 0, True, 3)]
     colour = note_colours(answered)
     assert [colour(n) for n in answered] == [PRIMER, PRIMER, PRIMER, GENERATED]
-
-
-def test_meter_changes_start_at_the_next_bar():
-    meter = Meter(120, (4, 4))
-    meter.change(3.0, bpm=60)  # in bar 2 (2-4 s): from bar 3 on, at 4 s
-    assert meter.seconds(8 * 480) == pytest.approx(4.0)
-    assert meter.seconds(9 * 480) == pytest.approx(5.0)
-    assert meter.next_beat(4.2) == pytest.approx(5.0)
-    assert meter.tick_at(5.0) == pytest.approx(9 * 480)
 
 
 def test_stuck_stream_channel_moves_on():

@@ -14,12 +14,12 @@ Layers, each usable without the ones above it:
 from .answers import (AnswerJob, Answerer, SamplerProcess, SamplerThread, available_styles, check_controls,
                       sample_answer, supported_controls)
 from .audio import Audio, KeySounds, NullAudio, open_audio
-from .session import (ANSWER_TRACK, PHRASE_TRACK, SAVE_RESOLUTION, TICKS, Meter, Part, Placement, Session,
+from .session import (ANSWER_TRACK, PHRASE_TRACK, SAVE_RESOLUTION, TICKS, Part, Placement, Session,
                       load_phrase, render_file_wav, render_in_child)
 from .view import Canvas
 from .window import Studio, default_folder, run_studio
 
 __all__ = ["ANSWER_TRACK", "PHRASE_TRACK", "SAVE_RESOLUTION", "TICKS", "AnswerJob", "Answerer", "Audio", "Canvas",
-           "KeySounds", "Meter", "NullAudio", "Part", "Placement", "SamplerProcess", "SamplerThread", "Session",
+           "KeySounds", "NullAudio", "Part", "Placement", "SamplerProcess", "SamplerThread", "Session",
            "Studio", "available_styles", "check_controls", "default_folder", "load_phrase", "open_audio",
            "render_file_wav", "render_in_child", "run_studio", "sample_answer", "supported_controls"]

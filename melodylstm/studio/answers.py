@@ -302,7 +302,7 @@ class Answerer:
         return (id(last), len(last.notes)) if last else None
 
     def pause_seconds(self) -> float:
-        return self.pause if self.pause is not None else self.session.meter.bar_seconds()
+        return self.pause if self.pause is not None else self.session.tempo_map.bar_seconds()
 
     def update(self) -> None:
         """Called by the window's loop: start, place, feed, finish or withdraw the answer."""
@@ -346,13 +346,13 @@ class Answerer:
         first = job.incoming[0]
         placement = None
         if job.in_place:
-            placement = Placement(session.meter, session.resolution, job.crop)
+            placement = Placement(session.tempo_map, session.resolution, job.crop)
             if placement.place(first)[0] < earliest:
                 placement = None
         if placement is None:
             origin = job.target if job.target is not None and job.target >= earliest else \
-                session.meter.next_step(earliest, session.resolution)
-            placement = Placement(session.meter, session.resolution, job.crop, origin)
+                session.tempo_map.next_step(earliest, session.resolution)
+            placement = Placement(session.tempo_map, session.resolution, job.crop, origin)
         job.placement = placement
         job.origin = placement.place(first)[0]
         job.part = session.begin_answer(job.seed)

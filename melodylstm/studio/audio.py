@@ -124,7 +124,7 @@ class Audio:
         self.anchor = None  # (stream seconds, monotonic seconds) of the block playing now
         self.metronome = True
         self.clicked_until = 0.0
-        self.meter = None
+        self.tempo_map = None
 
     # the clock
     def now(self) -> float:
@@ -187,8 +187,8 @@ class Audio:
 
     def _clicks(self, until: float) -> None:
         start = max(self.clicked_until, self.renderer.now)
-        if self.metronome and self.meter is not None:
-            for when, bar in self.meter.beats(start, until):
+        if self.metronome and self.tempo_map is not None:
+            for when, bar in self.tempo_map.beats(start, until):
                 self.timeline.add_note(when, when + 0.05, CLICK_BAR if bar else CLICK_BEAT, 100 if bar else 75,
                                        DRUMS, shown=False)
         self.clicked_until = max(self.clicked_until, until)
@@ -213,7 +213,7 @@ class NullAudio:
     def __init__(self):
         self.t0 = time.monotonic()
         self.metronome = False
-        self.meter = None
+        self.tempo_map = None
         self.keys = None
 
     def now(self):

@@ -6,7 +6,6 @@ No window and no sound:
 """
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import sys
@@ -16,117 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CONTINUE_TEMPERATURE
-from ..midi import DRUMS, BarGrid, MidiError, Song, crop_song, steps_to_seconds
+from ..midi import DRUMS, MidiError, Song, TempoMap, crop_song, crop_to_bar
 
 TICKS = 480  # the session clock's ticks per quarter note: exact for every metre and the model's grid
 SAVE_RESOLUTION = 96  # steps per quarter in saved files: keeps the feel of live playing (5 ms at 120 bpm)
 ANSWER_TRACK = "melodylstm answer"  # `melodylstm show` draws tracks named melodylstm... as the model's
 PHRASE_TRACK = "phrases"
-
-
-# ---------------------------------------------------------------- time: tempo and metre
-
-class Meter:
-    """The session's tempo map and metre, in ticks; a change starts at the next bar line, so the
-    bars already played keep their places."""
-
-    def __init__(self, bpm: float = 120.0, metre=(4, 4)):
-        self.tempos = [(0, round(60e6 / bpm))]  # (tick, microseconds per quarter)
-        self.signatures = [(0, int(metre[0]), int(metre[1]))]  # (tick, numerator, denominator)
-
-    @property
-    def bpm(self) -> float:
-        return 60e6 / self.tempos[-1][1]
-
-    @property
-    def metre(self) -> tuple[int, int]:
-        return self.signatures[-1][1], self.signatures[-1][2]
-
-    def seconds(self, tick):
-        """Seconds of a tick, or of an array of ticks."""
-        out = steps_to_seconds(np.asarray(tick, dtype=np.float64), self.tempos, TICKS)
-        return float(out) if np.ndim(out) == 0 else out
-
-    def tick_at(self, seconds):
-        """Ticks (fractional) at a time, or at an array of times."""
-        ticks = np.array([t for t, _ in self.tempos], dtype=np.float64)
-        starts = np.atleast_1d(self.seconds(ticks))
-        per_second = np.array([1e6 / us * TICKS for _, us in self.tempos])
-        at = np.asarray(seconds, dtype=np.float64)
-        i = np.clip(np.searchsorted(starts, at, side="right") - 1, 0, len(starts) - 1)
-        out = ticks[i] + (at - starts[i]) * per_second[i]
-        return float(out) if np.ndim(out) == 0 else out
-
-    def bar_grid(self) -> BarGrid:
-        return BarGrid(self.signatures, TICKS)
-
-    def bar_start(self, tick: float) -> int:
-        """The bar line at or before `tick`."""
-        grid = self.bar_grid()
-        return grid.start(max(0, grid.index_at_or_after(math.floor(tick) + 1) - 1))
-
-    def next_bar(self, seconds: float) -> int:
-        grid = self.bar_grid()
-        return grid.start(grid.index_at_or_after(math.ceil(self.tick_at(seconds) - 1e-6)))
-
-    def next_beat(self, seconds: float) -> float:
-        tick = self.tick_at(seconds)
-        start = self.bar_start(tick)
-        beat = self.beat_ticks(start)
-        return self.seconds(start + math.ceil((tick - start) / beat - 1e-9) * beat)
-
-    def next_step(self, seconds: float, resolution: int) -> float:
-        """The first point of the model's grid at or after `seconds`."""
-        size = TICKS / resolution
-        return self.seconds(math.ceil(self.tick_at(seconds) / size - 1e-9) * size)
-
-    def beats(self, t0: float, t1: float) -> list[tuple[float, bool]]:
-        """(seconds, is a bar line) of every beat in [t0, t1): the metronome's clicks."""
-        tick = self.tick_at(max(0.0, t0))
-        grid = self.bar_grid()
-        index = max(0, grid.index_at_or_after(math.floor(tick) + 1) - 1)
-        out = []
-        while True:
-            start, end = grid.start(index), grid.start(index + 1)
-            beat = self.beat_ticks(start)
-            for at in range(start, end, beat):
-                when = self.seconds(at)
-                if when >= t1:
-                    return out
-                if when >= t0:
-                    out.append((when, at == start))
-            index += 1
-
-    def beat_ticks(self, tick: int) -> int:
-        denominator = [d for t, n, d in self.signatures if t <= tick][-1]
-        return TICKS * 4 // denominator
-
-    def bar_seconds(self) -> float:
-        numerator, denominator = self.metre
-        return numerator * 4 / denominator * 60.0 / self.bpm
-
-    def change(self, at_seconds: float, bpm: float | None = None, metre=None) -> None:
-        tick = self.next_bar(at_seconds)
-        if bpm is not None:
-            self.tempos = [t for t in self.tempos if t[0] < tick] + [(tick, round(60e6 / bpm))]
-        if metre is not None:
-            self.signatures = [s for s in self.signatures if s[0] < tick] + [(tick, int(metre[0]), int(metre[1]))]
-
-    def restart(self, bpm: float, metre) -> None:
-        """A new map from time 0 (nothing is recorded yet, so nothing moves)."""
-        self.tempos, self.signatures = [(0, round(60e6 / bpm))], [(0, int(metre[0]), int(metre[1]))]
-
-    def maps(self, resolution: int):
-        """The tempo map and metre in steps of `resolution` per quarter (a Song's)."""
-        def step(tick):
-            return round(tick * resolution / TICKS)
-
-        return [(step(t), us) for t, us in self.tempos], [(step(t), n, d) for t, n, d in self.signatures]
-
-    def grid(self):
-        from ..pianoroll import Grid
-
-        return Grid(self.tempos, self.signatures, TICKS)
 
 
 # ---------------------------------------------------------------- the piece
@@ -147,8 +41,8 @@ class Placement:
     (seconds) puts its first note there (its leading rest is dropped: the pause was the rest),
     None continues in place, right where the primer ends (after a loaded file)."""
 
-    def __init__(self, meter: Meter, resolution: int, crop: int, origin: float | None = None):
-        self.meter, self.size = meter, TICKS / resolution
+    def __init__(self, tempo_map: TempoMap, resolution: int, crop: int, origin: float | None = None):
+        self.tempo_map, self.size = tempo_map, TICKS / resolution
         self.origin, self.base = origin, crop * TICKS / resolution if origin is None else None
 
     def place(self, note) -> list:
@@ -160,9 +54,9 @@ class Placement:
         if not len(notes):
             return []
         if self.base is None:  # the first note fixes where step 0 lies
-            self.base = self.meter.tick_at(self.origin) - int(notes[0, 0]) * self.size
+            self.base = self.tempo_map.step_at(self.origin) - int(notes[0, 0]) * self.size
         start = self.base + notes[:, 0] * self.size
-        times = np.atleast_1d(self.meter.seconds(np.concatenate([start, start + notes[:, 1] * self.size])))
+        times = np.atleast_1d(self.tempo_map.seconds(np.concatenate([start, start + notes[:, 1] * self.size])))
         n = len(notes)
         return [[float(a), float(b), *row] for a, b, row in zip(times[:n], times[n:], notes[:, 2:].tolist())]
 
@@ -172,7 +66,7 @@ class Session:
     here (the window reads `parts` but never changes them)."""
 
     def __init__(self, bpm: float = 120.0, metre=(4, 4), resolution: int = 12):
-        self.meter = Meter(bpm, metre)
+        self.tempo_map = TempoMap.steady(bpm, metre, TICKS)  # on the session clock's ticks
         self.resolution = resolution  # the model's grid (the primer is written on it)
         self.parts: list[Part] = []
         self.held = {}  # pitch -> (start s, velocity, program): keys down now
@@ -267,18 +161,15 @@ class Session:
         """Parts (default: all) as one Song at `resolution`, cropped to the bar of the first note.
         Returns the song and the step it was cropped at."""
         parts = self.parts if parts is None else parts
-        tempos, signatures = self.meter.maps(resolution)
+        grid = self.tempo_map.on_grid(resolution)
         rows = np.array([n for part in parts for n in part.notes], dtype=np.float64).reshape(-1, 5)
-        onsets = np.maximum(0, np.round(self.meter.tick_at(rows[:, 0]) * resolution / TICKS))
-        stops = np.round(self.meter.tick_at(rows[:, 1]) * resolution / TICKS)
+        onsets = np.maximum(0, np.round(self.tempo_map.step_at(rows[:, 0]) * resolution / TICKS))
+        stops = np.round(self.tempo_map.step_at(rows[:, 1]) * resolution / TICKS)
         notes = np.column_stack([onsets, np.maximum(1, stops - onsets), rows[:, 2:]]).astype(np.int64)
-        song = Song(notes, resolution, tempos, signatures)
+        song = Song(notes, resolution, grid.tempos, grid.signatures)
         if not crop or not len(song.notes):
             return song, 0
-        grid = song.bar_grid()
-        first = int(song.notes[:, 0].min())
-        start = grid.start(max(0, grid.index_at_or_after(first + 1) - 1))
-        return crop_song(song, start), start
+        return crop_to_bar(song)
 
     def primer(self, parts=None) -> tuple[Song, int]:
         """What the model continues: the whole session so far, on the model's grid."""
@@ -291,17 +182,17 @@ class Session:
         """When an answer to the last phrase comes in: the first beat at least `pause` seconds
         after the last note (played or answered) ended."""
         silence = max(self.last_release or 0.0, self.end())
-        return self.meter.next_beat(silence + pause)
+        return self.tempo_map.next_beat(silence + pause)
 
     def answer(self, generator, bars: int = 2, temperature: float = CONTINUE_TEMPERATURE, seed=None,
                at: float | None = None, pause: float | None = None, **controls) -> Part:
         """Sample an answer to the whole session and add it. It starts `at` seconds (default: on
         the first beat after a bar of silence, as the window does)."""
         primer, crop = self.primer()
-        origin = at if at is not None else self.pause_end(self.meter.bar_seconds() if pause is None else pause)
+        origin = at if at is not None else self.pause_end(self.tempo_map.bar_seconds() if pause is None else pause)
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         result = generator.continue_(primer, bars=bars, temperature=temperature, seed=seed, **controls)[0]
-        return self.add_answer(result.notes.notes, Placement(self.meter, self.resolution, crop, origin), seed)
+        return self.add_answer(result.notes.notes, Placement(self.tempo_map, self.resolution, crop, origin), seed)
 
     def add_answer(self, notes, placement: Placement, seed=None) -> Part:
         part = self.begin_answer(seed)
@@ -340,9 +231,9 @@ class Session:
         """A new tempo or metre: from `at`'s next bar line on, or from time 0 while nothing is
         recorded (then the grid may move)."""
         if self.note_count() == 0 and not self.held:
-            self.meter.restart(bpm or self.meter.bpm, metre or self.meter.metre)
+            self.tempo_map.restart(bpm or self.tempo_map.bpm, metre or self.tempo_map.metre)
         else:
-            self.meter.change(at, bpm, metre)
+            self.tempo_map.change(at, bpm, metre)
 
     def mark_saved(self, version: int) -> None:
         """The piece as it was at `version` is on disk (a save from another thread, the autosave)."""
@@ -358,10 +249,10 @@ class Session:
             name = "file" if isinstance(source, (bytes, bytearray, Song)) else os.path.basename(os.fspath(source))
         bpm, metre = 60e6 / song.tempos[0][1], song.time_signatures[0][1:]
         if self.note_count() == 0:
-            self.meter.restart(bpm, metre)
+            self.tempo_map.restart(bpm, metre)
         else:
-            self.meter.change(at, bpm, metre)
-        start = self.meter.seconds(self.meter.next_bar(at))
+            self.tempo_map.change(at, bpm, metre)
+        start = self.tempo_map.seconds(self.tempo_map.next_bar(at))
         onsets = song.seconds(song.notes[:, 0])
         ends = song.seconds(song.notes[:, 0] + song.notes[:, 1])
         notes = [[start + float(s), start + float(e), p, v, prog]
@@ -378,7 +269,7 @@ class Session:
         import copy
 
         other = copy.copy(self)
-        other.meter = copy.deepcopy(self.meter)
+        other.tempo_map = copy.deepcopy(self.tempo_map)
         other.parts = [Part(p.kind, [list(n) for n in p.notes], p.name, p.seed) for p in self.parts]
         other.held = {}
         return other
@@ -431,9 +322,7 @@ def load_phrase(source, resolution: int = SAVE_RESOLUTION) -> Song:
     song = read_midi_bytes(source, resolution) if isinstance(source, (bytes, bytearray)) else read_midi(source, resolution)
     if not len(song.notes):
         raise MidiError("the file has no notes")
-    grid = song.bar_grid()
-    first = int(song.notes[:, 0].min())
-    return crop_song(song, grid.start(max(0, grid.index_at_or_after(first + 1) - 1)))
+    return crop_to_bar(song)[0]
 
 
 def render_file_wav(midi_path, wav_path, synth: str = "auto", soundfont=None) -> str:

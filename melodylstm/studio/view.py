@@ -43,7 +43,7 @@ class Canvas:
     # ------------------------------------------------------------ what is in view
 
     def span(self) -> float:
-        return max(8.0, 4 * self.app.session.meter.bar_seconds())
+        return max(8.0, 4 * self.app.session.tempo_map.bar_seconds())
 
     def scroll(self, seconds: float) -> None:
         self.follow = False
@@ -106,8 +106,8 @@ class Canvas:
         from .. import pianoroll as roll
 
         session = self.app.session
-        meter, parts = session.meter, session.parts
-        key = (t0, t1, area.get_size(), low, high, tuple(meter.tempos), tuple(meter.signatures))
+        tempo, parts = session.tempo_map, session.parts
+        key = (t0, t1, area.get_size(), low, high, tuple(tempo.tempos), tuple(tempo.signatures))
         kept = key == self.cache_key and all(any(p is q for q in parts) and len(p.notes) >= n
                                              for p, n in self.cache_parts)
         if kept:
@@ -115,7 +115,7 @@ class Canvas:
             new = [(*n, p.kind == "answer") for p in parts for n in p.notes[done.get(id(p), 0):]]
         else:
             self.cache = self.app.pygame.Surface(area.get_size(), 0, area)  # the screen's format: a plain copy
-            roll.draw_background(self.cache, low, high, t0, t1, meter.grid())
+            roll.draw_background(self.cache, low, high, t0, t1, tempo)
             new = session.roll_notes()
         if new:
             roll.draw_notes(self.cache, new, low, high, t0, t1, colour_of=self.colour_of)

@@ -52,7 +52,7 @@ class Studio:
         self.inport, self.size = inport, size
         self.synth_kind = audio.name if audio.name != "none" else synth
         self.soundfont = soundfont
-        self.audio.metronome, self.audio.meter = metronome, session.meter
+        self.audio.metronome, self.audio.tempo_map = metronome, session.tempo_map
         self.log = log if log is not None else (lambda m: print(f"studio: {m}", file=sys.stderr, flush=True))
         self.octave, self.velocity = 60, 96  # the A key plays C4
         self.down = {}  # key -> pitch sounding for it
@@ -292,7 +292,7 @@ class Studio:
         elif key == pygame.K_ESCAPE:
             self.escape()
         elif key in (pygame.K_LEFT, pygame.K_RIGHT):
-            canvas.scroll((1 if key == pygame.K_RIGHT else -1) * self.session.meter.bar_seconds())
+            canvas.scroll((1 if key == pygame.K_RIGHT else -1) * self.session.tempo_map.bar_seconds())
         elif key in (pygame.K_PAGEUP, pygame.K_PAGEDOWN):
             canvas.scroll((1 if key == pygame.K_PAGEDOWN else -1) * canvas.span() * 0.8)
         elif key == pygame.K_HOME:
@@ -316,7 +316,7 @@ class Studio:
         if name is not None:
             self.adjust(name, 1 if event.y > 0 else -1)
         else:
-            self.canvas.scroll(-(event.y or -event.x) * self.session.meter.bar_seconds())
+            self.canvas.scroll(-(event.y or -event.x) * self.session.tempo_map.bar_seconds())
 
     def click(self, pos, direction: int) -> None:
         name = self.canvas.control_at(pos)
@@ -340,9 +340,9 @@ class Studio:
         elif name == "bars":
             answers.bars = max(1, min(32, answers.bars + direction))
         elif name == "tempo":
-            session.retime(self.audio.now(), bpm=max(30.0, min(300.0, round(session.meter.bpm) + 5 * direction)))
+            session.retime(self.audio.now(), bpm=max(30.0, min(300.0, round(session.tempo_map.bpm) + 5 * direction)))
         elif name == "metre":
-            i = METRES.index(session.meter.metre) if session.meter.metre in METRES else -1
+            i = METRES.index(session.tempo_map.metre) if session.tempo_map.metre in METRES else -1
             session.retime(self.audio.now(), metre=METRES[(i + direction) % len(METRES)])
         elif name == "metronome":
             self.audio.metronome = not self.audio.metronome
@@ -361,10 +361,10 @@ class Studio:
         self.canvas.redraw()
 
     def control_text(self, name: str) -> str:
-        meter, answers = self.session.meter, self.answerer
+        tempo, answers = self.session.tempo_map, self.answerer
         texts = {
-            "synth": f"synth: {self.audio.name}", "tempo": f"{meter.bpm:.0f} bpm",
-            "metre": "%d/%d" % meter.metre, "metronome": "click on" if self.audio.metronome else "click off",
+            "synth": f"synth: {self.audio.name}", "tempo": f"{tempo.bpm:.0f} bpm",
+            "metre": "%d/%d" % tempo.metre, "metronome": "click on" if self.audio.metronome else "click off",
             "temperature": f"temp {answers.temperature:.1f}",
             "bars": f"{answers.bars} bar{'s' if answers.bars != 1 else ''}",
             "key": f"key {answers.key or 'off'}", "style": f"style {answers.style or '-'}",
