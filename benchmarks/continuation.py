@@ -127,7 +127,7 @@ def table(name: str, report: dict) -> str:
 
 def main(argv=None) -> None:
     from melodylstm.checkpoint import load_checkpoint
-    from melodylstm.continuation import evaluate_continuation
+    from melodylstm.metrics.continuations import evaluate_continuation
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--checkpoint", default=None, help="default: the bundled default model")

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from melodylstm import controls as ctl  # noqa: E402
-from melodylstm import stats  # noqa: E402
+from melodylstm.metrics import features as stats  # noqa: E402
 from melodylstm import theory  # noqa: E402
 from melodylstm.config import DEFAULT_TEMPERATURE  # noqa: E402
 from melodylstm.midi import DRUMS, ONSET, PITCH, PROGRAM, Song, write_midi  # noqa: E402
@@ -88,7 +88,7 @@ def main():
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from melodylstm.evaluate import evaluate_folder
+    from melodylstm.metrics.likelihood import evaluate_folder
     from melodylstm.generate import Generator
 
     gen = Generator.load(args.checkpoint)

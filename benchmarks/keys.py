@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from melodylstm import theory  # noqa: E402
-from melodylstm.continuation import polyphony_at_onsets  # noqa: E402
+from melodylstm.metrics.continuations import polyphony_at_onsets  # noqa: E402
 from melodylstm.generate import Generator  # noqa: E402
 
 

@@ -286,13 +286,13 @@ def evaluate(ctx, folder, checkpoint, split, baseline_train, order, as_json, con
     from .checkpoint import load_checkpoint
 
     if continuation:
-        from .continuation import evaluate_continuation, format_continuation
+        from .metrics.continuations import evaluate_continuation, format_continuation
 
         report = evaluate_continuation(load_checkpoint(checkpoint), folder, split, primer_bars, bars, pieces, samples,
                                        seed, temperature, track, progress=not ctx.obj["quiet"], key_strength=key_strength)
         click.echo(json.dumps(report, indent=2) if as_json else format_continuation(report))
         return
-    from .evaluate import evaluate_folder, format_report
+    from .metrics.likelihood import evaluate_folder, format_report
 
     ckpt = load_checkpoint(checkpoint)
     hidden = ckpt.model_config.control_names if hide.strip() == "all" else [h.strip() for h in hide.split(",") if h.strip()]
@@ -317,7 +317,7 @@ def stats(ctx, generated, reference, out, reference_split, as_json, max_pieces, 
 
     Each distance distribution uses every pair of pieces up to 100,000 pairs, and beyond that
     100,000 pairs drawn at random (--seed): memory stays flat whatever the folders hold."""
-    from . import stats as music_stats
+    from .metrics import features as music_stats
 
     check_output(generated, out)
     rep = music_stats.report(generated, reference, reference_split, max_pieces, seed)

@@ -29,7 +29,7 @@ from . import controls as ctl
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CONTROL_DIMS, ModelConfig
 from .data import WindowSampler, load_corpus, parse_sources, validation_index
-from .evaluate import hidden_controls
+from .metrics.likelihood import hidden_controls
 from .fileio import atomic_write_bytes, write_error
 from .model import MelodyLSTM
 from .progress import TrainingProgress

@@ -10,9 +10,9 @@ import torch
 
 from melodylstm import controls as ctl
 from melodylstm.config import CONTROL_DIMS, ModelConfig
-from melodylstm.continuation import continuation_losses, cut_piece
+from melodylstm.metrics.continuations import continuation_losses, cut_piece
 from melodylstm.data import tokenize_files
-from melodylstm.evaluate import hidden_controls, model_controls, token_log_probs
+from melodylstm.metrics.likelihood import hidden_controls, model_controls, token_log_probs
 from melodylstm.midi import DURATION, ONSET, PITCH, Song, write_midi
 from melodylstm.model import MelodyLSTM
 from melodylstm.tokenizer import Tokenizer

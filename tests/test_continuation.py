@@ -4,11 +4,11 @@ import math
 import numpy as np
 import pytest
 
-from melodylstm import continuation as cont
+from melodylstm.metrics import continuations as cont
 from melodylstm.checkpoint import load_checkpoint
 from melodylstm.generate import Generator
 from melodylstm.midi import DURATION, ONSET, Song
-from melodylstm.stats import LENGTH_CLASSES
+from melodylstm.metrics.features import LENGTH_CLASSES
 from melodylstm.tokenizer import Tokenizer
 
 from helpers import cli

@@ -220,7 +220,7 @@ def two_style_model(tmp_path_factory):
 
 def test_style_estimation_and_a_monophonic_answer_to_a_monophonic_primer(two_style_model):
     from melodylstm.generate import Generator
-    from melodylstm.stats import polyphony
+    from melodylstm.metrics.features import polyphony
 
     gen = Generator.load(two_style_model)
     assert gen.styles == ["chords", "melody"]

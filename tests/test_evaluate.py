@@ -5,10 +5,10 @@ import pytest
 
 from melodylstm.checkpoint import load_checkpoint, save_checkpoint
 from melodylstm.config import ModelConfig
-from melodylstm.evaluate import evaluate_folder
+from melodylstm.metrics.likelihood import evaluate_folder
 from melodylstm.model import MelodyLSTM
 from melodylstm.midi import write_midi
-from melodylstm.ngram import NGramModel
+from melodylstm.metrics.ngram import NGramModel
 from melodylstm.tokenizer import Tokenizer
 
 from helpers import cli, scale_song

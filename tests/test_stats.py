@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from melodylstm import stats
+from melodylstm.metrics import features as stats
 from melodylstm.midi import Song, write_midi
 
 from helpers import cli, scale_song

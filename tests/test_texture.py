@@ -11,7 +11,7 @@ import torch
 from melodylstm import controls as ctl
 from melodylstm.checkpoint import load_checkpoint, save_checkpoint
 from melodylstm.config import CONTROL_DIMS, ModelConfig
-from melodylstm.continuation import polyphony_at_onsets, silent_share
+from melodylstm.metrics.continuations import polyphony_at_onsets, silent_share
 from melodylstm.generate import Generator, longest_rest, primer_voices
 from melodylstm.midi import DURATION, ONSET, Song
 from melodylstm.model import MelodyLSTM

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, read_midi_bytes, read_midi_tracks
-from . import theory
-from .theory import in_key_rate, key_name
-from .stats import inter_onset_histogram, note_length_histogram
+from ..midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, read_midi_bytes, read_midi_tracks
+from .. import theory
+from ..theory import in_key_rate, key_name
+from .features import inter_onset_histogram, note_length_histogram
 
 FEATURES = ("in_key", "polyphony", "mean_pitch", "pitch_range", "notes_per_beat",
             "note_length_overlap", "inter_onset_overlap", "silent_share", "motif")
@@ -219,8 +219,8 @@ def continuation_losses(model, tok, primer: Song, real: np.ndarray, style: int |
     tokens = torch.from_numpy(joint[:last].astype(np.int64))
     controls = None
     if model.config.controls:
-        from . import controls as ctl
-        from .evaluate import model_controls
+        from .. import controls as ctl
+        from .likelihood import model_controls
 
         song = Song(np.concatenate([primer.notes, real]), primer.resolution, primer.tempos, primer.time_signatures)
         file_controls = ctl.controls_for(song, joint, tok, model.config.causal_controls).astype(np.int64)
@@ -256,11 +256,11 @@ def evaluate_continuation(checkpoint, folder, split: str = "all", primer_bars: i
     next `bars` bars (see the module docstring). split as in evaluate_folder."""
     from tqdm import tqdm
 
-    from .config import CONTINUE_TEMPERATURE
-    from .data import find_midi_files, is_validation
-    from .evaluate import checkpoint_val_fraction
-    from .generate import Generator
-    from .midi import MidiError
+    from ..config import CONTINUE_TEMPERATURE
+    from ..data import find_midi_files, is_validation
+    from .likelihood import checkpoint_val_fraction
+    from ..generate import Generator
+    from ..midi import MidiError
 
     if primer_bars < 1 or bars < 1 or samples < 1 or (pieces is not None and pieces < 1):
         raise ValueError("--primer-bars, --bars, --samples and --pieces must be at least 1")
@@ -322,7 +322,7 @@ def bars_to_generate(primer: Song, primer_bars: int, bars: int) -> int:
 def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int, seed: int, temperature: float,
                 path: str = "", key_strength: float | None = None) -> dict:
     """Features of the model's answers, the repeat baseline and the real continuation for one cut."""
-    from .generate import primer_key  # a primer without pitched notes fails as --key auto does
+    from ..generate import primer_key  # a primer without pitched notes fails as --key auto does
 
     primer, res = cut.primer, cut.primer.resolution
     key = primer_key(primer.notes)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import controls as ctl
-from .data import default_cache_dir, find_midi_files, is_validation, style_of, tokenize_files
+from .. import controls as ctl
+from ..data import default_cache_dir, find_midi_files, is_validation, style_of, tokenize_files
 from .ngram import NGramModel
 
 LN2 = math.log(2)

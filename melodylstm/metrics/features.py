@@ -1,4 +1,4 @@
-"""`melodylstm stats GENERATED REFERENCE`: do generated pieces sound like the corpus?
+"""Musical features of pieces, compared between two sets (`melodylstm stats GENERATED REFERENCE`).
 
 Objective evaluation in the manner of Yang & Lerch (2018), "On the evaluation of generative
 models in music": per-piece features (definitions follow MusPy's metrics where it has them),
@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, MidiError, Song, read_midi
-from .theory import SCALES
+from ..midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, MidiError, Song, read_midi
+from ..theory import SCALES
 
 RESOLUTION = 12
 # note-length classes in beats, from 1/8 to 4 beats (Yang & Lerch use 12 classes; these are ours)
@@ -149,7 +149,7 @@ def load_set(path, split: str = "all", val_fraction: float = 0.1, max_pieces: in
     `max_pieces` files, a random sample of them (the same for the same `seed`)."""
     import hashlib
 
-    from .data import find_midi_files, is_validation
+    from ..data import find_midi_files, is_validation
 
     files, skipped = find_midi_files(path)
     if split != "all":
@@ -283,8 +283,8 @@ def format_table(rep: dict) -> str:
 
 
 def plot_report(rep: dict, path) -> None:
-    from .fileio import atomic_path
-    from .plots import _pyplot
+    from ..fileio import atomic_path
+    from ..plots import _pyplot
 
     plt = _pyplot()
     names = list(rep["features"])
