@@ -1,0 +1,40 @@
+"""Music theory: the key a user's phrase is heard in."""
+import numpy as np
+import pytest
+
+from melodylstm import theory
+from melodylstm.midi import Song, write_midi
+from helpers import invoke
+
+# two tunes everyone knows, one note per beat (onset, duration, pitch, velocity, program)
+ODE_TO_JOY_D = [66, 66, 67, 69, 69, 67, 66, 64, 62, 62, 64, 66, 66, 64, 64, 64]
+MARY_C = [64, 62, 60, 62, 64, 64, 64, 64, 62, 62, 62, 62, 64, 67, 67, 67]
+
+
+def melody(pitches, step: int = 12) -> np.ndarray:
+    return np.array([[i * step, step, p, 100, 0] for i, p in enumerate(pitches)], dtype=np.int64)
+
+
+@pytest.mark.parametrize("pitches, key", [(ODE_TO_JOY_D, (2, "major")), (MARY_C, (0, "major"))])
+def test_a_phrase_is_heard_in_its_key(pitches, key):
+    """The melody profiles name both tunes' keys; the probe-tone profiles hear E minor in both
+    (the tunes dwell on the third and end on it), which is why a phrase is not judged by them."""
+    assert theory.phrase_key(melody(pitches)) == key
+    assert theory.estimate_key(melody(pitches)) == (4, "minor")
+
+
+def test_continue_reports_and_holds_the_phrase_key(tmp_path):
+    write_midi(Song(melody(ODE_TO_JOY_D), 12), tmp_path / "ode.mid")
+    result = invoke("continue", tmp_path / "ode.mid", "-o", tmp_path / "out.mid", "--seed", "1", "--bars", "2")
+    assert result.exit_code == 0, result.output
+    assert "D:major (the primer's)" in result.output
+
+
+def test_the_key_estimate_is_the_same_however_the_profiles_are_passed():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        hist = rng.random(12)
+        scores = [np.corrcoef(hist, row)[0, 1] for row in theory.KEY_PROFILES]
+        assert theory.best_key(hist) == int(np.argmax(scores))
+        melody_scores = [np.corrcoef(hist, row)[0, 1] for row in theory.MELODY_PROFILES]
+        assert theory.best_key(hist, theory.MELODY_PROFILES) == int(np.argmax(melody_scores))
