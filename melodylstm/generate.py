@@ -18,9 +18,10 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
-                     PICKED_KEY_STRENGTH, PRIMER_KEY_STRENGTH, PRIMER_RHYTHM_STRENGTH)
+                     PICKED_KEY_STRENGTH, PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH,
+                     PRIMER_REGISTER_WIDTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
-from .midi import (DRUMS, DURATION, ONSET, PROGRAM, Song, append_tracks, crop_song, midi_chunks, midifile_bytes,
+from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, crop_song, midi_chunks, midifile_bytes,
                    read_midi_bytes, song_to_midifile)
 from . import controls as ctl
 from . import theory
@@ -342,6 +343,9 @@ class Generator:
         if primer is not None and PRIMER_RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
             bias = note_length_bias(tok, primer, PRIMER_RHYTHM_STRENGTH)
             constraint = bias if constraint is None else constraint + bias
+        if primer is not None and PRIMER_REGISTER_STRENGTH:  # ... and its pitches towards the phrase's register
+            bias = register_bias(tok, primer, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH)
+            constraint = bias if constraint is None else constraint + bias
         chord_bias = None
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
             chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
@@ -568,6 +572,22 @@ def longest_rest(song: Song) -> int:
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
     gaps = onsets[1:] - ends[:-1]
     return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
+
+
+def register_bias(tok, song: Song, strength: float, width: float) -> np.ndarray:
+    """Additive logits over the vocabulary: on each PITCH token, `strength` x the log of a kernel
+    density of the song's last bars' pitches (Gaussian, `width` semitones), scaled so its peak is 0
+    and floored at 1e-3, 0 elsewhere. Pitches the phrase plays around cost nothing; a leap away
+    from its register costs more the further it goes."""
+    bias = np.zeros(len(tok), dtype=np.float32)
+    notes = song.notes[(song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song)) & (song.notes[:, PROGRAM] != DRUMS)]
+    if len(notes) == 0:
+        return bias
+    c = tok.config
+    grid = np.arange(c.pitch_low, c.pitch_high + 1, dtype=np.float64)
+    density = np.exp(-0.5 * ((grid[:, None] - notes[None, :, PITCH]) / width) ** 2).sum(axis=1)
+    bias[tok.pitch0: tok.pitch0 + len(grid)] = strength * np.log(np.maximum(density / density.max(), 1e-3))
+    return bias
 
 
 def note_length_bias(tok, song: Song, strength: float) -> np.ndarray:

@@ -3,7 +3,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from melodylstm.generate import Generator
+from melodylstm.generate import Generator, register_bias
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
 from melodylstm.theory import SCALES, parse_key
 from melodylstm.tokenizer import Tokenizer
@@ -237,3 +237,25 @@ def test_primer_is_bounded_by_tokens_as_well_as_bars(gen):
     a = gen.continue_(small, bars=2, seed=3)[0].notes.notes
     b = gen.continue_(small, bars=2, seed=3, primer_tokens=None)[0].notes.notes
     assert np.array_equal(a, b) and DEFAULT_PRIMER_TOKENS >= 4096
+
+
+def test_register_bias_costs_nothing_where_the_phrase_plays_and_more_the_further_away():
+    tok = Tokenizer()
+    phrase = Song(np.array([[i * 12, 12, p, 100, 0] for i, p in enumerate([60, 62, 64, 62, 60, 62, 64, 64])]), 12)
+    bias = register_bias(tok, phrase, 1.0, 2.0)
+    pitch = {p: bias[tok.pitch0 + p - tok.config.pitch_low] for p in (50, 55, 58, 62, 66, 70, 80)}
+    assert pitch[62] == pytest.approx(0.0, abs=0.05)
+    assert pitch[62] > pitch[66] > pitch[70] > pitch[80] and pitch[62] > pitch[58] > pitch[55] > pitch[50]
+    others = np.ones(len(tok), dtype=bool)
+    others[tok.pitch0: tok.pitch0 + tok.config.pitch_high - tok.config.pitch_low + 1] = False
+    assert not bias[others].any()  # time, velocity and length tokens untouched
+
+
+def test_an_answer_stays_in_the_phrase_register():
+    """A phrase in the low register (mean pitch 51): unbiased, half of the default model's answers
+    leapt an octave or more above it (means 62-69); each answer now stays near the phrase."""
+    low = [48 + x for x in [0, 2, 4, 5, 7, 5, 4, 2, 0, 2, 4, 7, 4, 2, 0, 0]]
+    phrase = Song(np.array([[i * 12, 12, p, 100, 0] for i, p in enumerate(low)]), 12)
+    answers = Generator.load().continue_(phrase, bars=4, seed=1, num=8)
+    means = [a.notes.notes[a.notes.notes[:, 0] >= phrase.end, 2].mean() for a in answers]
+    assert max(abs(m - 51.0) for m in means) <= 7.0, means

@@ -4,7 +4,7 @@ Each held-out piece is cut after P bars of the tokenizer's bar grid. The model c
 primer for B bars; its answer, a trivial baseline (the primer's last B bars played again) and the
 piece's real next B bars are described by the same features a musician would check:
 
-  in_key               share of notes in the primer's key (Krumhansl-Schmuckler theory.estimate_key)
+  in_key               share of notes in the primer's key (theory.phrase_key)
   polyphony            notes sounding at each onset, averaged over onsets (1.0 = a melody)
   mean_pitch           register: average MIDI pitch
   pitch_range          highest minus lowest pitch, in semitones
