@@ -117,7 +117,7 @@ MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 
 # Temperley-Kostka-Payne profiles (Temperley 2007): the key of a melody. Krumhansl-Kessler's
 # probe-tone ratings fit harmony; on a tune's first 4 bars they name the piece's labelled key
 # (its key signature and mode) for 43% of the held-out chorale sopranos and 60% of the
-# Nottingham melodies, these for 64% and 92% (benchmarks/README.md, "The primer's key").
+# Nottingham melodies, these for 65% and 92% (benchmarks/README.md, "The primer's key").
 MELODY_MAJOR_PROFILE = np.array([0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400])
 MELODY_MINOR_PROFILE = np.array([0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330])
 
