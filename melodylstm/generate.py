@@ -18,14 +18,14 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
-                     PICKED_KEY_STRENGTH, PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH,
+                     PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH,
                      PRIMER_REGISTER_WIDTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, crop_song, midi_chunks, midifile_bytes,
                    read_midi_bytes, song_to_midifile)
 from . import controls as ctl
 from . import theory
-from .sampling import FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
+from .sampling import Echo, FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
@@ -349,8 +349,13 @@ class Generator:
         chord_bias = None
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
             chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
+        echo = None
+        if primer is not None and any(ECHO_WEIGHTS) and primer_voices(primer) == 1:  # a melody hears its phrases
+            bar = grid.bar_of(max(primer.end - 1, 0))
+            echo = Echo(tok, num, grid.bar_start(bar + 1) - grid.bar_start(bar), primer.notes,
+                        ECHO_LAGS, ECHO_WEIGHTS)
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
-                          max_rest, chord_bias)
+                          max_rest, chord_bias, echo)
         with one_blas_thread():  # see its docstring: the thread policy
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []

@@ -223,7 +223,7 @@ class Sampler:
 
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
                  constraint: np.ndarray | None = None, plan=None, guide=None, voices: int | None = None,
-                 max_rest: int | None = None, chord_bias: tuple | None = None):
+                 max_rest: int | None = None, chord_bias: tuple | None = None, echo: "Echo | None" = None):
         """plan: a controls.ControlPlan giving the control inputs at each step (None: a model
         without controls). guide: a KeyGuide (the network then runs twice the rows). voices:
         at most this many notes sounding at once (a new note waits until one ends). max_rest:
@@ -233,6 +233,7 @@ class Sampler:
         self.voices = min(int(voices), self.MAX_CHORD) if voices else None
         self.max_rest = None if max_rest is None else max(0, int(max_rest))
         self.chord_bias = chord_bias
+        self.echo = echo
         self.shifts = np.arange(1, tok.max_shift + 1)[None, :]  # the SHIFT tokens' step counts
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
@@ -276,6 +277,8 @@ class Sampler:
                 logits[:, shift_slice] += self.shift_room[room]
             if self.max_rest is not None:
                 self._no_long_rests(logits, state, shift_slice)
+            if self.echo is not None:
+                self.echo.bias(logits, state["time"])
             full = state["chord"] >= self.MAX_CHORD
             if self.voices:
                 full |= (state["ends"] > state["time"][:, None]).sum(axis=1) >= self.voices
@@ -283,6 +286,8 @@ class Sampler:
                 logits[full] += self.note_start
             nxt = self.choose(logits, rng)
             kinds = tok.token_type[nxt]
+            if self.echo is not None:
+                self.echo.record(nxt, kinds, state["time"])
             self._advance(state, nxt, kinds, grid)
             finished = stop(state, nxt, kinds) & ~done
             alive = ~done & ~finished
@@ -392,6 +397,39 @@ class KeyGuide:
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     top = x.max(axis=1, keepdims=True)
     return x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))
+
+
+class Echo:
+    """What was played one and two bars ago, as a prior (Magenta's Lookback RNN hears the same
+    as inputs): at each step, `weights[i]` is added to the logit of the pitch that started at
+    this moment `lags[i]` bars earlier, in the primer or in the answer so far."""
+
+    def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags=(1, 2), weights=(1.0, 0.5)):
+        self.tok, self.offsets, self.weights = tok, [int(lag) * int(bar_steps) for lag in lags], weights
+        self.size = max(self.offsets) + 1  # a ring over the last bars: every offset stays distinct
+        self.pitch = np.full((rows, self.size), -1, dtype=np.int64)
+        self.time = np.full((rows, self.size), -1, dtype=np.int64)
+        low, high = tok.config.pitch_low, tok.config.pitch_high
+        for onset, pitch in primer_notes[:, [0, 2]].tolist():  # ONSET, PITCH
+            if low <= pitch <= high:
+                self.pitch[:, onset % self.size], self.time[:, onset % self.size] = pitch, onset
+
+    def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
+        rows = np.arange(len(now))
+        for offset, weight in zip(self.offsets, self.weights):
+            then = now - offset
+            slot = then % self.size
+            heard = (self.time[rows, slot] == then) & (then >= 0)
+            if heard.any():
+                r = rows[heard]
+                logits[r, self.tok.pitch0 + self.pitch[r, slot[heard]] - self.tok.config.pitch_low] += weight
+
+    def record(self, tokens: np.ndarray, kinds: np.ndarray, now: np.ndarray) -> None:
+        played = np.flatnonzero(kinds == PITCH_T)
+        if len(played):
+            slot = now[played] % self.size
+            self.pitch[played, slot] = self.tok.token_value[tokens[played]]
+            self.time[played, slot] = now[played]
 
 
 def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:
