@@ -18,7 +18,8 @@ def melody(pitches, step: int = 12) -> np.ndarray:
 @pytest.mark.parametrize("pitches, key", [(ODE_TO_JOY_D, (2, "major")), (MARY_C, (0, "major"))])
 def test_a_phrase_is_heard_in_its_key(pitches, key):
     """The melody profiles name both tunes' keys; the probe-tone profiles hear E minor in both
-    (the tunes dwell on the third and end on it), which is why a phrase is not judged by them."""
+    (the phrases circle the third and stop away from the tonic), which is why a phrase is not
+    judged by them."""
     assert theory.phrase_key(melody(pitches)) == key
     assert theory.estimate_key(melody(pitches)) == (4, "minor")
 
