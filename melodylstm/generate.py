@@ -559,6 +559,11 @@ def recent_span(song: Song, bars: int = RECENT_BARS) -> int:
     return grid.bar_start(max(0, grid.bar_at_or_after(song.end) - bars))
 
 
+def recent_notes(song: Song) -> np.ndarray:
+    """The notes sounding in the song's last bars (those begun earlier and still ringing included)."""
+    return song.notes[song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song)]
+
+
 def recent_onsets_per_beat(song: Song, resolution: int) -> float:
     """Distinct note onsets per beat over the song's last bars."""
     start = recent_span(song)
@@ -569,10 +574,9 @@ def recent_onsets_per_beat(song: Song, resolution: int) -> float:
 def longest_rest(song: Song) -> int:
     """The longest silence (steps) between the notes of the song's last bars, the one after its
     last note included: an answer rests no longer than the phrase it continues."""
-    start = recent_span(song)
-    notes = song.notes[(song.notes[:, ONSET] + song.notes[:, DURATION] > start)]
+    notes = recent_notes(song)
     if len(notes) == 0:
-        return song.end - start
+        return song.end - recent_span(song)
     order = np.argsort(notes[:, ONSET], kind="stable")
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
     gaps = onsets[1:] - ends[:-1]
@@ -585,7 +589,8 @@ def register_bias(tok, song: Song, strength: float, width: float) -> np.ndarray:
     and floored at 1e-3, 0 elsewhere. Pitches the phrase plays around cost nothing; a leap away
     from its register costs more the further it goes."""
     bias = np.zeros(len(tok), dtype=np.float32)
-    notes = song.notes[(song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song)) & (song.notes[:, PROGRAM] != DRUMS)]
+    notes = recent_notes(song)
+    notes = notes[notes[:, PROGRAM] != DRUMS]
     if len(notes) == 0:
         return bias
     c = tok.config
@@ -599,7 +604,7 @@ def note_length_bias(tok, song: Song, strength: float) -> np.ndarray:
     """Additive logits over the vocabulary: on each DURATION token, `strength` x the log share of
     the song's last bars' notes with that length (add-half smoothed), 0 elsewhere. Sampling then
     draws from the model's lengths times the phrase's own, to the power `strength`."""
-    notes = song.notes[song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song)]
+    notes = recent_notes(song)
     index = np.searchsorted(tok.durations, notes[:, DURATION]).clip(0, len(tok.durations) - 1)
     counts = np.bincount(index, minlength=len(tok.durations)) + 0.5
     bias = np.zeros(len(tok), dtype=np.float32)

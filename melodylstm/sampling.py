@@ -400,17 +400,18 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 class Echo:
-    """What was played one and two bars ago, as a prior (Magenta's Lookback RNN hears the same
-    as inputs): at each step, `weights[i]` is added to the logit of the pitch that started at
-    this moment `lags[i]` bars earlier, in the primer or in the answer so far."""
+    """What was played bars ago, as a prior (Magenta's Lookback RNN hears the same as inputs): at
+    each step, `weights[i]` is added to the logit of the pitch that started at this moment
+    `lags[i]` bars earlier, in the primer or in the answer so far."""
 
-    def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags=(1, 2), weights=(1.0, 0.5)):
+    def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags, weights):
         self.tok, self.offsets, self.weights = tok, [int(lag) * int(bar_steps) for lag in lags], weights
         self.size = max(self.offsets) + 1  # a ring over the last bars: every offset stays distinct
         self.pitch = np.full((rows, self.size), -1, dtype=np.int64)
         self.time = np.full((rows, self.size), -1, dtype=np.int64)
         low, high = tok.config.pitch_low, tok.config.pitch_high
-        for onset, pitch in primer_notes[:, [0, 2]].tolist():  # ONSET, PITCH
+        heard = primer_notes[primer_notes[:, 0] >= primer_notes[:, 0].max(initial=0) - self.size]  # the ring's span
+        for onset, pitch in heard[:, [0, 2]].tolist():  # ONSET, PITCH, in time order: a later note wins its slot
             if low <= pitch <= high:
                 self.pitch[:, onset % self.size], self.time[:, onset % self.size] = pitch, onset
 
