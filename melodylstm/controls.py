@@ -15,6 +15,10 @@ in for them.
            matching (below)
 * density  note onsets per beat in the bar before, in 5 buckets
 * position steps since the bar line (the sampler knows it exactly)
+* back1, back2, back4  lookback (Magenta's Lookback RNN, as inputs): the highest pitch that
+           started at this moment 1, 2 and 4 bars earlier, or "no note started there"
+* gap1, gap2, gap4     ... and how many steps later the next note started there (if it did before
+           now): a phrase's rhythm and melody a bar, two bars or a phrase back
 * style    the piece's style (first-level subfolder of the training folder), per piece
 
 Checkpoints from before (ModelConfig.causal_controls False) read the whole piece's key, the
@@ -29,7 +33,7 @@ from .theory import (CHORD_UNKNOWN, KEY_UNKNOWN, N_CHORDS, N_KEYS, NO_CHORD, QUA
                      chord_pitch_classes, estimate_key_index, parse_chord, running_keys)
 from .tokenizer import token_times
 
-CONTROLS_VERSION = 2  # part of the token cache key: bump when any estimate here or in theory.py changes
+CONTROLS_VERSION = 3  # part of the token cache key: bump when any estimate here or in theory.py changes
 
 # ---------------------------------------------------------------- chords
 
@@ -200,8 +204,14 @@ def bar_densities(notes: np.ndarray, grid: TempoMap, n_bars: int, resolution: in
 
 # ---------------------------------------------------------------- per token
 
-COLUMNS = ("key", "chord", "density", "position", "style")
-KEY, CHORD, DENSITY, POSITION, STYLE = range(len(COLUMNS))
+LOOKBACK_BARS = (1, 2, 4)
+BACK = tuple(f"back{k}" for k in LOOKBACK_BARS)
+GAP = tuple(f"gap{k}" for k in LOOKBACK_BARS)
+# style is stored last: it is per file, added when a corpus is stored (data.TokenStore.build)
+COLUMNS = ("key", "chord", "density", "position") + BACK + GAP + ("style",)
+KEY, CHORD, DENSITY, POSITION = range(4)
+STYLE = len(COLUMNS) - 1
+NO_ONSET = 128  # back*: no note started there; 129: unknown (before the piece, or a shorter bar)
 # What checkpoints from before causal controls read from the notes of the whole beat, bar or
 # piece, i.e. partly from notes they have not seen yet: every figure hides these for them.
 FROM_FUTURE_NOTES = ("key", "chord", "density")
@@ -210,8 +220,10 @@ POSITION_BEATS = 8  # positions are told exactly up to 8 beats into a bar, then 
 
 def sizes(resolution: int, n_styles: int) -> dict:
     """Number of values of each control, "unknown" included (the last value)."""
+    gap = POSITION_BEATS * resolution + 2  # 0: none, 1..cap steps, unknown
     return {"key": N_KEYS, "chord": N_CHORDS, "density": N_DENSITY,
-            "position": POSITION_BEATS * resolution + 1, "style": n_styles + 1}
+            "position": POSITION_BEATS * resolution + 1, **{name: NO_ONSET + 2 for name in BACK},
+            **{name: gap for name in GAP}, "style": n_styles + 1}
 
 
 def unknown_values(resolution: int, n_styles: int) -> np.ndarray:
@@ -231,9 +243,48 @@ def chord_inputs(notes: np.ndarray, n_beats: int, resolution: int, causal: bool 
     return np.concatenate([[NO_CHORD], chords[:-1]]) if causal else chords
 
 
+def onset_tops(notes: np.ndarray) -> tuple:
+    """(distinct onsets of the pitched notes, ascending; the highest pitch starting at each)."""
+    pitched = notes[notes[:, PROGRAM] != DRUMS]
+    if len(pitched) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    onsets, first = np.unique(pitched[:, ONSET].astype(np.int64), return_inverse=True)
+    tops = np.full(len(onsets), -1, dtype=np.int64)
+    np.maximum.at(tops, first, pitched[:, PITCH].astype(np.int64))
+    return onsets, tops
+
+
+def lookback(notes: np.ndarray, grid: TempoMap, times: np.ndarray, resolution: int) -> np.ndarray:
+    """(len(times), 2 * len(LOOKBACK_BARS)): for each time t and k bars back, the highest pitch
+    starting at t's place in the bar k bars earlier (NO_ONSET: none), then the steps from there to
+    the next onset if that came before t (0: none). Unknown where that place does not exist.
+    Causal: every note read started before t."""
+    times = np.asarray(times, dtype=np.int64)
+    onsets, tops = onset_tops(notes)
+    cap = POSITION_BEATS * resolution
+    bars = grid.bars_of(times)
+    position = times - grid.bar_starts(bars)
+    out = np.empty((len(times), 2 * len(LOOKBACK_BARS)), dtype=np.int64)
+    for i, k in enumerate(LOOKBACK_BARS):
+        earlier = np.maximum(bars - k, 0)
+        start, end = grid.bar_starts(earlier), grid.bar_starts(earlier + 1)
+        then = start + position
+        known = (bars >= k) & (then < end)
+        at = np.searchsorted(onsets, then)
+        hit = at < len(onsets)
+        hit[hit] = onsets[at[hit]] == then[hit]
+        out[:, i] = np.where(hit, tops[np.minimum(at, len(tops) - 1)] if len(tops) else 0, NO_ONSET)
+        after = np.searchsorted(onsets, then, side="right")
+        nxt = np.where(after < len(onsets), onsets[np.minimum(after, len(onsets) - 1)] if len(onsets) else 0, -1)
+        gap = nxt - then
+        out[:, len(LOOKBACK_BARS) + i] = np.where((nxt >= 0) & (nxt < times) & (gap <= cap), gap, 0)
+        out[~known, i], out[~known, len(LOOKBACK_BARS) + i] = NO_ONSET + 1, cap + 1
+    return out
+
+
 def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
-    """(len(tokens), 4) uint8: key, chord, density, position after each token of `song`'s
-    encoding (style is added per file when the corpus is stored). Causal (the default, what
+    """(len(tokens), len(COLUMNS) - 1) uint8: key, chord, density, position and lookback after
+    each token of `song`'s encoding (style is added per file when the corpus is stored). Causal (the default, what
     models learn now): each read from the notes before the token's beat or bar, so a
     likelihood may give them. `causal=False`: the older inputs (the whole piece's key, the
     current beat's chord, the current bar's density) that older checkpoints were trained on."""
@@ -245,7 +296,7 @@ def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
     bars = grid.bars_of(np.append(times, last))  # each token's bar, and the bar of the end
     n_bars = int(bars[-1]) + 2
     bars = bars[:-1]
-    out = np.empty((len(tokens), 4), dtype=np.uint8)
+    out = np.empty((len(tokens), len(COLUMNS) - 1), dtype=np.uint8)
     beats = times // res
     if causal:
         out[:, KEY] = running_keys(song.notes, n_beats, res)[beats]
@@ -256,6 +307,7 @@ def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
         out[:, CHORD] = estimate_chords(song.notes, n_beats, res)[beats]
         out[:, DENSITY] = bar_densities(song.notes, grid, n_bars, res)[bars]
     out[:, POSITION] = np.minimum(times - grid.bar_starts(bars), POSITION_BEATS * res)  # position_in_bar
+    out[:, POSITION + 1:] = lookback(song.notes, grid, times, res)
     return out
 
 
@@ -269,6 +321,10 @@ def transpose(controls: np.ndarray, shift: np.ndarray) -> None:
     q = len(QUALITIES)
     known = chord < NO_CHORD
     controls[..., CHORD] = np.where(known, ((chord // q + s) % 12) * q + chord % q, chord)
+    for name in BACK:
+        column = COLUMNS.index(name)
+        pitch = controls[..., column].astype(np.int64)
+        controls[..., column] = np.where(pitch < NO_ONSET, np.clip(pitch + s, 0, NO_ONSET - 1), pitch)
 
 
 def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray) -> None:
@@ -354,18 +410,59 @@ def causal(controls: np.ndarray, model_config, hide=FROM_FUTURE_NOTES) -> np.nda
 
 # ---------------------------------------------------------------- at generation time
 
+class Heard:
+    """Per sampled row, the highest pitch started at each recent step (a ring over the last
+    bars, seeded with the primer's notes): what the lookback inputs read while generating."""
+
+    SPAN = 4096  # steps kept: more than 4 bars of 8 beats and a gap, at any resolution up to 96
+
+    def __init__(self, rows: int, notes: np.ndarray | None, cap: int):
+        self.cap = cap
+        self.pitch = np.full((rows, self.SPAN), -1, dtype=np.int64)
+        self.time = np.full((rows, self.SPAN), -1, dtype=np.int64)
+        if notes is not None and len(notes):
+            onsets, tops = onset_tops(notes)
+            recent = onsets > onsets.max() - self.SPAN
+            self.pitch[:, onsets[recent] % self.SPAN] = tops[recent]
+            self.time[:, onsets[recent] % self.SPAN] = onsets[recent]
+
+    def record(self, pitches: np.ndarray, now: np.ndarray) -> None:
+        """pitches: per row the pitch just started at `now`, or -1."""
+        rows = np.flatnonzero(pitches >= 0)
+        slot = now[rows] % self.SPAN
+        same = self.time[rows, slot] == now[rows]
+        self.pitch[rows, slot] = np.where(same, np.maximum(self.pitch[rows, slot], pitches[rows]), pitches[rows])
+        self.time[rows, slot] = now[rows]
+
+    def values(self, times: np.ndarray, then: np.ndarray) -> tuple:
+        """(back, gap) per row for one lag: `then` per row is the place k bars earlier (-1:
+        unknown), as `lookback` computes them from a finished piece's notes."""
+        rows = np.arange(len(times))
+        known = then >= 0
+        slot = np.where(known, then, 0) % self.SPAN
+        hit = known & (self.time[rows, slot] == then)
+        back = np.where(hit, self.pitch[rows, slot], NO_ONSET)
+        later = then[:, None] + np.arange(1, self.cap + 1)[None, :]
+        heard = (self.time[rows[:, None], later % self.SPAN] == later) & (later < times[:, None])
+        gap = np.where(heard.any(axis=1), heard.argmax(axis=1) + 1, 0)
+        return np.where(known, back, NO_ONSET + 1), np.where(known, gap, self.cap + 1)
+
+
 class ControlPlan:
     """What the sampler tells the model at each step: fixed key, style and density (or
-    "unknown"), a chord progression laid over the bars from `start` on (or "unknown"), and the
-    exact position in the bar, computed from each row's time."""
+    "unknown"), a chord progression laid over the bars from `start` on (or "unknown"), the
+    exact position in the bar, computed from each row's time, and what each row played bars
+    earlier (lookback)."""
 
     def __init__(self, model_config, resolution: int, grid: TempoMap, key: int | None = None,
                  style: int | None = None, density: int | None = None, progression=None, start: int = 0,
-                 earlier_chords=None):
+                 earlier_chords=None, primer_notes: np.ndarray | None = None):
         """progression: bars, each a list of chord indices sharing the bar equally (one per bar,
         or one per beat); repeated to any length; applies from step `start` on. Before `start`
-        (the primer), `earlier_chords` (one per beat, as estimated) are told."""
+        (the primer), `earlier_chords` (one per beat, as estimated) are told. primer_notes: what
+        the lookback inputs hear before the first sampled note."""
         self.earlier_chords = earlier_chords
+        self.primer_notes, self.heard = primer_notes, None
         self.names = model_config.control_names
         self.unknown = unknown_of(model_config)
         self.res, self.grid, self.start = resolution, grid, start
@@ -376,13 +473,17 @@ class ControlPlan:
         self.last_times, self.last_values = None, None
 
     def _at(self, time: int) -> tuple:
-        """(position, chord) at one time, memoized: a note's three tokens share their time."""
+        """(position, chord, the same place 1, 2, 4 bars earlier or -1) at one time, memoized:
+        a note's three tokens share their time."""
         hit = self.memo.get(time)
         if hit is None:
             grid = self.grid
             bar = grid.bar_of(time)  # the bar holding `time`
             start = grid.bar_start(bar)
             position = min(time - start, POSITION_BEATS * self.res)
+            then = tuple(grid.bar_start(bar - k) + time - start
+                         if bar >= k and grid.bar_start(bar - k) + time - start < grid.bar_start(bar - k + 1) else -1
+                         for k in LOOKBACK_BARS)
             chord = CHORD_UNKNOWN
             if time < self.start:
                 beat = time // self.res
@@ -392,22 +493,37 @@ class ControlPlan:
                 chords = self.progression[(bar - self.start_bar) % len(self.progression)]
                 length = max(1, grid.bar_start(bar + 1) - start)
                 chord = chords[min(len(chords) - 1, (time - start) * len(chords) // length)]
-            hit = self.memo[time] = (position, chord)
+            hit = self.memo[time] = (position, chord, then)
         return hit
+
+    def record(self, pitches: np.ndarray, now: np.ndarray) -> None:
+        """Each row's sampled pitch at `now` (-1: none), for the lookback inputs."""
+        if self.heard is not None:
+            self.heard.record(pitches, now)
 
     def values(self, times: np.ndarray) -> np.ndarray:
         """(rows, controls) for rows whose next note would start at `times`; the very same array
         while the times stay the same (the network then reuses its control input too)."""
-        times = times.tolist()
+        now = np.asarray(times, dtype=np.int64)
+        times = now.tolist()
         if times == self.last_times:
             return self.last_values
         at = [self._at(t) for t in times]
         out = np.empty((len(at), len(self.names)), dtype=np.int64)
+        looked = {}
+        for lag, (back, gap) in enumerate(zip(BACK, GAP)):
+            if back in self.names or gap in self.names:
+                if self.heard is None:
+                    self.heard = Heard(len(times), self.primer_notes, POSITION_BEATS * self.res)
+                then = np.array([a[2][lag] for a in at], dtype=np.int64)
+                looked[back], looked[gap] = self.heard.values(now, then)
         for i, name in enumerate(self.names):
             if name == "position":
-                out[:, i] = [p for p, _ in at]
+                out[:, i] = [a[0] for a in at]
             elif name == "chord":
-                out[:, i] = [c for _, c in at]
+                out[:, i] = [a[1] for a in at]
+            elif name in looked:
+                out[:, i] = looked[name]
             else:
                 value = self.fixed[name]
                 out[:, i] = self.unknown[i] if value is None else value

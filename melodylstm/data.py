@@ -22,7 +22,7 @@ from .tokenizer import Tokenizer
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 MIN_NOTES = 8  # fewer notes than this teach nothing: the file is skipped as "too short"
 CACHE_MAGIC = b"MLTK2"  # tokens, then their controls (key, chord, density, position)
-N_FILE_CONTROLS = 4  # computed per file; style, the fifth, comes from the folder
+N_FILE_CONTROLS = len(ctl.COLUMNS) - 1  # computed per file; style, the last, comes from the folder
 
 
 def default_cache_dir() -> Path:

@@ -318,7 +318,7 @@ class Generator:
         if names:
             plan = ctl.ControlPlan(config, tok.config.resolution, grid, cond_key if "key" in names else None,
                                    style, density if "density" in names else None, request["progression"], start_time,
-                                   earlier_chords)
+                                   earlier_chords, primer.notes if primer is not None else None)
         report.update({
             "key": theory.key_label(cond_key) if cond_key is not None and "key" in names else None,
             "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (

@@ -288,6 +288,8 @@ class Sampler:
             kinds = tok.token_type[nxt]
             if self.echo is not None:
                 self.echo.record(nxt, kinds, state["time"])
+            if self.plan is not None:  # the lookback inputs hear what each row plays
+                self.plan.record(np.where(kinds == PITCH_T, tok.token_value[nxt], -1), state["time"])
             self._advance(state, nxt, kinds, grid)
             finished = stop(state, nxt, kinds) & ~done
             alive = ~done & ~finished

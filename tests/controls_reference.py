@@ -99,9 +99,35 @@ def controls_for(song, tokens, tok):
     last = int(max(times.max() if len(times) else 0, song.end)) + 1
     n_beats = last // res + 1
     n_bars = int(grid.bars_of(np.array([last]))[0]) + 2
-    out = np.empty((len(tokens), 4), dtype=np.uint8)
+    out = np.empty((len(tokens), len(ctl.COLUMNS) - 1), dtype=np.uint8)
     out[:, ctl.KEY] = estimate_key_index(song.notes)
     out[:, ctl.CHORD] = estimate_chords(song.notes, n_beats, res)[times // res]
     out[:, ctl.DENSITY] = bar_densities(song.notes, grid, n_bars, res)[grid.bars_of(times)]
     out[:, ctl.POSITION] = ctl.position_in_bar(grid, times, res)
+    tops = {}
+    for n in song.notes:
+        if n[PROGRAM] != DRUMS:
+            tops[int(n[ONSET])] = max(tops.get(int(n[ONSET]), -1), int(n[PITCH]))
+    onsets = sorted(tops)
+    for i, t in enumerate(times.tolist()):
+        out[i, ctl.POSITION + 1:] = lookback_at(tops, onsets, grid, int(t), res)
+    return out
+
+
+def lookback_at(tops, onsets, grid, t, res):
+    """One time's lookback values, from the highest pitch at each onset."""
+    import bisect
+
+    cap, n = ctl.POSITION_BEATS * res, len(ctl.LOOKBACK_BARS)
+    out = [0] * (2 * n)
+    bar = grid.bar_of(t)
+    for i, k in enumerate(ctl.LOOKBACK_BARS):
+        then = grid.bar_start(bar - k) + t - grid.bar_start(bar) if bar >= k else None
+        if then is None or then >= grid.bar_start(bar - k + 1):
+            out[i], out[n + i] = ctl.NO_ONSET + 1, cap + 1
+            continue
+        out[i] = tops.get(then, ctl.NO_ONSET)
+        j = bisect.bisect_right(onsets, then)
+        later = onsets[j] if j < len(onsets) else None
+        out[n + i] = later - then if later is not None and later < t and later - then <= cap else 0
     return out

@@ -91,7 +91,7 @@ def test_per_token_controls_of_older_checkpoints_follow_the_music():
     kept, _ = TOK.normalize(song)
     tokens = TOK.encode_normalized(kept)
     c = ctl.controls_for(kept, tokens, TOK, causal=False)
-    assert c.shape == (len(tokens), 4)
+    assert c.shape == (len(tokens), len(ctl.COLUMNS) - 1)
     assert set(c[:, ctl.KEY]) == {theory.key_index(2, "major")}
     times = token_times(tokens, TOK, kept.tempo_map)
     assert np.array_equal(c[:, ctl.POSITION], times % 48)  # 4/4 bars of 48 steps
@@ -101,10 +101,13 @@ def test_per_token_controls_of_older_checkpoints_follow_the_music():
 
 
 def test_transposition_moves_key_and_chords_with_the_notes():
-    controls = np.zeros((2, 3, 5), dtype=np.int64)
+    controls = np.zeros((2, 3, len(ctl.COLUMNS)), dtype=np.int64)
     controls[..., ctl.KEY] = [[theory.key_index(11, "major")] * 3, [theory.key_index(0, "minor")] * 3]
     controls[..., ctl.CHORD] = [[theory.chord_index(11, "7"), theory.NO_CHORD, theory.CHORD_UNKNOWN]] * 2
+    back = ctl.COLUMNS.index("back1")
+    controls[..., back] = [[60, ctl.NO_ONSET, ctl.NO_ONSET + 1]] * 2
     ctl.transpose(controls, np.array([2, -3]))
+    assert controls[..., back].tolist() == [[62, ctl.NO_ONSET, ctl.NO_ONSET + 1], [57, ctl.NO_ONSET, ctl.NO_ONSET + 1]]
     assert theory.key_label(controls[0, 0, ctl.KEY]) == "C#:major" and theory.key_label(controls[1, 0, ctl.KEY]) == "A:minor"
     assert theory.chord_label(controls[0, 0, ctl.CHORD]) == "C#7" and theory.chord_label(controls[1, 0, ctl.CHORD]) == "Ab7"
     assert controls[0, 1, ctl.CHORD] == theory.NO_CHORD and controls[0, 2, ctl.CHORD] == theory.CHORD_UNKNOWN
@@ -131,6 +134,7 @@ def test_window_sampler_transposes_labels_and_hides_each_control():
             checked += 1
     assert checked > 10
     hidden = (c == unknown[None, None]).all(axis=1)  # per row and control: hidden for the whole window
+    hidden = hidden[:, [ctl.KEY, ctl.CHORD, ctl.DENSITY, ctl.POSITION, ctl.STYLE]]  # lookback is unknown in bar 1 anyway
     assert 0.3 < hidden.mean() < 0.7 and hidden.any(axis=0).all()
 
 
@@ -279,8 +283,10 @@ def test_without_a_key_generate_draws_one_from_the_corpus_keys():
     assert {ctl.pick_key(prior, "tune", rng) for _ in range(50)} == {7}
     assert len({ctl.pick_key(prior, "chorale", rng) for _ in range(200)}) > 15
     assert len({ctl.pick_key(None, None, rng) for _ in range(200)}) > 15  # an old checkpoint: any key
-    stored = ctl.key_prior(np.array([[7, 0, 0, 0, 1]] * 5 + [[2, 0, 0, 0, 0]] * 3 + [[theory.KEY_UNKNOWN, 0, 0, 0, 0]]),
-                           ["chorale", "tune"])
+    rows = np.zeros((9, len(ctl.COLUMNS)), dtype=np.int64)
+    rows[:, ctl.KEY] = [7] * 5 + [2] * 3 + [theory.KEY_UNKNOWN]
+    rows[:5, ctl.STYLE] = 1
+    stored = ctl.key_prior(rows, ["chorale", "tune"])
     assert stored["tune"][7] == 5 and stored["chorale"][2] == 3 and sum(stored["chorale"]) == 3
 
     from melodylstm.generate import Generator
@@ -308,3 +314,36 @@ def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
     gen = Generator.load()
     gen.generate(bars=1, seed=1, key="A:minor")
     assert gen.last_controls["temperature"] == 0.8 and gen.last_controls["key_strength"] == 3.0
+
+
+def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_path, monkeypatch):
+    """What the sampler tells the model a bar, two and four bars back equals what training computes
+    from the finished piece (controls_for), step by step, through a primer and its answer."""
+    from melodylstm.checkpoint import save_checkpoint
+    from melodylstm.generate import Generator
+    from melodylstm.sampling import FastLSTM
+
+    path = tmp_path / "ctl.safetensors"
+    save_checkpoint(path, controlled_model(), TOK)
+    gen = Generator.load(path)
+    fed = []
+    step = FastLSTM.step
+
+    def spy(net, tokens, controls=None):
+        fed.append((int(tokens[0]), None if controls is None else np.array(controls[0])))
+        return step(net, tokens, controls)
+
+    monkeypatch.setattr(FastLSTM, "step", spy)
+    melody = [(i * 6, 6 if i % 3 else 12, 60 + (0, 4, 7, 5, 2, 9)[i % 6], 80, 0) for i in range(0, 48, 1) if i % 5 != 4]
+    primer = song_of(melody[:20])
+    gen.continue_(primer, bars=8, seed=4, temperature=1.5, primer_bars=None)
+    kept, _ = TOK.normalize(primer)
+    prefix = TOK.encode_normalized(kept)[:-1].tolist()
+    tokens = prefix[:-1] + [t for t, _ in fed]
+    song = TOK.decode(tokens, like=kept)
+    expected = ctl.controls_for(song, np.array(tokens), TOK)
+    columns = [gen.checkpoint.model_config.control_names.index(name) for name in ctl.BACK + ctl.GAP]
+    told = np.stack([c[columns] for _, c in fed])
+    first = len(prefix) - 1
+    assert (told[:, :3] < ctl.NO_ONSET).sum() > 20 and (told[:, 3:] > 0).sum() > 20  # notes were heard bars back
+    assert np.array_equal(told, expected[first:, ctl.POSITION + 1:ctl.STYLE])
