@@ -49,7 +49,7 @@ PRIMER_KEY_STRENGTH = -0.5
 # Embedding size of each control input (controls.py); small next to the token embedding, since
 # each control has few values. The LSTM sees them concatenated with the token embedding.
 CONTROL_DIMS = {"key": 16, "chord": 24, "density": 8, "position": 16, "style": 8,
-                "back1": 12, "back2": 12, "back4": 12, "gap1": 6, "gap2": 6, "gap4": 6}
+                "back1": 12, "back2": 12, "back4": 12, "back8": 12, "gap1": 6, "gap2": 6, "gap4": 6, "gap8": 6}
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ in for them.
            matching (below)
 * density  note onsets per beat in the bar before, in 5 buckets
 * position steps since the bar line (the sampler knows it exactly)
-* back1, back2, back4  lookback (Magenta's Lookback RNN, as inputs): the highest pitch that
-           started at this moment 1, 2 and 4 bars earlier, or "no note started there"
-* gap1, gap2, gap4     ... and how many steps later the next note started there (if it did before
+* back1 .. back8  lookback (Magenta's Lookback RNN, as inputs): the highest pitch that
+           started at this moment 1, 2, 4 and 8 bars earlier, or "no note started there"
+* gap1 .. gap8      ... and how many steps later the next note started there (if it did before
            now): a phrase's rhythm and melody a bar, two bars or a phrase back
 * style    the piece's style (first-level subfolder of the training folder), per piece
 
@@ -204,7 +204,7 @@ def bar_densities(notes: np.ndarray, grid: TempoMap, n_bars: int, resolution: in
 
 # ---------------------------------------------------------------- per token
 
-LOOKBACK_BARS = (1, 2, 4)
+LOOKBACK_BARS = (1, 2, 4, 8)
 BACK = tuple(f"back{k}" for k in LOOKBACK_BARS)
 GAP = tuple(f"gap{k}" for k in LOOKBACK_BARS)
 # style is stored last: it is per file, added when a corpus is stored (data.TokenStore.build)
@@ -335,12 +335,12 @@ def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray) -> 
 
 
 def model_controls(resolution: int, styles, dims: dict, use_controls: bool = True) -> tuple:
-    """The (name, values, dim) control inputs of a new model: every control, style only when the
-    corpus has styles."""
+    """The (name, values, dim) control inputs of a new model: every control with a size in
+    `dims`, style only when the corpus has styles."""
     if not use_controls:
         return ()
     n = sizes(resolution, len(styles))
-    return tuple((name, n[name], dims[name]) for name in COLUMNS if name != "style" or styles)
+    return tuple((name, n[name], dims[name]) for name in COLUMNS if dims.get(name) and (name != "style" or styles))
 
 
 def key_prior(controls: np.ndarray, styles) -> dict:
@@ -414,22 +414,22 @@ class Heard:
     """Per sampled row, the highest pitch started at each recent step (a ring over the last
     bars, seeded with the primer's notes): what the lookback inputs read while generating."""
 
-    SPAN = 4096  # steps kept: more than 4 bars of 8 beats and a gap, at any resolution up to 96
-
     def __init__(self, rows: int, notes: np.ndarray | None, cap: int):
+        """cap: the longest gap told (steps); the ring spans the longest lag in bars of 16 beats."""
         self.cap = cap
-        self.pitch = np.full((rows, self.SPAN), -1, dtype=np.int64)
-        self.time = np.full((rows, self.SPAN), -1, dtype=np.int64)
+        self.span = 1 << int(np.ceil(np.log2((max(LOOKBACK_BARS) + 2) * 2 * cap)))
+        self.pitch = np.full((rows, self.span), -1, dtype=np.int64)
+        self.time = np.full((rows, self.span), -1, dtype=np.int64)
         if notes is not None and len(notes):
             onsets, tops = onset_tops(notes)
-            recent = onsets > onsets.max() - self.SPAN
-            self.pitch[:, onsets[recent] % self.SPAN] = tops[recent]
-            self.time[:, onsets[recent] % self.SPAN] = onsets[recent]
+            recent = onsets > onsets.max() - self.span
+            self.pitch[:, onsets[recent] % self.span] = tops[recent]
+            self.time[:, onsets[recent] % self.span] = onsets[recent]
 
     def record(self, pitches: np.ndarray, now: np.ndarray) -> None:
         """pitches: per row the pitch just started at `now`, or -1."""
         rows = np.flatnonzero(pitches >= 0)
-        slot = now[rows] % self.SPAN
+        slot = now[rows] % self.span
         same = self.time[rows, slot] == now[rows]
         self.pitch[rows, slot] = np.where(same, np.maximum(self.pitch[rows, slot], pitches[rows]), pitches[rows])
         self.time[rows, slot] = now[rows]
@@ -439,11 +439,11 @@ class Heard:
         unknown), as `lookback` computes them from a finished piece's notes."""
         rows = np.arange(len(times))
         known = then >= 0
-        slot = np.where(known, then, 0) % self.SPAN
+        slot = np.where(known, then, 0) % self.span
         hit = known & (self.time[rows, slot] == then)
         back = np.where(hit, self.pitch[rows, slot], NO_ONSET)
         later = then[:, None] + np.arange(1, self.cap + 1)[None, :]
-        heard = (self.time[rows[:, None], later % self.SPAN] == later) & (later < times[:, None])
+        heard = (self.time[rows[:, None], later % self.span] == later) & (later < times[:, None])
         gap = np.where(heard.any(axis=1), heard.argmax(axis=1) + 1, 0)
         return np.where(known, back, NO_ONSET + 1), np.where(known, gap, self.cap + 1)
 
@@ -473,7 +473,7 @@ class ControlPlan:
         self.last_times, self.last_values = None, None
 
     def _at(self, time: int) -> tuple:
-        """(position, chord, the same place 1, 2, 4 bars earlier or -1) at one time, memoized:
+        """(position, chord, the same place 1, 2, 4, 8 bars earlier or -1) at one time, memoized:
         a note's three tokens share their time."""
         hit = self.memo.get(time)
         if hit is None:
