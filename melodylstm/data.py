@@ -74,7 +74,7 @@ class FileResult:
 
 
 def config_fingerprint(tokenizer: Tokenizer) -> str:
-    key = tokenizer.to_json() + f"controls{ctl.CONTROLS_VERSION}"
+    key = tokenizer.to_json() + f"controls{ctl.CONTROLS_VERSION}" + ",".join(ctl.COLUMNS)  # a new column: a new cache
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 

@@ -336,7 +336,7 @@ def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_pa
     monkeypatch.setattr(FastLSTM, "step", spy)
     melody = [(i * 6, 6 if i % 3 else 12, 60 + (0, 4, 7, 5, 2, 9)[i % 6], 80, 0) for i in range(0, 48, 1) if i % 5 != 4]
     primer = song_of(melody[:20])
-    gen.continue_(primer, bars=8, seed=4, temperature=1.5, primer_bars=None)
+    gen.continue_(primer, bars=12, seed=4, temperature=1.5, primer_bars=None)
     kept, _ = TOK.normalize(primer)
     prefix = TOK.encode_normalized(kept)[:-1].tolist()
     tokens = prefix[:-1] + [t for t, _ in fed]
@@ -345,5 +345,6 @@ def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_pa
     columns = [gen.checkpoint.model_config.control_names.index(name) for name in ctl.BACK + ctl.GAP]
     told = np.stack([c[columns] for _, c in fed])
     first = len(prefix) - 1
-    assert (told[:, :3] < ctl.NO_ONSET).sum() > 20 and (told[:, 3:] > 0).sum() > 20  # notes were heard bars back
+    lags = len(ctl.LOOKBACK_BARS)
+    assert (told[:, :lags] < ctl.NO_ONSET).sum() > 20 and (told[:, lags:] > 0).sum() > 20  # notes were heard bars back
     assert np.array_equal(told, expected[first:, ctl.POSITION + 1:ctl.STYLE])
