@@ -156,7 +156,7 @@ def bench_train(corpus, layers, hidden, embedding, batch, seq_len, steps) -> dic
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig(out=out, max_steps=steps + 2, batch_size=batch, seq_len=seq_len, log_every=1, evals=1,
                               patience=0, save_interval=1e9, device="cpu" if not torch.cuda.is_available() else "auto")
-            # without controls: the plain token model; with: key, chord, density, position inputs too
+            # without controls: the plain token model; with: key, chord, density, position, lookback inputs too
             model = ({"embedding": embedding, "hidden": hidden, "layers": layers, "dropout": 0.2} if controls
                      else ModelConfig(vocab, embedding, hidden, layers, 0.2))
             run = Run(corpus, tok, model, cfg, log=lambda m: None, progress=False, data_options={"jobs": 1})
@@ -240,7 +240,7 @@ def refeed_rate(vocab, layers, hidden, embedding, n, window=256) -> float:
 
 def random_fast_lstm(layers, hidden, embedding, batch, controls=False):
     """Our numpy sampler network with a freshly initialised model's weights, ready for `batch` rows
-    (with `controls`: key, chord, density, position and two styles as inputs too)."""
+    (with `controls`: key, chord, density, position, lookback and two styles as inputs too)."""
     import torch
 
     from .config import CONTROL_DIMS, ModelConfig

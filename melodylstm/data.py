@@ -21,7 +21,7 @@ from .tokenizer import Tokenizer
 
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 MIN_NOTES = 8  # fewer notes than this teach nothing: the file is skipped as "too short"
-CACHE_MAGIC = b"MLTK2"  # tokens, then their controls (key, chord, density, position)
+CACHE_MAGIC = b"MLTK2"  # tokens, then their controls (every column but style)
 N_FILE_CONTROLS = len(ctl.COLUMNS) - 1  # computed per file; style, the last, comes from the folder
 
 
@@ -282,7 +282,7 @@ def split_results(used, val_fraction: float):
 
 class TokenStore:
     """A corpus split as flat arrays (documents concatenated, each BOS ... EOS): uint16 tokens and
-    uint8 controls (key, chord, density, position, style per token), memory-mapped from disk so
+    uint8 controls (controls.COLUMNS per token), memory-mapped from disk so
     memory does not grow with the corpus."""
 
     def __init__(self, folder):

@@ -147,7 +147,7 @@ class TrainConfig:
     transpose: int | None = None  # augmentation: random transposition within +-N semitones
     transpose_share: float | None = None  # of the windows (the others keep the corpus's own keys)
     val_fraction: float = 0.1
-    controls: bool = True  # learn the control inputs (key, chord, density, position, style)
+    controls: bool = True  # learn the control inputs (key, chord, density, position, lookback, style)
     style: str | None = None  # the style of every file (default: first-level subfolder names)
     evals: int = 20  # validations per budget
     patience: int = 5  # validations without improvement before stopping (0: never stop early)
