@@ -311,20 +311,22 @@ def controls_for(song, tokens, tok, causal: bool = True) -> np.ndarray:
     return out
 
 
-def transpose(controls: np.ndarray, shift: np.ndarray) -> None:
-    """Move key and chord labels by `shift` semitones per row (in place; controls (B, T, C))."""
+def transpose(controls: np.ndarray, shift: np.ndarray, names=COLUMNS) -> None:
+    """Move key, chord and lookback pitches by `shift` semitones per row (in place; controls
+    (B, T, C), its columns the controls `names`, a model's or every stored one)."""
     s = np.asarray(shift, dtype=np.int64)[:, None]
-    key = controls[..., KEY].astype(np.int64)
-    known = key < 24
-    controls[..., KEY] = np.where(known, (key // 12) * 12 + (key % 12 + s) % 12, key)
-    chord = controls[..., CHORD].astype(np.int64)
     q = len(QUALITIES)
-    known = chord < NO_CHORD
-    controls[..., CHORD] = np.where(known, ((chord // q + s) % 12) * q + chord % q, chord)
-    for name in BACK:
-        column = COLUMNS.index(name)
-        pitch = controls[..., column].astype(np.int64)
-        controls[..., column] = np.where(pitch < NO_ONSET, np.clip(pitch + s, 0, NO_ONSET - 1), pitch)
+    for column, name in enumerate(names):
+        value = controls[..., column].astype(np.int64)
+        if name == "key":
+            moved = np.where(value < KEY_UNKNOWN, (value // 12) * 12 + (value % 12 + s) % 12, value)
+        elif name == "chord":
+            moved = np.where(value < NO_CHORD, ((value // q + s) % 12) * q + value % q, value)
+        elif name in BACK:
+            moved = np.where(value < NO_ONSET, np.clip(value + s, 0, NO_ONSET - 1), value)
+        else:
+            continue
+        controls[..., column] = moved
 
 
 def hide(controls: np.ndarray, rng, probability: float, unknown: np.ndarray) -> None:
@@ -340,6 +342,11 @@ def model_controls(resolution: int, styles, dims: dict, use_controls: bool = Tru
     if not use_controls:
         return ()
     n = sizes(resolution, len(styles))
+    if n["style"] > 256:  # stored as one byte per control and token
+        raise ValueError(f"{len(styles)} styles: the style input allows at most 255")
+    if max(n.values()) > 256:
+        raise ValueError(f"--resolution {resolution}: the control inputs allow at most 31 steps per quarter note "
+                         f"(positions are stored in a byte); use --no-controls for a finer grid")
     return tuple((name, n[name], dims[name]) for name in COLUMNS if dims.get(name) and (name != "style" or styles))
 
 
@@ -414,10 +421,11 @@ class Heard:
     """Per sampled row, the highest pitch started at each recent step (a ring over the last
     bars, seeded with the primer's notes): what the lookback inputs read while generating."""
 
-    def __init__(self, rows: int, notes: np.ndarray | None, cap: int):
-        """cap: the longest gap told (steps); the ring spans the longest lag in bars of 16 beats."""
+    def __init__(self, rows: int, notes: np.ndarray | None, cap: int, longest_bar: int):
+        """cap: the longest gap told (steps); the ring spans the longest lag in the longest bars
+        and a gap, so no slot is overwritten while a lag can still read it."""
         self.cap = cap
-        self.span = 1 << int(np.ceil(np.log2((max(LOOKBACK_BARS) + 2) * 2 * cap)))
+        self.span = 1 << int(np.ceil(np.log2((max(LOOKBACK_BARS) + 1) * max(longest_bar, 1) + cap + 1)))
         self.pitch = np.full((rows, self.span), -1, dtype=np.int64)
         self.time = np.full((rows, self.span), -1, dtype=np.int64)
         if notes is not None and len(notes):
@@ -514,7 +522,7 @@ class ControlPlan:
         for lag, (back, gap) in enumerate(zip(BACK, GAP)):
             if back in self.names or gap in self.names:
                 if self.heard is None:
-                    self.heard = Heard(len(times), self.primer_notes, POSITION_BEATS * self.res)
+                    self.heard = Heard(len(times), self.primer_notes, POSITION_BEATS * self.res, self.grid.longest_bar())
                 then = np.array([a[2][lag] for a in at], dtype=np.int64)
                 looked[back], looked[gap] = self.heard.values(now, then)
         for i, name in enumerate(self.names):

@@ -65,7 +65,7 @@ class FileResult:
     path: str
     content_hash: str = ""
     tokens: np.ndarray | None = None
-    controls: np.ndarray | None = None  # (len(tokens), 4) uint8, see controls.py
+    controls: np.ndarray | None = None  # (len(tokens), len(ctl.COLUMNS) - 1) uint8, see controls.py
     reason: str = ""  # why the file was skipped; empty when used
     notes: int = 0
     seconds: float = 0.0
@@ -351,11 +351,13 @@ class WindowSampler:
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
                  seed: int = 0, transpose: int = 0, controls: np.ndarray | None = None,
-                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY, transpose_share: float = 1.0):
+                 unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY, transpose_share: float = 1.0,
+                 names=ctl.COLUMNS):
+        """names: the controls of the columns of `controls` (a model's, in its order)."""
         if len(tokens) < 2:
             raise ValueError("not enough training tokens")
         self.tokens, self.tok, self.controls = tokens, tokenizer, controls
-        self.unknown, self.hide = unknown, hide
+        self.unknown, self.hide, self.names = unknown, hide, tuple(names)
         self.seq_len = min(seq_len, len(tokens) - 1)
         self.batch_size, self.transpose, self.transpose_share = batch_size, transpose, transpose_share
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -372,7 +374,7 @@ class WindowSampler:
             return batch
         controls = self.controls[index].astype(np.int64)
         if shift is not None:
-            ctl.transpose(controls, shift)
+            ctl.transpose(controls, shift, self.names)
         if self.hide:
             ctl.hide(controls, self.rng, self.hide, self.unknown)
         return batch, controls

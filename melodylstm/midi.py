@@ -153,6 +153,10 @@ class TempoMap:
             return self.head[index]
         return self.tail_start + (index - len(self.head)) * self.tail_length
 
+    def longest_bar(self) -> int:
+        """Steps of the longest bar (the bars after the last metre change repeat the last one)."""
+        return int(max(np.diff(list(self.head) + [self.tail_start]).max(initial=0), self.tail_length))
+
     def bar_starts(self, indices) -> np.ndarray:
         """bar_start of an array of bar indices."""
         bars = np.asarray(indices, dtype=np.int64)

@@ -108,6 +108,10 @@ def test_transposition_moves_key_and_chords_with_the_notes():
     controls[..., back] = [[60, ctl.NO_ONSET, ctl.NO_ONSET + 1]] * 2
     ctl.transpose(controls, np.array([2, -3]))
     assert controls[..., back].tolist() == [[62, ctl.NO_ONSET, ctl.NO_ONSET + 1], [57, ctl.NO_ONSET, ctl.NO_ONSET + 1]]
+    # a model from before lookback (resumed or fine-tuned) reads 5 columns: its style is not a pitch
+    older = np.array([[[theory.key_index(0, "major"), theory.chord_index(0, ""), 2, 0, 1]]])
+    ctl.transpose(older, np.array([2]), ("key", "chord", "density", "position", "style"))
+    assert older.tolist() == [[[theory.key_index(2, "major"), theory.chord_index(2, ""), 2, 0, 1]]]
     assert theory.key_label(controls[0, 0, ctl.KEY]) == "C#:major" and theory.key_label(controls[1, 0, ctl.KEY]) == "A:minor"
     assert theory.chord_label(controls[0, 0, ctl.CHORD]) == "C#7" and theory.chord_label(controls[1, 0, ctl.CHORD]) == "Ab7"
     assert controls[0, 1, ctl.CHORD] == theory.NO_CHORD and controls[0, 2, ctl.CHORD] == theory.CHORD_UNKNOWN
@@ -317,8 +321,9 @@ def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
 
 
 def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_path, monkeypatch):
-    """What the sampler tells the model a bar, two and four bars back equals what training computes
-    from the finished piece (controls_for), step by step, through a primer and its answer."""
+    """What the sampler tells each row about 1, 2, 4 and 8 bars back equals what training computes
+    from that row's finished piece (controls_for), step by step, through a primer with two-note
+    chords, a change from 3/4 to 4/4 (shorter bars earlier: "unknown") and three rows apart."""
     from melodylstm.checkpoint import save_checkpoint
     from melodylstm.generate import Generator
     from melodylstm.sampling import FastLSTM
@@ -330,21 +335,35 @@ def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_pa
     step = FastLSTM.step
 
     def spy(net, tokens, controls=None):
-        fed.append((int(tokens[0]), None if controls is None else np.array(controls[0])))
+        fed.append((np.array(tokens), np.array(controls)))
         return step(net, tokens, controls)
 
     monkeypatch.setattr(FastLSTM, "step", spy)
-    melody = [(i * 6, 6 if i % 3 else 12, 60 + (0, 4, 7, 5, 2, 9)[i % 6], 80, 0) for i in range(0, 48, 1) if i % 5 != 4]
-    primer = song_of(melody[:20])
-    gen.continue_(primer, bars=12, seed=4, temperature=1.5, primer_bars=None)
+    melody = [(i * 6, 6 if i % 3 else 12, 60 + (0, 4, 7, 5, 2, 9)[i % 6], 80, 0) for i in range(32) if i % 5 != 4]
+    melody += [(o, d, p - 5, 70, 0) for o, d, p, _, _ in melody[::3]]  # a lower voice now and then
+    primer = Song(np.array(sorted(melody)), RES, [(0, 500000)], [(0, 3, 4), (72, 4, 4)])
+    rows = 3
+    gen.continue_(primer, bars=14, seed=4, num=rows, temperature=1.5, primer_bars=None)
     kept, _ = TOK.normalize(primer)
     prefix = TOK.encode_normalized(kept)[:-1].tolist()
-    tokens = prefix[:-1] + [t for t, _ in fed]
-    song = TOK.decode(tokens, like=kept)
-    expected = ctl.controls_for(song, np.array(tokens), TOK)
     columns = [gen.checkpoint.model_config.control_names.index(name) for name in ctl.BACK + ctl.GAP]
-    told = np.stack([c[columns] for _, c in fed])
-    first = len(prefix) - 1
-    lags = len(ctl.LOOKBACK_BARS)
-    assert (told[:, :lags] < ctl.NO_ONSET).sum() > 20 and (told[:, lags:] > 0).sum() > 20  # notes were heard bars back
-    assert np.array_equal(told, expected[first:, ctl.POSITION + 1:ctl.STYLE])
+    lags, first = len(ctl.LOOKBACK_BARS), len(prefix) - 1
+    told_all = []
+    for r in range(rows):
+        tokens = prefix[:-1] + [int(t[r]) for t, _ in fed]
+        song = TOK.decode(tokens, like=kept)
+        expected = ctl.controls_for(song, np.array(tokens), TOK)
+        told = np.stack([c[r, columns] for _, c in fed])
+        assert np.array_equal(told, expected[first:, ctl.POSITION + 1:ctl.STYLE]), r
+        told_all.append(told)
+    told = np.concatenate(told_all)
+    assert ((told[:, :lags] < ctl.NO_ONSET).sum(axis=0) > 5).all()  # every lag heard notes ...
+    assert ((told[:, lags:] > 0) & (told[:, lags:] <= ctl.POSITION_BEATS * RES)).sum(axis=0).min() > 5  # ... and gaps
+    assert (told[:, :lags] == ctl.NO_ONSET + 1).any()  # and a place that a shorter bar lacked
+
+
+def test_a_grid_too_fine_for_one_byte_per_control_is_refused_with_a_clear_error():
+    assert ctl.model_controls(31, ("a",), CONTROL_DIMS)  # positions up to 248, gaps up to 249: one byte each
+    with pytest.raises(ValueError, match="--resolution 48: .* at most 31 steps per quarter note"):
+        ctl.model_controls(48, ("a",), CONTROL_DIMS)
+    assert ctl.model_controls(48, ("a",), CONTROL_DIMS, use_controls=False) == ()
