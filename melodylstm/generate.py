@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
+from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
                      PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH,
                      PRIMER_REGISTER_WIDTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
@@ -271,6 +271,10 @@ class Generator:
             key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
         prange = theory.parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
+        if request["key"] is not None and not request.get("key_picked") and TONIC_BIAS and "key" in names:
+            # a key the user names (not one drawn from the corpus): its tonic triad heard
+            bias = tonic_triad_bias(tok, request["key"], TONIC_BIAS)
+            constraint = bias if constraint is None else constraint + bias
         rng = np.random.Generator(np.random.PCG64(seed))
         grid = like.tempo_map
         report = {"controls": names, "strict_key": bool(key_value)}
@@ -581,6 +585,12 @@ def longest_rest(song: Song) -> int:
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
     gaps = onsets[1:] - ends[:-1]
     return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
+
+
+def tonic_triad_bias(tok: Tokenizer, key: int, strength: float) -> np.ndarray:
+    """(vocab,) additive logits: `strength` on the pitches of the key's tonic triad."""
+    tonic, minor = key % 12, key // 12
+    return chord_tone_bias(tok, strength)[theory.chord_index(tonic, "m" if minor else "")]
 
 
 def register_bias(tok, song: Song, strength: float, width: float) -> np.ndarray:
