@@ -587,7 +587,7 @@ def longest_rest(song: Song) -> int:
     return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
 
 
-def tonic_triad_bias(tok: Tokenizer, key: int, strength: float) -> np.ndarray:
+def tonic_triad_bias(tok, key: int, strength: float) -> np.ndarray:
     """(vocab,) additive logits: `strength` on the pitches of the key's tonic triad."""
     tonic, minor = key % 12, key // 12
     return chord_tone_bias(tok, strength)[theory.chord_index(tonic, "m" if minor else "")]
