@@ -219,7 +219,7 @@ def two_style_model(tmp_path_factory):
     from melodylstm.train import Run, TrainConfig
 
     tmp = tmp_path_factory.mktemp("styles")
-    cfg = TrainConfig(out=str(tmp / "run"), max_steps=150, batch_size=16, seq_len=64, lr=1e-2, warmup=10,
+    cfg = TrainConfig(out=str(tmp / "run"), max_steps=300, batch_size=16, seq_len=64, lr=1e-2, warmup=10,
                       patience=0, evals=2, transpose=0)
     Run(style_corpus(tmp / "corpus"), TOK, {"embedding": 32, "hidden": 64, "layers": 1, "dropout": 0.0}, cfg,
         data_options={"cache_dir": tmp / "cache", "jobs": 1}, log=lambda m: None, progress=False).train()

@@ -262,8 +262,9 @@ def test_an_answer_stays_in_the_phrase_register():
 
 
 def test_a_repeated_motif_is_taken_up_more_often_with_the_echo(monkeypatch):
-    """A two-bar motif played twice: with the echo of 4 and 2 bars back, the answers play the
-    motif's pitch at the motif's moment about three times as often as without (0.29 / 0.10)."""
+    """A two-bar motif played twice: the default model, told what was played bars back, plays the
+    motif's pitch at the motif's moment in 0.45 of the answers' notes (the model before lookback:
+    0.10); the echo of 4 and 2 bars back takes that to 0.86."""
     import melodylstm.generate as generate
 
     motif = [(0, 12, 67), (12, 6, 69), (18, 6, 67), (24, 12, 65), (36, 12, 64), (48, 12, 62), (60, 12, 64), (72, 24, 60)]
@@ -277,7 +278,8 @@ def test_a_repeated_motif_is_taken_up_more_often_with_the_echo(monkeypatch):
 
     with_echo = taken_up()
     monkeypatch.setattr(generate, "ECHO_WEIGHTS", (0.0, 0.0))
-    assert with_echo > 2 * taken_up()
+    model_alone = taken_up()
+    assert model_alone > 0.3 and with_echo > 1.5 * model_alone
 
 
 def test_the_echo_adds_what_was_played_bars_ago_and_nothing_else():
@@ -338,3 +340,21 @@ def test_a_model_with_lookback_takes_up_a_repeated_motif_more_often(tmp_path, mo
     without = {k: v for k, v in generate_dims.items() if k not in ctl.BACK + ctl.GAP}
     heard, deaf = taken_up("lookback", generate_dims), taken_up("plain", without)
     assert heard > 0.6 and heard > 2 * deaf, (heard, deaf)
+
+
+def test_a_named_key_leans_on_its_tonic_triad_and_a_drawn_key_does_not(monkeypatch):
+    import melodylstm.generate as generate
+    from melodylstm.theory import key_index
+
+    tok = Tokenizer()
+    bias = generate.tonic_triad_bias(tok, key_index(9, "minor"), 1.5)  # A minor: A C E
+    pitches = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1)
+    lifted = pitches[bias[tok.pitch0: tok.pitch0 + len(pitches)] == 1.5]
+    assert set(lifted % 12) == {9, 0, 4} and bias.sum() == 1.5 * len(lifted)
+    seen = []
+    real = generate.tonic_triad_bias
+    monkeypatch.setattr(generate, "tonic_triad_bias", lambda *a: seen.append(a[1]) or real(*a))
+    gen = Generator.load()
+    gen.generate(bars=1, seed=1, key="D:minor")
+    gen.generate(bars=1, seed=1)  # a key drawn from the corpus: the model's own way, no prior
+    assert seen == [key_index(2, "minor")]

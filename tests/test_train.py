@@ -386,4 +386,4 @@ def test_cli_prints_the_recipe_and_the_budget(tiny_corpus, tmp_path):
                      "--cache-dir", str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr
     assert "recipe: small model" in result.stderr and "budget: 4 steps" in result.stderr
-    assert "controls: key, chord, density, position, style" in result.stderr  # tiny_corpus has a subfolder
+    assert "controls: key, chord, density, position, back1, back2, back4, back8, gap1, gap2, gap4, gap8, style" in result.stderr  # tiny_corpus has a subfolder
