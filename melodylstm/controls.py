@@ -260,6 +260,10 @@ def lookback(notes: np.ndarray, grid: TempoMap, times: np.ndarray, resolution: i
     the next onset if that came before t (0: none). Unknown where that place does not exist.
     Causal: every note read started before t."""
     times = np.asarray(times, dtype=np.int64)
+    first = np.concatenate(([True], times[1:] != times[:-1]))
+    if len(times) > 1 and not first.all() and (times[1:] >= times[:-1]).all():
+        # a piece's tokens, in time order: each time once (a note's three tokens share one)
+        return lookback(notes, grid, times[first], resolution)[np.cumsum(first) - 1]
     onsets, tops = onset_tops(notes)
     cap = POSITION_BEATS * resolution
     bars = grid.bars_of(times)
