@@ -266,23 +266,32 @@ def lookback(notes: np.ndarray, grid: TempoMap, times: np.ndarray, resolution: i
         return lookback(notes, grid, times[first], resolution)[np.cumsum(first) - 1]
     onsets, tops = onset_tops(notes)
     cap = POSITION_BEATS * resolution
-    bars = grid.bars_of(times)
-    position = times - grid.bar_starts(bars)
+    padded, padded_tops = np.append(onsets, -1), np.append(tops, NO_ONSET)  # index len(onsets): no onset
     out = np.empty((len(times), 2 * len(LOOKBACK_BARS)), dtype=np.int64)
-    for i, k in enumerate(LOOKBACK_BARS):
-        earlier = np.maximum(bars - k, 0)
-        start, end = grid.bar_starts(earlier), grid.bar_starts(earlier + 1)
-        then = start + position
-        known = (bars >= k) & (then < end)
+    for i, then in enumerate(earlier_places(grid, times).T):
+        known = then >= 0
         at = np.searchsorted(onsets, then)
-        hit = at < len(onsets)
-        hit[hit] = onsets[at[hit]] == then[hit]
-        out[:, i] = np.where(hit, tops[np.minimum(at, len(tops) - 1)] if len(tops) else 0, NO_ONSET)
-        after = np.searchsorted(onsets, then, side="right")
-        nxt = np.where(after < len(onsets), onsets[np.minimum(after, len(onsets) - 1)] if len(onsets) else 0, -1)
+        hit = known & (padded[at] == then)
+        out[:, i] = np.where(hit, padded_tops[at], NO_ONSET)
+        nxt = padded[np.searchsorted(onsets, then, side="right")]
         gap = nxt - then
         out[:, len(LOOKBACK_BARS) + i] = np.where((nxt >= 0) & (nxt < times) & (gap <= cap), gap, 0)
         out[~known, i], out[~known, len(LOOKBACK_BARS) + i] = NO_ONSET + 1, cap + 1
+    return out
+
+
+def earlier_places(grid: TempoMap, times) -> np.ndarray:
+    """(len(times), len(LOOKBACK_BARS)): each time's place in the bar 1, 2, 4 and 8 bars earlier;
+    -1 where that bar is before the piece or too short to hold the place."""
+    times = np.asarray(times, dtype=np.int64)
+    bars = grid.bars_of(times)
+    position = times - grid.bar_starts(bars)
+    out = np.full((len(times), len(LOOKBACK_BARS)), -1, dtype=np.int64)
+    for i, k in enumerate(LOOKBACK_BARS):
+        earlier = np.maximum(bars - k, 0)
+        then = grid.bar_starts(earlier) + position
+        known = (bars >= k) & (then < grid.bar_starts(earlier + 1))
+        out[known, i] = then[known]
     return out
 
 
@@ -321,15 +330,15 @@ def transpose(controls: np.ndarray, shift: np.ndarray, names=COLUMNS) -> None:
     s = np.asarray(shift, dtype=np.int64)[:, None]
     q = len(QUALITIES)
     for column, name in enumerate(names):
+        if name not in ("key", "chord") + BACK:
+            continue
         value = controls[..., column].astype(np.int64)
         if name == "key":
             moved = np.where(value < KEY_UNKNOWN, (value // 12) * 12 + (value % 12 + s) % 12, value)
         elif name == "chord":
             moved = np.where(value < NO_CHORD, ((value // q + s) % 12) * q + value % q, value)
-        elif name in BACK:
-            moved = np.where(value < NO_ONSET, np.clip(value + s, 0, NO_ONSET - 1), value)
         else:
-            continue
+            moved = np.where(value < NO_ONSET, np.clip(value + s, 0, NO_ONSET - 1), value)
         controls[..., column] = moved
 
 
@@ -485,17 +494,13 @@ class ControlPlan:
         self.last_times, self.last_values = None, None
 
     def _at(self, time: int) -> tuple:
-        """(position, chord, the same place 1, 2, 4, 8 bars earlier or -1) at one time, memoized:
-        a note's three tokens share their time."""
+        """(position, chord) at one time, memoized: a note's three tokens share their time."""
         hit = self.memo.get(time)
         if hit is None:
             grid = self.grid
             bar = grid.bar_of(time)  # the bar holding `time`
             start = grid.bar_start(bar)
             position = min(time - start, POSITION_BEATS * self.res)
-            then = tuple(grid.bar_start(bar - k) + time - start
-                         if bar >= k and grid.bar_start(bar - k) + time - start < grid.bar_start(bar - k + 1) else -1
-                         for k in LOOKBACK_BARS)
             chord = CHORD_UNKNOWN
             if time < self.start:
                 beat = time // self.res
@@ -505,7 +510,7 @@ class ControlPlan:
                 chords = self.progression[(bar - self.start_bar) % len(self.progression)]
                 length = max(1, grid.bar_start(bar + 1) - start)
                 chord = chords[min(len(chords) - 1, (time - start) * len(chords) // length)]
-            hit = self.memo[time] = (position, chord, then)
+            hit = self.memo[time] = (position, chord)
         return hit
 
     def record(self, pitches: np.ndarray, now: np.ndarray) -> None:
@@ -523,11 +528,10 @@ class ControlPlan:
         at = [self._at(t) for t in times]
         out = np.empty((len(at), len(self.names)), dtype=np.int64)
         looked = {}
-        for lag, (back, gap) in enumerate(zip(BACK, GAP)):
-            if back in self.names or gap in self.names:
-                if self.heard is None:
-                    self.heard = Heard(len(times), self.primer_notes, POSITION_BEATS * self.res, self.grid.longest_bar())
-                then = np.array([a[2][lag] for a in at], dtype=np.int64)
+        if any(name in self.names for name in BACK + GAP):
+            if self.heard is None:
+                self.heard = Heard(len(times), self.primer_notes, POSITION_BEATS * self.res, self.grid.longest_bar())
+            for back, gap, then in zip(BACK, GAP, earlier_places(self.grid, now).T):
                 looked[back], looked[gap] = self.heard.values(now, then)
         for i, name in enumerate(self.names):
             if name == "position":
