@@ -11,6 +11,8 @@ The sets (built into --work, never committed, never trained on by the default mo
                       hymn-like lines in whole and half notes
   nottingham-melody   the Nottingham folk melodies without their chords (../shared/midi,
                       when present)
+  monteverdi-canto    the top voice of Monteverdi's madrigals in music21's corpus (added
+                      after the other three were measured: never looked at while tuning)
 Tune on chorale-soprano; the others are reported, not tuned on.
 """
 from __future__ import annotations
@@ -66,11 +68,11 @@ def nottingham_melodies(out: Path) -> int:
     return count
 
 
-def palestrina_cantus(out: Path, pieces: int = 60) -> int:
-    """The first (top) part of an evenly spaced sample of Palestrina's pieces in music21."""
+def top_parts(out: Path, composer: str, pieces: int = 60) -> int:
+    """The first (top) part of an evenly spaced sample of a composer's pieces in music21."""
     from music21 import corpus
 
-    paths = sorted(str(p) for p in corpus.getComposer("palestrina"))
+    paths = sorted(str(p) for p in corpus.getComposer(composer) if not str(p).endswith(".rntxt"))  # not analyses
     chosen = paths[:: max(1, len(paths) // pieces)][:pieces]
     count = 0
     for path in chosen:
@@ -85,8 +87,16 @@ def palestrina_cantus(out: Path, pieces: int = 60) -> int:
     return count
 
 
+def palestrina_cantus(out: Path) -> int:
+    return top_parts(out, "palestrina")
+
+
+def monteverdi_canto(out: Path) -> int:
+    return top_parts(out, "monteverdi")
+
+
 BUILDERS = {"chorale-soprano": chorale_sopranos, "palestrina-cantus": palestrina_cantus,
-            "nottingham-melody": nottingham_melodies}
+            "nottingham-melody": nottingham_melodies, "monteverdi-canto": monteverdi_canto}
 
 
 def build(name: str, work: Path) -> Path | None:

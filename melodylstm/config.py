@@ -36,6 +36,11 @@ PRIMER_REGISTER_WIDTH = 2.0
 # (2.04 at 2 and 1); four-voice primers are left alone (their inter-onsets got worse)
 ECHO_LAGS = (4, 2)
 ECHO_WEIGHTS = (1.0, 1.0)
+# ... and these logits to the length of that note (a line's rhythm: the next note starts where it
+# ends). Chorale sopranos, as close as repeating the primer for density / note lengths / pitch:
+# none 39% / 27% / 22%; (1, 1) 49 / 27 / 22; (2, 2) 57 / 31 / 25; (3, 1) 63 / 41 / 25; (4, 1) 65 /
+# 53 / 25; (5, 1) 75 / 63 / 29 (near a copy of the primer's rhythm); a 1-bar lag made it worse
+ECHO_LENGTH_WEIGHTS = (4.0, 1.0)
 NAMED_KEY_STRENGTH = 3.0
 # --chords: the model's chord input is the chord of the beat before (causal), which steers less
 # than the current beat's chord did; guidance on the chord (as on the key) and a prior of +2 on the

@@ -18,11 +18,11 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
-                     PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH,
-                     PRIMER_REGISTER_WIDTH, PRIMER_RHYTHM_STRENGTH)
+                     PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, PRIMER_KEY_STRENGTH,
+                     PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
-from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, crop_song, midi_chunks, midifile_bytes,
-                   read_midi_bytes, song_to_midifile)
+from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, compress_time, crop_song, midi_chunks,
+                   midifile_bytes, read_midi_bytes, song_to_midifile, stretch_notes)
 from . import controls as ctl
 from . import theory
 from .sampling import Echo, FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
@@ -171,10 +171,16 @@ class Generator:
                                         auto_key=key == "auto", key_strength=key_strength)
         request["primer_bars"] = used_bars if total_bars is not None and total_bars > used_bars else None
         request["voices"] = self._voices(primer_voices(kept) if voices == "auto" else voices, None)
-        songs, used_key = self._sample(kept, kept, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
+        factor = note_value_factor(kept)  # a line in whole and half notes is read in halves and quarters
+        heard = compress_time(kept, factor) if factor > 1 else kept
+        if factor > 1 and on_note is not None:
+            on_note = stretched(on_note, factor, offset)
+        songs, used_key = self._sample(heard, heard, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
                                        self._seed(seed), request, pitch_range, on_note, offset)
+        self.last_controls["note_values"] = factor
         results = []
         for new in songs:
+            new.notes = stretch_notes(new.notes, factor)
             new.notes[:, ONSET] += offset
             timeline = Song(new.notes, song.resolution, song.tempos, song.time_signatures, new.names)
             results.append(Continuation(timeline, song, source, kept.end + offset, used_key, dict(self.last_controls)))
@@ -354,10 +360,10 @@ class Generator:
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
             chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
         echo = None
-        if primer is not None and any(ECHO_WEIGHTS) and primer_voices(primer) == 1:  # a melody hears its phrases
+        if primer is not None and any(ECHO_WEIGHTS + ECHO_LENGTH_WEIGHTS) and primer_voices(primer) == 1:  # a melody hears its phrases
             bar = grid.bar_of(max(primer.end - 1, 0))
             echo = Echo(tok, num, grid.bar_start(bar + 1) - grid.bar_start(bar), primer.notes,
-                        ECHO_LAGS, ECHO_WEIGHTS)
+                        ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS)
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
                           max_rest, chord_bias, echo)
         with one_blas_thread():  # see its docstring: the thread policy
@@ -536,6 +542,34 @@ def clip_notes(notes: np.ndarray, end: int | None) -> np.ndarray:
     notes = notes[notes[:, ONSET] < end].copy()
     notes[:, DURATION] = np.minimum(notes[:, DURATION], end - notes[:, ONSET])
     return notes
+
+
+SLOW_PACE = 0.5  # notes per quarter below which a phrase is read in shorter note values
+
+
+def note_value_factor(song: Song, most: int = 4) -> int:
+    """How many times shorter (1, 2 or 4) a slow phrase's note values are written for the model:
+    halved while it starts fewer than SLOW_PACE notes per quarter and its steps allow. The same
+    line in half notes or in quarters is the same music; the model has heard far more of the
+    second (hymns, chorales and airs are written in quarters as often as in halves)."""
+    onsets = len(np.unique(song.notes[:, ONSET]))
+    quarters = max(song.end - int(song.notes[:, ONSET].min(initial=0)), 1) / song.resolution
+    factor = 1
+    while factor < most and onsets * factor / quarters < SLOW_PACE:
+        try:
+            compress_time(song, factor * 2)
+        except ValueError:
+            break
+        factor *= 2
+    return factor
+
+
+def stretched(on_note, factor: int, offset: int):
+    """A live-note callback for a phrase read `factor` times shorter: notes reported in its own values."""
+    def report(note):
+        onset, dur, *rest = note
+        on_note((offset + (onset - offset) * factor, dur * factor, *rest))
+    return report
 
 
 def primer_voices(song: Song) -> int:

@@ -452,6 +452,27 @@ def crop_song(song: Song, start: int) -> Song:
                 rebase(song.time_signatures) or [(0, 4, 4)], dict(song.names))
 
 
+def compress_time(song: Song, factor: int) -> Song:
+    """The song written in note values `factor` times shorter at a tempo `factor` times faster:
+    the same music in seconds and in bars (4/2 becomes 4/4, a half note a quarter). Every step of
+    the song must divide by `factor`."""
+    steps = np.concatenate([song.notes[:, ONSET], song.notes[:, DURATION], [e[0] for e in song.tempos],
+                            [e[0] for e in song.time_signatures]]).astype(np.int64)
+    if factor < 1 or (steps % factor).any() or any(d * factor > 64 for _, _, d in song.time_signatures):
+        raise ValueError(f"the song cannot be written {factor}x shorter on its grid")
+    notes = song.notes.copy()
+    notes[:, [ONSET, DURATION]] //= factor
+    return Song(notes, song.resolution, [(s // factor, us * factor) for s, us in song.tempos],
+                [(s // factor, n, d * factor) for s, n, d in song.time_signatures], dict(song.names))
+
+
+def stretch_notes(notes: np.ndarray, factor: int) -> np.ndarray:
+    """Notes in note values `factor` times longer (compress_time undone)."""
+    notes = np.array(notes, copy=True)
+    notes[:, [ONSET, DURATION]] *= factor
+    return notes
+
+
 def crop_to_bar(song: Song) -> tuple[Song, int]:
     """The song from the bar line at or before its first note, and that bar line's step."""
     if not len(song.notes):

@@ -404,28 +404,38 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class Echo:
     """What was played bars ago, as a prior (Magenta's Lookback RNN hears the same as inputs): at
     each step, `weights[i]` is added to the logit of the pitch that started at this moment
-    `lags[i]` bars earlier, in the primer or in the answer so far."""
+    `lags[i]` bars earlier, in the primer or in the answer so far, and `length_weights[i]` to the
+    DURATION token of its length (in a line, a note's length is the rhythm: the next starts
+    where it ends)."""
 
-    def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags, weights):
+    def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags, weights,
+                 length_weights=None):
         self.tok, self.offsets, self.weights = tok, [int(lag) * int(bar_steps) for lag in lags], weights
+        self.length_weights = tuple(length_weights) if length_weights is not None else (0.0,) * len(self.offsets)
         self.size = max(self.offsets) + 1  # a ring over the last bars: every offset stays distinct
         self.pitch = np.full((rows, self.size), -1, dtype=np.int64)
+        self.length = np.full((rows, self.size), -1, dtype=np.int64)  # DURATION token; -1 none yet
         self.time = np.full((rows, self.size), -1, dtype=np.int64)
         low, high = tok.config.pitch_low, tok.config.pitch_high
         heard = primer_notes[primer_notes[:, 0] >= primer_notes[:, 0].max(initial=0) - self.size]  # the ring's span
-        for onset, pitch in heard[:, [0, 2]].tolist():  # ONSET, PITCH, in time order: a later note wins its slot
+        lengths = tok.duration0 + np.searchsorted(tok.durations, heard[:, 1]).clip(0, len(tok.durations) - 1)
+        for (onset, pitch), length in zip(heard[:, [0, 2]].tolist(), lengths.tolist()):  # ONSET, PITCH: a later note wins
             if low <= pitch <= high:
-                self.pitch[:, onset % self.size], self.time[:, onset % self.size] = pitch, onset
+                slot = onset % self.size
+                self.pitch[:, slot], self.time[:, slot], self.length[:, slot] = pitch, onset, length
 
     def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
         rows = np.arange(len(now))
-        for offset, weight in zip(self.offsets, self.weights):
+        for offset, weight, length_weight in zip(self.offsets, self.weights, self.length_weights):
             then = now - offset
             slot = then % self.size
             heard = (self.time[rows, slot] == then) & (then >= 0)
             if heard.any():
                 r = rows[heard]
                 logits[r, self.tok.pitch0 + self.pitch[r, slot[heard]] - self.tok.config.pitch_low] += weight
+                length = self.length[r, slot[heard]]
+                if length_weight and (length >= 0).any():
+                    logits[r[length >= 0], length[length >= 0]] += length_weight
 
     def record(self, tokens: np.ndarray, kinds: np.ndarray, now: np.ndarray) -> None:
         played = np.flatnonzero(kinds == PITCH_T)
@@ -433,7 +443,12 @@ class Echo:
             slot = now[played] % self.size
             self.pitch[played, slot] = self.tok.token_value[tokens[played]]
             self.time[played, slot] = now[played]
-
+            self.length[played, slot] = -1
+        ended = np.flatnonzero(kinds == DURATION_T)
+        if len(ended):  # the length of the pitch just recorded at this moment
+            slot = now[ended] % self.size
+            mine = self.time[ended, slot] == now[ended]
+            self.length[ended[mine], slot[mine]] = tokens[ended[mine]]
 
 def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:
     """Per-row grammar state: fresh (the next step feeds BOS) or after a primer, whose decoder

@@ -278,6 +278,7 @@ def test_a_repeated_motif_is_taken_up_more_often_with_the_echo(monkeypatch):
 
     with_echo = taken_up()
     monkeypatch.setattr(generate, "ECHO_WEIGHTS", (0.0, 0.0))
+    monkeypatch.setattr(generate, "ECHO_LENGTH_WEIGHTS", (0.0, 0.0))
     model_alone = taken_up()
     assert model_alone > 0.3 and with_echo > 1.5 * model_alone
 
@@ -297,6 +298,26 @@ def test_the_echo_adds_what_was_played_bars_ago_and_nothing_else():
     later = np.zeros((2, len(tok)), dtype=np.float32)
     echo.bias(later, np.array([192, 198]))
     assert later[0, pitch(72)] == 1.0 and later[0, pitch(67)] == 0.5 and not later[1].any()
+
+
+def test_the_echo_adds_the_length_of_what_was_played_bars_ago():
+    from melodylstm.sampling import Echo
+    from melodylstm.tokenizer import DURATION_T
+
+    tok = Tokenizer()
+    length = lambda steps: tok.duration0 + tok.durations.index(steps)  # noqa: E731
+    primer = np.array([[0, 18, 60, 100, 0], [48, 6, 64, 100, 0]])  # a dotted quarter, then a 16th a bar later
+    echo = Echo(tok, 1, 48, primer, lags=(1, 2), weights=(0.0, 0.0), length_weights=(2.0, 1.0))
+    logits = np.zeros((1, len(tok)), dtype=np.float32)
+    echo.bias(logits, np.array([96]))  # 1 bar after the 16th, 2 after the dotted quarter
+    assert logits[0, length(6)] == 2.0 and logits[0, length(18)] == 1.0 and logits[0].sum() == 3.0
+    pitch = tok.pitch0 + 67 - tok.config.pitch_low
+    for token in (pitch, length(24)):  # the answer plays a half note at 96: heard a bar later
+        echo.record(np.array([token]), tok.token_type[[token]], np.array([96]))
+    assert tok.token_type[length(24)] == DURATION_T
+    later = np.zeros((1, len(tok)), dtype=np.float32)
+    echo.bias(later, np.array([144]))
+    assert later[0, length(24)] == 2.0 and later[0, length(6)] == 1.0
 
 
 def test_a_model_with_lookback_takes_up_a_repeated_motif_more_often(tmp_path, monkeypatch):
@@ -323,6 +344,7 @@ def test_a_model_with_lookback_takes_up_a_repeated_motif_more_often(tmp_path, mo
     motif = [67, 64, 72, 60, 69, 62, 65, 71]
     at = {i * 12: p for i, p in enumerate(motif)}
     monkeypatch.setattr(generate, "ECHO_WEIGHTS", (0.0, 0.0))
+    monkeypatch.setattr(generate, "ECHO_LENGTH_WEIGHTS", (0.0, 0.0))
 
     def taken_up(name, dims) -> float:
         monkeypatch.setattr(train_module, "CONTROL_DIMS", dims)

@@ -103,3 +103,30 @@ def test_voices_is_checked(untrained_checkpoint):
         gen.continue_(melody([12] * 8), bars=1, voices=-1)
     with pytest.raises(ValueError, match="voices"):
         gen.generate(bars=1, voices=99)
+
+
+def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untrained_checkpoint):
+    """A line in whole and half notes is read by the model in halves and quarters (the same music;
+    the model has heard far more of the second) and its answer comes back in the line's values."""
+    from melodylstm.generate import note_value_factor
+    from melodylstm.midi import compress_time, stretch_notes
+
+    slow = melody([48, 48, 24, 24] * 2)  # 8 notes in 24 quarters
+    assert note_value_factor(slow) == 2
+    assert note_value_factor(melody([96] * 4)) == 4 and note_value_factor(melody([12] * 16)) == 1
+    assert note_value_factor(melody([48, 45, 3])) == 1  # a 3-step note cannot be halved on the grid
+    halved = compress_time(Song(slow.notes, RES, [(0, 500000)], [(0, 4, 2)], {}), 2)
+    assert halved.time_signatures == [(0, 4, 4)] and halved.tempos == [(0, 1000000)]
+    assert halved.seconds() == pytest.approx(slow.seconds()) and (stretch_notes(halved.notes, 2) == slow.notes).all()
+    with pytest.raises(ValueError):
+        compress_time(melody([12, 13]), 2)
+
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    heard = []
+    result = gen.continue_(slow, bars=4, seed=3, on_note=heard.append)[0]
+    assert gen.last_controls["note_values"] == 2
+    new = result.notes.notes[result.notes.notes[:, ONSET] >= slow.end]
+    assert len(new) and not (new[:, [ONSET, DURATION]] % 2).any()  # drawn on the halved grid, then stretched
+    assert new[:, ONSET].max() < slow.end + 4 * 48  # 4 of the line's bars, not 4 halved ones
+    assert sorted(tuple(n) for n in new[:, :3].tolist()) == sorted(tuple(n[:3]) for n in heard)  # played as written
+    assert gen.continue_(melody([12] * 16), bars=1, seed=3)[0] and gen.last_controls["note_values"] == 1

@@ -71,7 +71,7 @@ def clip_durations(notes: np.ndarray, end: int, tok=None) -> np.ndarray:
     notes = notes.copy()
     notes[:, DURATION] = np.minimum(notes[:, DURATION], end - notes[:, ONSET])
     if tok is not None and len(notes):
-        notes[:, DURATION] = tok.duration_floor[notes[:, DURATION]]
+        notes[:, DURATION] = tok.duration_floor[np.minimum(notes[:, DURATION], len(tok.duration_floor) - 1)]
     return notes
 
 
