@@ -277,7 +277,7 @@ class Generator:
             key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
         prange = theory.parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
-        if request["key"] is not None and not request.get("key_picked") and TONIC_BIAS and "key" in names:
+        if request["key"] is not None and not request.get("key_picked") and any(TONIC_BIAS) and "key" in names:
             # a key the user names (not one drawn from the corpus): its tonic triad heard
             bias = tonic_triad_bias(tok, request["key"], TONIC_BIAS)
             constraint = bias if constraint is None else constraint + bias
@@ -621,10 +621,15 @@ def longest_rest(song: Song) -> int:
     return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
 
 
-def tonic_triad_bias(tok, key: int, strength: float) -> np.ndarray:
-    """(vocab,) additive logits: `strength` on the pitches of the key's tonic triad."""
+def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:
+    """(vocab,) additive logits on the pitches of the key's tonic triad: `weights` for its root,
+    third and fifth."""
     tonic, minor = key % 12, key // 12
-    return chord_tone_bias(tok, strength)[theory.chord_index(tonic, "m" if minor else "")]
+    bias = np.zeros(len(tok), dtype=np.float32)
+    classes = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1) % 12
+    for interval, weight in zip((0, 3 if minor else 4, 7), weights):
+        bias[tok.pitch0 + np.flatnonzero(classes == (tonic + interval) % 12)] = weight
+    return bias
 
 
 def register_bias(tok, song: Song, strength: float, width: float) -> np.ndarray:

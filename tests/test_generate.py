@@ -369,10 +369,11 @@ def test_a_named_key_leans_on_its_tonic_triad_and_a_drawn_key_does_not(monkeypat
     from melodylstm.theory import key_index
 
     tok = Tokenizer()
-    bias = generate.tonic_triad_bias(tok, key_index(9, "minor"), 1.5)  # A minor: A C E
+    bias = generate.tonic_triad_bias(tok, key_index(9, "minor"), (2.0, 1.0, 0.5))  # A minor: A C E
     pitches = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1)
-    lifted = pitches[bias[tok.pitch0: tok.pitch0 + len(pitches)] == 1.5]
-    assert set(lifted % 12) == {9, 0, 4} and bias.sum() == 1.5 * len(lifted)
+    on = bias[tok.pitch0: tok.pitch0 + len(pitches)]
+    assert set(pitches[on == 2.0] % 12) == {9} and set(pitches[on == 1.0] % 12) == {0}
+    assert set(pitches[on == 0.5] % 12) == {4} and bias.sum() == on.sum() and (on >= 0).all()
     seen = []
     real = generate.tonic_triad_bias
     monkeypatch.setattr(generate, "tonic_triad_bias", lambda *a: seen.append(a[1]) or real(*a))
