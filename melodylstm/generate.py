@@ -19,7 +19,7 @@ import numpy as np
 from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
                      PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, PRIMER_KEY_STRENGTH,
-                     PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_RHYTHM_STRENGTH)
+                     PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_REGISTER_BARS, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, compress_time, crop_song, midi_chunks,
                    midifile_bytes, read_midi_bytes, song_to_midifile, stretch_notes)
@@ -354,7 +354,8 @@ class Generator:
             bias = note_length_bias(tok, primer, PRIMER_RHYTHM_STRENGTH)
             constraint = bias if constraint is None else constraint + bias
         if primer is not None and PRIMER_REGISTER_STRENGTH:  # ... and its pitches towards the phrase's register
-            bias = register_bias(tok, primer, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH)
+            bias = register_bias(tok, primer, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH,
+                                     PRIMER_REGISTER_BARS)
             constraint = bias if constraint is None else constraint + bias
         chord_bias = None
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
@@ -597,9 +598,9 @@ def recent_span(song: Song, bars: int = RECENT_BARS) -> int:
     return grid.bar_start(max(0, grid.bar_at_or_after(song.end) - bars))
 
 
-def recent_notes(song: Song) -> np.ndarray:
+def recent_notes(song: Song, bars: int = RECENT_BARS) -> np.ndarray:
     """The notes sounding in the song's last bars (those begun earlier and still ringing included)."""
-    return song.notes[song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song)]
+    return song.notes[song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song, bars)]
 
 
 def recent_onsets_per_beat(song: Song, resolution: int) -> float:
@@ -632,13 +633,13 @@ def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:
     return bias
 
 
-def register_bias(tok, song: Song, strength: float, width: float) -> np.ndarray:
+def register_bias(tok, song: Song, strength: float, width: float, bars: int = RECENT_BARS) -> np.ndarray:
     """Additive logits over the vocabulary: on each PITCH token, `strength` x the log of a kernel
     density of the song's last bars' pitches (Gaussian, `width` semitones), scaled so its peak is 0
     and floored at 1e-3, 0 elsewhere. Pitches the phrase plays around cost nothing; a leap away
     from its register costs more the further it goes."""
     bias = np.zeros(len(tok), dtype=np.float32)
-    notes = recent_notes(song)
+    notes = recent_notes(song, bars)
     notes = notes[notes[:, PROGRAM] != DRUMS]
     if len(notes) == 0:
         return bias
