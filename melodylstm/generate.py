@@ -550,13 +550,17 @@ SLOW_PACE = 0.5  # notes per quarter below which a phrase is read in shorter not
 
 def note_value_factor(song: Song, most: int = 4) -> int:
     """How many times shorter (1, 2 or 4) a slow phrase's note values are written for the model:
-    halved while it starts fewer than SLOW_PACE notes per quarter and its steps allow. The same
-    line in half notes or in quarters is the same music; the model has heard far more of the
-    second (hymns, chorales and airs are written in quarters as often as in halves)."""
-    onsets = len(np.unique(song.notes[:, ONSET]))
-    quarters = max(song.end - int(song.notes[:, ONSET].min(initial=0)), 1) / song.resolution
+    halved while it starts fewer than SLOW_PACE notes per quarter, its median note is a half note
+    or longer (not quarter notes between long rests) and its steps allow. The same line in half
+    notes or in quarters is the same music; the model has heard far more of the second (hymns,
+    chorales and airs are written in quarters as often as in halves)."""
+    notes = song.notes[song.notes[:, PROGRAM] != DRUMS]
+    if len(notes) == 0:
+        return 1
+    pace = len(np.unique(notes[:, ONSET])) * song.resolution / max(song.end - int(notes[:, ONSET].min()), 1)
+    median = float(np.median(notes[:, DURATION]))
     factor = 1
-    while factor < most and onsets * factor / quarters < SLOW_PACE:
+    while factor < most and pace * factor < SLOW_PACE and median / factor >= 2 * song.resolution:
         try:
             compress_time(song, factor * 2)
         except ValueError:

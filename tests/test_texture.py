@@ -115,6 +115,9 @@ def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untr
     assert note_value_factor(slow) == 2
     assert note_value_factor(melody([96] * 4)) == 4 and note_value_factor(melody([12] * 16)) == 1
     assert note_value_factor(melody([48, 45, 3])) == 1  # a 3-step note cannot be halved on the grid
+    sparse = melody([12] * 4)
+    sparse.notes[:, ONSET] *= 8  # quarter notes two bars apart: slow, but not written in long values
+    assert note_value_factor(sparse) == 1
     halved = compress_time(Song(slow.notes, RES, [(0, 500000)], [(0, 4, 2)], {}), 2)
     assert halved.time_signatures == [(0, 4, 4)] and halved.tempos == [(0, 1000000)]
     assert halved.seconds() == pytest.approx(slow.seconds()) and (stretch_notes(halved.notes, 2) == slow.notes).all()
