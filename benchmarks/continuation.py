@@ -147,6 +147,7 @@ def main(argv=None) -> None:
     ap.add_argument("--primer-bars", type=int, default=4)
     ap.add_argument("--bars", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=1, help="answers per piece (its distances averaged over them)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)  # None: the bundled default model
@@ -156,7 +157,8 @@ def main(argv=None) -> None:
         if folder is None:
             print(f"{name}: not available here, skipped", file=sys.stderr)
             continue
-        report = evaluate_continuation(ckpt, folder, "all", args.primer_bars, args.bars, args.pieces, seed=args.seed)
+        report = evaluate_continuation(ckpt, folder, "all", args.primer_bars, args.bars, args.pieces, args.samples,
+                                       seed=args.seed)
         results[name] = report
         print(table(name, report) + "\n", flush=True)
     if args.json:
