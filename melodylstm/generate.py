@@ -171,7 +171,8 @@ class Generator:
                                         auto_key=key == "auto", key_strength=key_strength)
         request["primer_bars"] = used_bars if total_bars is not None and total_bars > used_bars else None
         request["voices"] = self._voices(primer_voices(kept) if voices == "auto" else voices, None)
-        factor = note_value_factor(kept)  # a line in whole and half notes is read in halves and quarters
+        # a line in whole and half notes is read in halves and quarters (a density asked for is the user's pace)
+        factor = note_value_factor(kept) if density is None else 1
         heard = compress_time(kept, factor) if factor > 1 else kept
         if factor > 1 and on_note is not None:
             on_note = stretched(on_note, factor, offset)

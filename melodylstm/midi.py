@@ -454,11 +454,13 @@ def crop_song(song: Song, start: int) -> Song:
 
 def compress_time(song: Song, factor: int) -> Song:
     """The song written in note values `factor` times shorter at a tempo `factor` times faster:
-    the same music in seconds and in bars (4/2 becomes 4/4, a half note a quarter). Every step of
-    the song must divide by `factor`."""
+    the same music in seconds and in bars (4/2 becomes 4/4, a half note a quarter). Every step and
+    every bar length of the song must divide by `factor` (a 3/8 bar of 18 steps does not by 4)."""
     steps = np.concatenate([song.notes[:, ONSET], song.notes[:, DURATION], [e[0] for e in song.tempos],
                             [e[0] for e in song.time_signatures]]).astype(np.int64)
-    if factor < 1 or (steps % factor).any() or any(d * factor > 64 for _, _, d in song.time_signatures):
+    bars = [bar_length(n, d, song.resolution) for _, n, d in song.time_signatures]
+    if (factor < 1 or (steps % factor).any() or any(bar % factor for bar in bars)
+            or any(d * factor > 64 for _, _, d in song.time_signatures)):
         raise ValueError(f"the song cannot be written {factor}x shorter on its grid")
     notes = song.notes.copy()
     notes[:, [ONSET, DURATION]] //= factor

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .midi import TempoMap
+from .midi import DRUMS, TempoMap
 from .theory import SCALES
 from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer, after_bar
 
@@ -417,12 +417,14 @@ class Echo:
         self.length = np.full((rows, self.size), -1, dtype=np.int64)  # DURATION token; -1 none yet
         self.time = np.full((rows, self.size), -1, dtype=np.int64)
         low, high = tok.config.pitch_low, tok.config.pitch_high
+        primer_notes = primer_notes[primer_notes[:, 4] != DRUMS]  # PROGRAM: a drum hit is no part of the line
         heard = primer_notes[primer_notes[:, 0] >= primer_notes[:, 0].max(initial=0) - self.size]  # the ring's span
         lengths = tok.duration0 + np.searchsorted(tok.durations, heard[:, 1]).clip(0, len(tok.durations) - 1)
         for (onset, pitch), length in zip(heard[:, [0, 2]].tolist(), lengths.tolist()):  # ONSET, PITCH: a later note wins
             if low <= pitch <= high:
                 slot = onset % self.size
                 self.pitch[:, slot], self.time[:, slot], self.length[:, slot] = pitch, onset, length
+        self.pending = np.zeros(rows, dtype=bool)  # a PITCH was recorded and its DURATION is still to come
 
     def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
         rows = np.arange(len(now))
@@ -444,11 +446,13 @@ class Echo:
             self.pitch[played, slot] = self.tok.token_value[tokens[played]]
             self.time[played, slot] = now[played]
             self.length[played, slot] = -1
-        ended = np.flatnonzero(kinds == DURATION_T)
+        self.pending[played] = True
+        self.pending[kinds == DRUM_T] = False  # a drum's length is not the line's
+        ended = np.flatnonzero((kinds == DURATION_T) & self.pending)
         if len(ended):  # the length of the pitch just recorded at this moment
             slot = now[ended] % self.size
-            mine = self.time[ended, slot] == now[ended]
-            self.length[ended[mine], slot[mine]] = tokens[ended[mine]]
+            self.length[ended, slot] = tokens[ended]
+            self.pending[ended] = False
 
 def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:
     """Per-row grammar state: fresh (the next step feeds BOS) or after a primer, whose decoder

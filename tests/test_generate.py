@@ -320,6 +320,25 @@ def test_the_echo_adds_the_length_of_what_was_played_bars_ago():
     assert later[0, length(24)] == 2.0 and later[0, length(6)] == 1.0
 
 
+def test_the_echo_hears_the_line_and_not_the_drums():
+    from melodylstm.sampling import Echo
+
+    tok = Tokenizer()
+    length = lambda steps: tok.duration0 + tok.durations.index(steps)  # noqa: E731
+    pitch = lambda p: tok.pitch0 + p - tok.config.pitch_low  # noqa: E731
+    primer = np.array([[0, 12, 67, 100, 0], [0, 3, 36, 100, 128]])  # a quarter note and a kick under it
+    echo = Echo(tok, 1, 48, primer, lags=(1,), weights=(1.0,), length_weights=(4.0,))
+    logits = np.zeros((1, len(tok)), dtype=np.float32)
+    echo.bias(logits, np.array([48]))
+    assert logits[0, pitch(67)] == 1.0 and logits[0, length(12)] == 4.0 and logits[0].sum() == 5.0
+    drum = tok.drum0 + 36 - tok.config.drum_low
+    for token in (pitch(69), length(12), drum, length(3)):  # a sampled quarter note, then a kick at once
+        echo.record(np.array([token]), tok.token_type[[token]], np.array([48]))
+    later = np.zeros((1, len(tok)), dtype=np.float32)
+    echo.bias(later, np.array([96]))
+    assert later[0, pitch(69)] == 1.0 and later[0, length(12)] == 4.0 and later[0, length(3)] == 0.0
+
+
 def test_a_model_with_lookback_takes_up_a_repeated_motif_more_often(tmp_path, monkeypatch):
     """Two tiny models trained on pieces that each repeat their own two-bar motif: the one that
     hears the lookback inputs plays a new primer's motif back far more often than the same model

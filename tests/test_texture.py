@@ -105,7 +105,7 @@ def test_voices_is_checked(untrained_checkpoint):
         gen.generate(bars=1, voices=99)
 
 
-def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untrained_checkpoint):
+def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untrained_checkpoint, styled_checkpoint):
     """A line in whole and half notes is read by the model in halves and quarters (the same music;
     the model has heard far more of the second) and its answer comes back in the line's values."""
     from melodylstm.generate import note_value_factor
@@ -123,6 +123,11 @@ def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untr
     assert halved.seconds() == pytest.approx(slow.seconds()) and (stretch_notes(halved.notes, 2) == slow.notes).all()
     with pytest.raises(ValueError):
         compress_time(melody([12, 13]), 2)
+    eighths = Song(melody([72, 36] * 4).notes, RES, [(0, 500000)], [(0, 3, 8)], {})  # bars of 18 steps
+    assert compress_time(eighths, 2).time_signatures == [(0, 3, 16)]
+    with pytest.raises(ValueError):
+        compress_time(eighths, 4)  # 4.5 steps a bar: the bar lines would move
+    assert note_value_factor(eighths) == 2
 
     gen = Generator(load_checkpoint(untrained_checkpoint))
     heard = []
@@ -133,3 +138,8 @@ def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untr
     assert new[:, ONSET].max() < slow.end + 4 * 48  # 4 of the line's bars, not 4 halved ones
     assert sorted(tuple(n) for n in new[:, :3].tolist()) == sorted(tuple(n[:3]) for n in heard)  # played as written
     assert gen.continue_(melody([12] * 16), bars=1, seed=3)[0] and gen.last_controls["note_values"] == 1
+    controlled = Generator(load_checkpoint(styled_checkpoint))
+    controlled.continue_(slow, bars=1, seed=3)
+    assert controlled.last_controls["note_values"] == 2
+    controlled.continue_(slow, bars=1, seed=3, density="high")  # a pace the user asks for is taken as written
+    assert controlled.last_controls["note_values"] == 1
