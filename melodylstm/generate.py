@@ -361,13 +361,8 @@ class Generator:
         chord_bias = None
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
             chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
-        echo = None
-        if primer is not None and any(ECHO_WEIGHTS + ECHO_LENGTH_WEIGHTS) and primer_voices(primer) == 1:  # a melody hears its phrases
-            bar = grid.bar_of(max(primer.end - 1, 0))
-            echo = Echo(tok, num, grid.bar_start(bar + 1) - grid.bar_start(bar), primer.notes,
-                        ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS)
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
-                          max_rest, chord_bias, echo)
+                          max_rest, chord_bias, self._primer_priors(primer, grid, num))
         with one_blas_thread():  # see its docstring: the thread policy
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
@@ -381,6 +376,18 @@ class Generator:
             songs.append(Song(notes, like.resolution, like.tempos, like.time_signatures, dict(like.names)))
         used_key = report["scale_mask"] or report["key"]
         return songs, used_key
+
+    def _primer_priors(self, primer, grid, num: int) -> list:
+        """What an answer hears of the phrase as it goes: a melody its own phrases 4 and 2 bars
+        back (Echo)."""
+        priors = []
+        if primer is None:
+            return priors
+        if any(ECHO_WEIGHTS + ECHO_LENGTH_WEIGHTS) and primer_voices(primer) == 1:
+            bar = grid.bar_of(max(primer.end - 1, 0))
+            priors.append(Echo(self.tok, num, grid.bar_start(bar + 1) - grid.bar_start(bar), primer.notes,
+                               ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS))
+        return priors
 
     def _prime(self, prefix, primer_controls, style, report, guided=(), voices=None):
         """Run the primer through the network: (style id or None, h, c). Without a given style,

@@ -223,17 +223,19 @@ class Sampler:
 
     def __init__(self, net: FastLSTM, tok: Tokenizer, temperature=1.0, top_k=0, top_p=1.0,
                  constraint: np.ndarray | None = None, plan=None, guide=None, voices: int | None = None,
-                 max_rest: int | None = None, chord_bias: tuple | None = None, echo: "Echo | None" = None):
+                 max_rest: int | None = None, chord_bias: tuple | None = None, priors=()):
         """plan: a controls.ControlPlan giving the control inputs at each step (None: a model
         without controls). guide: a KeyGuide (the network then runs twice the rows). voices:
         at most this many notes sounding at once (a new note waits until one ends). max_rest:
         the longest silence (steps) allowed once a note has sounded (None: any). chord_bias:
-        (control column, (chord values, vocab) additive logits) for the chord each row is told."""
+        (control column, (chord values, vocab) additive logits) for the chord each row is told.
+        priors: objects that add logits from what each row played (`bias(logits, now)`) and hear
+        each sampled token (`record(tokens, kinds, now)`), such as Echo."""
         self.net, self.tok, self.plan, self.guide = net, tok, plan, guide
         self.voices = min(int(voices), self.MAX_CHORD) if voices else None
         self.max_rest = None if max_rest is None else max(0, int(max_rest))
         self.chord_bias = chord_bias
-        self.echo = echo
+        self.priors = list(priors)
         self.shifts = np.arange(1, tok.max_shift + 1)[None, :]  # the SHIFT tokens' step counts
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         follow = np.where(tok.follow, 0.0, NEG_INF).astype(np.float32)
@@ -277,8 +279,8 @@ class Sampler:
                 logits[:, shift_slice] += self.shift_room[room]
             if self.max_rest is not None:
                 self._no_long_rests(logits, state, shift_slice)
-            if self.echo is not None:
-                self.echo.bias(logits, state["time"])
+            for prior in self.priors:
+                prior.bias(logits, state["time"])
             full = state["chord"] >= self.MAX_CHORD
             if self.voices:
                 full |= (state["ends"] > state["time"][:, None]).sum(axis=1) >= self.voices
@@ -286,8 +288,8 @@ class Sampler:
                 logits[full] += self.note_start
             nxt = self.choose(logits, rng)
             kinds = tok.token_type[nxt]
-            if self.echo is not None:
-                self.echo.record(nxt, kinds, state["time"])
+            for prior in self.priors:
+                prior.record(nxt, kinds, state["time"])
             if self.plan is not None:  # the lookback inputs hear what each row plays
                 self.plan.record(np.where(kinds == PITCH_T, tok.token_value[nxt], -1), state["time"])
             self._advance(state, nxt, kinds, grid)
