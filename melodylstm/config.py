@@ -45,6 +45,14 @@ ECHO_WEIGHTS = (1.0, 1.0)
 # none 39% / 27% / 22%; (1, 1) 49 / 27 / 22; (2, 2) 57 / 31 / 25; (3, 1) 63 / 41 / 25; (4, 1) 65 /
 # 53 / 25; (5, 1) 75 / 63 / 29 (near a copy of the primer's rhythm); a 1-bar lag made it worse
 ECHO_LENGTH_WEIGHTS = (4.0, 1.0)
+# ... and where nothing sounded then, these logits are taken from every pitch, while an answer may
+# rest as long as the primer's last 4 bars do (PRIMER_REST_BARS; 2 before). Silent time (real),
+# sopranos / Palestrina / Monteverdi: 0.014 / 0.006 / 0.017 (0.025 / 0.193 / 0.127) -> 0.021 / 0.019
+# / 0.060 (repeating the primer: 0.021 / 0.062 / 0.091); pitch distance Monteverdi 2.03 -> 1.65,
+# Palestrina 2.23 -> 2.14, the rest unchanged. Without the longer rests (1, 1) to (4, 2) did
+# nothing: most primers' last 2 bars have no rest, so none was allowed
+ECHO_REST_WEIGHTS = (2.0, 1.0)
+PRIMER_REST_BARS = 4
 NAMED_KEY_STRENGTH = 3.0
 # --chords: the model's chord input is the chord of the beat before (causal), which steers less
 # than the current beat's chord did; guidance on the chord (as on the key) and a prior of +2 on the

@@ -18,8 +18,9 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
-                     PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, PRIMER_KEY_STRENGTH,
-                     PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_REGISTER_BARS, PRIMER_RHYTHM_STRENGTH)
+                     PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, ECHO_REST_WEIGHTS,
+                     PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_REGISTER_BARS,
+                     PRIMER_REST_BARS, PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, compress_time, crop_song, midi_chunks,
                    midifile_bytes, read_midi_bytes, song_to_midifile, stretch_notes)
@@ -383,10 +384,10 @@ class Generator:
         priors = []
         if primer is None:
             return priors
-        if any(ECHO_WEIGHTS + ECHO_LENGTH_WEIGHTS) and primer_voices(primer) == 1:
+        if any(ECHO_WEIGHTS + ECHO_LENGTH_WEIGHTS + ECHO_REST_WEIGHTS) and primer_voices(primer) == 1:
             bar = grid.bar_of(max(primer.end - 1, 0))
             priors.append(Echo(self.tok, num, grid.bar_start(bar + 1) - grid.bar_start(bar), primer.notes,
-                               ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS))
+                               ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, ECHO_REST_WEIGHTS))
         return priors
 
     def _prime(self, prefix, primer_controls, style, report, guided=(), voices=None):
@@ -622,12 +623,12 @@ def recent_onsets_per_beat(song: Song, resolution: int) -> float:
     return len(onsets) / max(1.0, (song.end - start) / resolution)
 
 
-def longest_rest(song: Song) -> int:
-    """The longest silence (steps) between the notes of the song's last bars, the one after its
-    last note included: an answer rests no longer than the phrase it continues."""
-    notes = recent_notes(song)
+def longest_rest(song: Song, bars: int = PRIMER_REST_BARS) -> int:
+    """The longest silence (steps) between the notes of the song's last `bars` bars, the one after
+    its last note included: an answer rests no longer than the phrase it continues."""
+    notes = recent_notes(song, bars)
     if len(notes) == 0:
-        return song.end - recent_span(song)
+        return song.end - recent_span(song, bars)
     order = np.argsort(notes[:, ONSET], kind="stable")
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
     gaps = onsets[1:] - ends[:-1]

@@ -408,17 +408,22 @@ class Echo:
     each step, `weights[i]` is added to the logit of the pitch that started at this moment
     `lags[i]` bars earlier, in the primer or in the answer so far, and `length_weights[i]` to the
     DURATION token of its length (in a line, a note's length is the rhythm: the next starts
-    where it ends)."""
+    where it ends); where nothing sounded then, `rest_weights[i]` is taken from every pitch (a
+    phrase that breathed there breathes again)."""
 
     def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags, weights,
-                 length_weights=None):
+                 length_weights=None, rest_weights=None):
         self.tok, self.offsets, self.weights = tok, [int(lag) * int(bar_steps) for lag in lags], weights
         self.length_weights = tuple(length_weights) if length_weights is not None else (0.0,) * len(self.offsets)
         self.size = max(self.offsets) + 1  # a ring over the last bars: every offset stays distinct
         self.pitch = np.full((rows, self.size), -1, dtype=np.int64)
         self.length = np.full((rows, self.size), -1, dtype=np.int64)  # DURATION token; -1 none yet
         self.time = np.full((rows, self.size), -1, dtype=np.int64)
+        self.rest_weights = tuple(rest_weights) if rest_weights is not None else (0.0,) * len(self.offsets)
+        self.sounded = np.full((rows, self.size), -1, dtype=np.int64)  # the time a slot last sounded
+        self.first = int(primer_notes[:, 0].min(initial=0))  # before the phrase: neither sound nor rest
         low, high = tok.config.pitch_low, tok.config.pitch_high
+        self.n_pitches = high - low + 1
         primer_notes = primer_notes[primer_notes[:, 4] != DRUMS]  # PROGRAM: a drum hit is no part of the line
         heard = primer_notes[primer_notes[:, 0] >= primer_notes[:, 0].max(initial=0) - self.size]  # the ring's span
         lengths = tok.duration0 + np.searchsorted(tok.durations, heard[:, 1]).clip(0, len(tok.durations) - 1)
@@ -426,6 +431,9 @@ class Echo:
             if low <= pitch <= high:
                 slot = onset % self.size
                 self.pitch[:, slot], self.time[:, slot], self.length[:, slot] = pitch, onset, length
+        for onset, duration in heard[:, [0, 1]].tolist():
+            steps = np.arange(onset, onset + min(duration, self.size))
+            self.sounded[:, steps % self.size] = steps
         self.pending = np.zeros(rows, dtype=bool)  # a PITCH was recorded and its DURATION is still to come
 
     def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
@@ -440,6 +448,11 @@ class Echo:
                 length = self.length[r, slot[heard]]
                 if length_weight and (length >= 0).any():
                     logits[r[length >= 0], length[length >= 0]] += length_weight
+        for offset, weight in zip(self.offsets, self.rest_weights):
+            then = now - offset
+            silent = (then >= self.first) & (self.sounded[rows, then % self.size] != then)
+            if weight and silent.any():
+                logits[silent, self.tok.pitch0: self.tok.pitch0 + self.n_pitches] -= weight
 
     def record(self, tokens: np.ndarray, kinds: np.ndarray, now: np.ndarray) -> None:
         played = np.flatnonzero(kinds == PITCH_T)
@@ -455,6 +468,10 @@ class Echo:
             slot = now[ended] % self.size
             self.length[ended, slot] = tokens[ended]
             self.pending[ended] = False
+            for r, start, steps in zip(ended.tolist(), now[ended].tolist(), self.tok.token_value[tokens[ended]].tolist()):
+                span = np.arange(start, start + min(int(steps), self.size))
+                self.sounded[r, span % self.size] = span
+
 
 def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:
     """Per-row grammar state: fresh (the next step feeds BOS) or after a primer, whose decoder

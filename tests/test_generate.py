@@ -320,6 +320,25 @@ def test_the_echo_adds_the_length_of_what_was_played_bars_ago():
     assert later[0, length(24)] == 2.0 and later[0, length(6)] == 1.0
 
 
+def test_the_echo_rests_where_the_phrase_rested():
+    from melodylstm.sampling import Echo
+
+    tok = Tokenizer()
+    pitches = slice(tok.pitch0, tok.pitch0 + tok.config.pitch_high - tok.config.pitch_low + 1)
+    primer = np.array([[0, 24, 67, 100, 0], [36, 12, 69, 100, 0]])  # a half note, a rest of a quarter, a quarter
+    echo = Echo(tok, 2, 48, primer, lags=(1,), weights=(0.0,), length_weights=(0.0,), rest_weights=(2.0,))
+    logits = np.zeros((2, len(tok)), dtype=np.float32)
+    echo.bias(logits, np.array([72, 60]))  # a bar after the rest; a bar after the half note sounded
+    assert (logits[0, pitches] == -2.0).all() and not np.delete(logits[0], np.r_[pitches]).any()
+    assert not logits[1].any()
+    pitch, quarter = tok.pitch0 + 64 - tok.config.pitch_low, tok.duration0 + tok.durations.index(12)
+    for token in (pitch, quarter):  # the answer plays a quarter at 72, in the primer's rest's place
+        echo.record(np.array([token, token]), tok.token_type[[token, token]], np.array([72, 72]))
+    later = np.zeros((2, len(tok)), dtype=np.float32)
+    echo.bias(later, np.array([120, 132]))  # a bar after that quarter; a bar after the silence that followed it
+    assert not later[0].any() and (later[1, pitches] == -2.0).all()
+
+
 def test_the_echo_hears_the_line_and_not_the_drums():
     from melodylstm.sampling import Echo
 
