@@ -180,9 +180,12 @@ class Generator:
         songs, used_key = self._sample(heard, heard, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
                                        self._seed(seed), request, pitch_range, on_note, offset)
         self.last_controls["note_values"] = factor
+        end = None  # --seconds ends on the phrase's own grid, not on the shortened one (finer by `factor`)
+        if factor > 1 and seconds and not bars and not tokens:
+            end = kept.tempo_map.first_step_at(kept.tempo_map.seconds(kept.end) + seconds)
         results = []
         for new in songs:
-            new.notes = stretch_notes(new.notes, factor)
+            new.notes = clip_notes(stretch_notes(new.notes, factor), end)
             new.notes[:, ONSET] += offset
             timeline = Song(new.notes, song.resolution, song.tempos, song.time_signatures, new.names)
             results.append(Continuation(timeline, song, source, kept.end + offset, used_key, dict(self.last_controls)))

@@ -138,6 +138,8 @@ def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untr
     assert new[:, ONSET].max() < slow.end + 4 * 48  # 4 of the line's bars, not 4 halved ones
     assert sorted(tuple(n) for n in new[:, :3].tolist()) == sorted(tuple(n[:3]) for n in heard)  # played as written
     assert gen.continue_(melody([12] * 16), bars=1, seed=3)[0] and gen.last_controls["note_values"] == 1
+    timed = gen.continue_(slow, seconds=12.525, seed=3)[0].notes  # ends where 12.525 s end on the line's own grid
+    assert (timed.notes[:, ONSET] + timed.notes[:, DURATION]).max() <= slow.tempo_map.first_step_at(slow.seconds() + 12.525)
     controlled = Generator(load_checkpoint(styled_checkpoint))
     controlled.continue_(slow, bars=1, seed=3)
     assert controlled.last_controls["note_values"] == 2
