@@ -56,6 +56,27 @@ class Checkpoint:
         return {k: torch.from_numpy(v.copy()) for k, v in self.train_tensors.items()}
 
 
+def optimizer_to_tensors(optimizer) -> tuple[dict, list]:
+    """The optimizer's state as named tensors (stored beside the weights) and its param groups (JSON)."""
+    import torch
+
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, state["param_groups"]
+
+
+def optimizer_from_tensors(optimizer, tensors: dict, param_groups: list) -> None:
+    state = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
 def save_checkpoint(path, model, tokenizer: Tokenizer, train_state: dict | None = None,
                     train_tensors: dict | None = None, meta: dict | None = None, half: bool = False) -> None:
     from safetensors.torch import save_file
