@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .midi import DRUMS, TempoMap
+from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, TempoMap
 from .theory import SCALES
 from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer, after_bar
 
@@ -414,26 +414,26 @@ class Echo:
     def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags, weights,
                  length_weights=None, rest_weights=None):
         self.tok, self.offsets, self.weights = tok, [int(lag) * int(bar_steps) for lag in lags], weights
-        self.length_weights = tuple(length_weights) if length_weights is not None else (0.0,) * len(self.offsets)
+        none = (0.0,) * len(self.offsets)
+        self.length_weights = tuple(length_weights) if length_weights is not None else none
+        self.rest_weights = tuple(rest_weights) if rest_weights is not None else none
         self.size = max(self.offsets) + 1  # a ring over the last bars: every offset stays distinct
         self.pitch = np.full((rows, self.size), -1, dtype=np.int64)
         self.length = np.full((rows, self.size), -1, dtype=np.int64)  # DURATION token; -1 none yet
         self.time = np.full((rows, self.size), -1, dtype=np.int64)
-        self.rest_weights = tuple(rest_weights) if rest_weights is not None else (0.0,) * len(self.offsets)
         self.sounded = np.full((rows, self.size), -1, dtype=np.int64)  # the time a slot last sounded
-        self.first = int(primer_notes[:, 0].min(initial=0))  # before the phrase: neither sound nor rest
         low, high = tok.config.pitch_low, tok.config.pitch_high
         self.n_pitches = high - low + 1
-        primer_notes = primer_notes[primer_notes[:, 4] != DRUMS]  # PROGRAM: a drum hit is no part of the line
-        heard = primer_notes[primer_notes[:, 0] >= primer_notes[:, 0].max(initial=0) - self.size]  # the ring's span
-        lengths = tok.duration0 + np.searchsorted(tok.durations, heard[:, 1]).clip(0, len(tok.durations) - 1)
-        for (onset, pitch), length in zip(heard[:, [0, 2]].tolist(), lengths.tolist()):  # ONSET, PITCH: a later note wins
-            if low <= pitch <= high:
+        primer_notes = primer_notes[primer_notes[:, PROGRAM] != DRUMS]  # a drum hit is no part of the line
+        self.first = int(primer_notes[:, ONSET].min(initial=0))  # before the phrase: neither sound nor rest
+        heard = primer_notes[primer_notes[:, ONSET] >= primer_notes[:, ONSET].max(initial=0) - self.size]  # the ring's span
+        lengths = tok.duration0 + np.searchsorted(tok.durations, heard[:, DURATION]).clip(0, len(tok.durations) - 1)
+        everyone = slice(None)
+        for (onset, duration, pitch), length in zip(heard[:, [ONSET, DURATION, PITCH]].tolist(), lengths.tolist()):
+            if low <= pitch <= high:  # in time order: a later note wins its slot
                 slot = onset % self.size
                 self.pitch[:, slot], self.time[:, slot], self.length[:, slot] = pitch, onset, length
-        for onset, duration in heard[:, [0, 1]].tolist():
-            steps = np.arange(onset, onset + min(duration, self.size))
-            self.sounded[:, steps % self.size] = steps
+            self._sound(everyone, onset, duration)
         self.pending = np.zeros(rows, dtype=bool)  # a PITCH was recorded and its DURATION is still to come
 
     def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
@@ -469,8 +469,12 @@ class Echo:
             self.length[ended, slot] = tokens[ended]
             self.pending[ended] = False
             for r, start, steps in zip(ended.tolist(), now[ended].tolist(), self.tok.token_value[tokens[ended]].tolist()):
-                span = np.arange(start, start + min(int(steps), self.size))
-                self.sounded[r, span % self.size] = span
+                self._sound(r, start, steps)
+
+    def _sound(self, rows, onset: int, steps: int) -> None:
+        """Mark the steps a note sounds (at most a ring's worth) for `rows`."""
+        span = np.arange(onset, onset + min(int(steps), self.size))
+        self.sounded[rows, span % self.size] = span
 
 
 def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:
