@@ -147,6 +147,8 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.option("--compile", "use_compile", is_flag=True, help="Use torch.compile.")
 @click.option("--transpose", type=int, help="Augment: random transposition within +-N semitones (default: from the corpus size).")
 @click.option("--transpose-share", type=click.FloatRange(0, 1), help="Share of the windows transposed (the rest keep their key).")
+@click.option("--velocity-shift", default=10, show_default=True, type=click.IntRange(0, 127),
+              help="Augment: half the windows louder or softer by up to N velocity bins (0: off).")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of files held out for validation.")
 @click.option("--evals", default=20, show_default=True, help="Validations over the budget.")
 @click.option("--patience", default=5, show_default=True, help="Early stopping: validations without improvement, counted from the "
@@ -161,8 +163,8 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.pass_context
 def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max_steps, epochs, layers, hidden, embedding,
           dropout, tie_weights, style, no_controls, batch_size, seq_len, lr, seed, device, precision, use_compile, transpose,
-          transpose_share,
-          val_fraction, evals, patience, save_interval, log_every, resume, init_from, jobs, cache_dir, no_cache):
+          transpose_share, velocity_shift, val_fraction, evals, patience, save_interval, log_every, resume, init_from, jobs,
+          cache_dir, no_cache):
     """Train a model on the MIDI files in FOLDERS (searched recursively).
 
     Styles: each first-level subfolder is a style (./midi/jigs/a.mid -> jigs), or name a whole
@@ -193,9 +195,8 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
                      "tie_weights": tie_weights}
     cfg = TrainConfig(out=out, epochs=epochs or 0.0, max_steps=max_steps or 0, max_time=(max_time or 0.0) * 60,
                       batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed, device=device, precision=precision,
-                      transpose=transpose, transpose_share=transpose_share, val_fraction=val_fraction,
-                      controls=not no_controls, style=style,
-                      evals=evals, patience=patience,
+                      transpose=transpose, transpose_share=transpose_share, velocity_shift=velocity_shift,
+                      val_fraction=val_fraction, controls=not no_controls, style=style, evals=evals, patience=patience,
                       save_interval=save_interval, compile=use_compile, log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
     made = missing_folders(out)

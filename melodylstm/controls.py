@@ -106,7 +106,9 @@ def estimate_chords(notes: np.ndarray, n_beats: int, resolution: int) -> np.ndar
     sounding = norms > 0
     scores = np.zeros((len(hist), NO_CHORD))  # silent beats: no scores needed (they get NO_CHORD)
     scores[sounding] = (hist[sounding] / norms[sounding, None]) @ TEMPLATES.T
-    return keep_previous_chord(scores, sounding)
+    # rounded: equal scores (two templates, or the keep threshold met exactly) then compare equal
+    # on every CPU, whatever order its matrix product adds in
+    return keep_previous_chord(scores.round(9), sounding)
 
 
 def keep_previous_chord(scores: np.ndarray, sounding: np.ndarray) -> np.ndarray:

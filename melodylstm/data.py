@@ -352,7 +352,7 @@ class WindowSampler:
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int,
                  seed: int = 0, transpose: int = 0, controls: np.ndarray | None = None,
                  unknown: np.ndarray | None = None, hide: float = HIDE_PROBABILITY, transpose_share: float = 1.0,
-                 names=ctl.COLUMNS):
+                 names=ctl.COLUMNS, velocity_shift: int = 0, velocity_share: float = 1.0):
         """names: the controls of the columns of `controls` (a model's, in its order)."""
         if len(tokens) < 2:
             raise ValueError("not enough training tokens")
@@ -360,6 +360,7 @@ class WindowSampler:
         self.unknown, self.hide, self.names = unknown, hide, tuple(names)
         self.seq_len = min(seq_len, len(tokens) - 1)
         self.batch_size, self.transpose, self.transpose_share = batch_size, transpose, transpose_share
+        self.velocity_shift, self.velocity_share = velocity_shift, velocity_share
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.offsets = np.arange(self.seq_len + 1)
 
@@ -370,6 +371,8 @@ class WindowSampler:
         batch = self.tokens[index].astype(np.int64)
         shift = (transpose_pitches(batch, self.tok, self.transpose, self.rng, self.transpose_share)
                  if self.transpose else None)
+        if self.velocity_shift:
+            shift_velocities(batch, self.tok, self.velocity_shift, self.rng, self.velocity_share)
         if self.controls is None:
             return batch
         controls = self.controls[index].astype(np.int64)
@@ -395,6 +398,24 @@ def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng
     if share < 1.0:
         shift = np.where(rng.random(len(batch)) < share, shift, 0)
     batch += np.where(is_pitch, shift[:, None], 0)
+    return shift
+
+
+def shift_velocities(batch: np.ndarray, tok: Tokenizer, max_bins: int, rng, share: float = 1.0) -> np.ndarray:
+    """Make every note of each row louder or softer by one random number of velocity bins that
+    keeps the row in range (in place; returns the shifts), on a `share` of the rows. A corpus
+    played at one velocity would otherwise teach that every other velocity never happens: the
+    model then learns to keep the dynamics of the music before it, whatever they are."""
+    bins = len(tok.velocities)
+    offset = batch - tok.velocity0
+    is_velocity = (offset >= 0) & (offset < bins)
+    lowest = np.where(is_velocity, offset, bins).min(axis=1)
+    highest = np.where(is_velocity, offset, -1).max(axis=1)
+    down = np.minimum(max_bins, np.where(highest >= 0, lowest, 0))
+    up = np.minimum(max_bins, np.where(highest >= 0, bins - 1 - highest, 0))
+    shift = np.floor(rng.random(len(batch)) * (down + up + 1)).astype(np.int64) - down
+    shift = np.where(rng.random(len(batch)) < share, shift, 0)
+    batch += np.where(is_velocity, shift[:, None], 0)
     return shift
 
 

@@ -146,6 +146,8 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     transpose: int | None = None  # augmentation: random transposition within +-N semitones
     transpose_share: float | None = None  # of the windows (the others keep the corpus's own keys)
+    velocity_shift: int = 10  # augmentation: every note of a window louder or softer by up to N velocity bins
+    velocity_share: float = 0.5  # of the windows (the others keep the corpus's own dynamics)
     val_fraction: float = 0.1
     controls: bool = True  # learn the control inputs (key, chord, density, position, lookback, style)
     style: str | None = None  # the style of every file (default: first-level subfolder names)
@@ -246,6 +248,8 @@ class Plan:
         parameters = sum(math.prod(shape) for shape in m.weight_shapes().values())
         transposition = (f"transposition +-{c.transpose} on {c.transpose_share:.0%} of the windows"
                          if c.transpose and c.transpose_share else "no transposition")
+        if c.velocity_shift and c.velocity_share:
+            transposition += f", velocities +-{c.velocity_shift} bins on {c.velocity_share:.0%}"
         lines = [f"recipe: {r.size} model{' (some values set by hand)' if self.set_by_hand else ''}: {r.reason}"]
         lines += [f"step time: {self.measurement}"] if self.measurement else []
         lines += [f"regularised: {self.note}"] if self.note else []

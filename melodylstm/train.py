@@ -337,7 +337,8 @@ class Run:
         train_controls = self.store.train_controls[:, columns] if columns else None
         self.sampler = WindowSampler(self.store.train, self.tok, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.transpose,
                                      train_controls, ctl.unknown_of(plan.model), transpose_share=cfg.transpose_share,
-                                     names=plan.model.control_names)
+                                     names=plan.model.control_names, velocity_shift=cfg.velocity_shift,
+                                     velocity_share=cfg.velocity_share)
         index = validation_index(len(self.store.val), plan.window, MAX_VAL_TOKENS)
         self.val_windows = self.store.val[index].astype(np.int64)
         self.val_controls = self.store.val_controls[index][..., columns].astype(np.int64) if columns else None

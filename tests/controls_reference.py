@@ -48,7 +48,7 @@ def beat_histograms(notes, n_beats, resolution):
 def estimate_chords(notes, n_beats, resolution):
     hist = beat_histograms(notes, n_beats, resolution)
     norms = np.linalg.norm(hist, axis=1, keepdims=True)
-    scores = np.divide(hist, norms, out=np.zeros_like(hist), where=norms > 0) @ ctl.TEMPLATES.T
+    scores = (np.divide(hist, norms, out=np.zeros_like(hist), where=norms > 0) @ ctl.TEMPLATES.T).round(9)
     out = np.full(n_beats, theory.NO_CHORD, dtype=np.int64)
     previous = theory.NO_CHORD
     for b in range(n_beats):

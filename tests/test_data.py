@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from melodylstm.data import (TokenCache, WindowSampler, find_midi_files, is_validation, load_corpus,
-                             split_results, tokenize_files, transpose_pitches)
+                             shift_velocities, split_results, tokenize_files, transpose_pitches)
 from melodylstm.midi import write_midi
 from melodylstm.tokenizer import Tokenizer
 
@@ -86,6 +86,21 @@ def test_transposition_never_leaves_the_pitch_range():
     batch = np.full((50, 10), top, dtype=np.int64)
     transpose_pitches(batch, TOK, 12, rng)
     assert (batch <= top).all() and (batch >= TOK.pitch0).all()
+
+
+def test_velocity_shift_moves_a_windows_dynamics_as_one_and_stays_in_range():
+    tokens = TOK.encode(scale_song(1, bars=32)).astype(np.uint16)
+    shifted = WindowSampler(tokens, TOK, 64, 400, seed=3, velocity_shift=10, velocity_share=0.5).next_batch()
+    plain = WindowSampler(tokens, TOK, 64, 400, seed=3).next_batch()
+    is_velocity = (plain >= TOK.velocity0) & (plain < TOK.velocity0 + len(TOK.velocities))
+    assert np.array_equal(shifted[~is_velocity], plain[~is_velocity])  # only velocities move
+    per_row = [set((shifted[i] - plain[i])[is_velocity[i]].tolist()) for i in range(len(plain))]
+    assert all(len(r) == 1 for r in per_row)  # one shift per window
+    moves = np.array([r.pop() for r in per_row])
+    assert np.abs(moves).max() == 10 and 0.35 < (moves == 0).mean() < 0.65  # about half keep their dynamics
+    loud = np.full((50, 10), TOK.velocity0 + len(TOK.velocities) - 1, dtype=np.int64)
+    assert (shift_velocities(loud, TOK, 10, np.random.default_rng(0)) <= 0).all()  # never past the loudest bin
+    assert (loud < TOK.velocity0 + len(TOK.velocities)).all()
 
 
 def test_data_command_json_and_one_line_errors(tiny_corpus, tmp_path):

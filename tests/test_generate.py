@@ -261,6 +261,18 @@ def test_an_answer_stays_in_the_phrase_register():
     assert max(abs(m - 51.0) for m in means) <= 7.0, means
 
 
+def test_an_answer_keeps_the_dynamics_of_the_phrase():
+    """The bundled corpora are written at one velocity (90); trained with whole windows made
+    louder or softer, the default model answers a soft phrase softly and a loud one loudly
+    (before: every answer at 90, whatever was played)."""
+    line = [60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 72, 67, 64, 60, 60]
+    for velocity in (54, 74, 119):
+        phrase = Song(np.array([[i * 12, 12, p, velocity, 0] for i, p in enumerate(line)]), 12)
+        for answer in Generator.load().continue_(phrase, bars=4, seed=1, num=4):
+            new = answer.notes.notes[answer.notes.notes[:, 0] >= phrase.end]
+            assert len(new) and np.abs(new[:, 3] - velocity).max() <= 8, (velocity, new[:, 3])
+
+
 def test_a_repeated_motif_is_taken_up_more_often_with_the_echo(monkeypatch):
     """A two-bar motif played twice: the default model, told what was played bars back, plays the
     motif's pitch at the motif's moment in 0.45 of the answers' notes (the model before lookback:
