@@ -162,6 +162,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        data = {"velocity_shift": 0, **data}  # a run planned before the shift existed resumes without it
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

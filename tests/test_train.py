@@ -387,3 +387,15 @@ def test_cli_prints_the_recipe_and_the_budget(tiny_corpus, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "recipe: small model" in result.stderr and "budget: 4 steps" in result.stderr
     assert "controls: key, chord, density, position, back1, back2, back4, back8, gap1, gap2, gap4, gap8, style" in result.stderr  # tiny_corpus has a subfolder
+    assert "velocities +-10 bins on 50%" in result.stderr
+
+
+def test_a_run_planned_before_the_velocity_shift_resumes_without_it():
+    from dataclasses import asdict
+
+    from melodylstm.recipe import TrainConfig
+
+    assert TrainConfig(out="r").velocity_shift == 10
+    assert TrainConfig.from_dict(asdict(TrainConfig(out="r"))).velocity_shift == 10
+    old = {k: v for k, v in asdict(TrainConfig(out="r")).items() if not k.startswith("velocity")}
+    assert TrainConfig.from_dict(old).velocity_shift == 0
