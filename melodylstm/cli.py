@@ -134,7 +134,7 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.option("--hidden", type=int, help="LSTM hidden size (default: from the corpus size).")
 @click.option("--embedding", type=int, help="Token embedding size (default: from the corpus size).")
 @click.option("--dropout", type=float, help="Dropout (default: from the corpus size).")
-@click.option("--tie-weights", is_flag=True, help="Share embedding and output weights.")
+@click.option("--tie-weights/--untied-weights", default=None, help="Share embedding and output weights (default: shared).")
 @click.option("--style", help="Style name of every file (default: first-level subfolder names; NAME=FOLDER names one folder).")
 @click.option("--no-controls", is_flag=True, help="Learn the tokens alone: no key, chord, density, position, lookback or style inputs.")
 @click.option("--batch-size", type=int, help="Windows per step (default: from the corpus size).")

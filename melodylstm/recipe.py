@@ -58,6 +58,10 @@ REGULARISE_EPOCHS = 20  # passes over the corpus after which dropout and transpo
 # switching on that noise cost 6%, 3.38 vs 3.19 bits/note held out).
 JUDGE_AFTER_PASSES = 3.0
 CORPUS_DROPOUT = {"small": 0.2, "medium": 0.2, "large": 0.1}  # by corpus size, when regularising
+# The output layer shares the token embedding (through a projection of the LSTM's output to its
+# size; Press & Wolf 2017): side by side at 5 minutes it gave 3-16% fewer bits/note on every corpus
+# tried (benchmarks/README.md, "Tied weights").
+TIE_WEIGHTS = True
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,8 @@ class Plan:
         lines += [f"regularised: {self.note}"] if self.note else []
         lines += [f"styles: {', '.join(f'{k} ({v} files)' for k, v in self.style_files)}"] if self.style_files else []
         lines += [f"controls: {', '.join(m.control_names) or 'none'}",
-                  f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}, dropout {m.dropout}), "
+                  f"model: {m.layers}x{m.hidden} LSTM (embedding {m.embedding}{', tied to the output' if m.tie_weights else ''}, "
+                  f"dropout {m.dropout}), "
                   f"{parameters:,} parameters, on {self.device}; windows {c.batch_size}x{self.window}, "
                   f"lr {c.lr:g}, {transposition}",
                   f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
@@ -305,7 +310,8 @@ def resolve_plan(corpus: CorpusSummary, options: TrainConfig, model=None, step_s
                                                                 "transpose_share") if getattr(options, k) is None})
     if not fixed:
         chosen = {k: v for k, v in (model or {}).items() if v is not None}
-        recipe_model = {k: getattr(recipe, k) for k in ("embedding", "hidden", "layers", "dropout")}
+        recipe_model = {**{k: getattr(recipe, k) for k in ("embedding", "hidden", "layers", "dropout")},
+                        "tie_weights": TIE_WEIGHTS}
         model = ModelConfig(corpus.vocab, **{**recipe_model, **chosen}, controls=corpus.controls,
                             styles=tuple(corpus.styles) if corpus.controls else (),
                             causal_controls=bool(corpus.controls))

@@ -388,6 +388,12 @@ def test_cli_prints_the_recipe_and_the_budget(tiny_corpus, tmp_path):
     assert "recipe: small model" in result.stderr and "budget: 4 steps" in result.stderr
     assert "controls: key, chord, density, position, back1, back2, back4, back8, gap1, gap2, gap4, gap8, style" in result.stderr  # tiny_corpus has a subfolder
     assert "velocities +-10 bins on 50%" in result.stderr
+    assert "embedding 128, tied to the output" in result.stderr  # the recipe ties the weights
+    made = run_cli("generate", "-c", str(tmp_path / "r"), "-o", str(tmp_path / "g.mid"), "--bars", "2")
+    assert made.returncode == 0 and (tmp_path / "g.mid").exists(), made.stderr  # a tied model with controls samples
+    untied = run_cli("train", str(tiny_corpus), "-o", str(tmp_path / "u"), "--max-steps", "2", "-j", "1", "--untied-weights",
+                     "--cache-dir", str(tmp_path / "c"))
+    assert untied.returncode == 0 and "tied to the output" not in untied.stderr, untied.stderr
 
 
 def test_a_run_planned_before_the_velocity_shift_resumes_without_it():
