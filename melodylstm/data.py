@@ -388,17 +388,8 @@ def transpose_pitches(batch: np.ndarray, tok: Tokenizer, max_semitones: int, rng
     (in place; returns the shifts); only a `share` of the rows move, the rest keep their key.
     Drum tokens are separate, so drums are never transposed."""
     n_pitches = tok.config.pitch_high - tok.config.pitch_low + 1
-    offset = batch - tok.pitch0
-    is_pitch = (offset >= 0) & (offset < n_pitches)
-    lowest = np.where(is_pitch, offset, n_pitches).min(axis=1)
-    highest = np.where(is_pitch, offset, -1).max(axis=1)
-    down = np.minimum(max_semitones, np.where(highest >= 0, lowest, max_semitones))
-    up = np.minimum(max_semitones, np.where(highest >= 0, n_pitches - 1 - highest, max_semitones))
-    shift = np.floor(rng.random(len(batch)) * (down + up + 1)).astype(np.int64) - down
-    if share < 1.0:
-        shift = np.where(rng.random(len(batch)) < share, shift, 0)
-    batch += np.where(is_pitch, shift[:, None], 0)
-    return shift
+    # a row without pitches still gets a shift: its key and chord labels move with it
+    return shift_in_range(batch, tok.pitch0, n_pitches, max_semitones, rng, share, empty=max_semitones)
 
 
 def shift_velocities(batch: np.ndarray, tok: Tokenizer, max_bins: int, rng, share: float = 1.0) -> np.ndarray:
@@ -406,16 +397,23 @@ def shift_velocities(batch: np.ndarray, tok: Tokenizer, max_bins: int, rng, shar
     keeps the row in range (in place; returns the shifts), on a `share` of the rows. A corpus
     played at one velocity would otherwise teach that every other velocity never happens: the
     model then learns to keep the dynamics of the music before it, whatever they are."""
-    bins = len(tok.velocities)
-    offset = batch - tok.velocity0
-    is_velocity = (offset >= 0) & (offset < bins)
-    lowest = np.where(is_velocity, offset, bins).min(axis=1)
-    highest = np.where(is_velocity, offset, -1).max(axis=1)
-    down = np.minimum(max_bins, np.where(highest >= 0, lowest, 0))
-    up = np.minimum(max_bins, np.where(highest >= 0, bins - 1 - highest, 0))
+    return shift_in_range(batch, tok.velocity0, len(tok.velocities), max_bins, rng, share, empty=0)
+
+
+def shift_in_range(batch: np.ndarray, first: int, count: int, most: int, rng, share: float, empty: int) -> np.ndarray:
+    """Add one random offset in [-most, most] to each row's tokens in [first, first + count), chosen
+    so that none leaves that range (rows without such tokens: within +-`empty`); only a `share`
+    of the rows move. In place; returns the offsets."""
+    offset = batch - first
+    inside = (offset >= 0) & (offset < count)
+    lowest = np.where(inside, offset, count).min(axis=1)
+    highest = np.where(inside, offset, -1).max(axis=1)
+    down = np.minimum(most, np.where(highest >= 0, lowest, empty))
+    up = np.minimum(most, np.where(highest >= 0, count - 1 - highest, empty))
     shift = np.floor(rng.random(len(batch)) * (down + up + 1)).astype(np.int64) - down
-    shift = np.where(rng.random(len(batch)) < share, shift, 0)
-    batch += np.where(is_velocity, shift[:, None], 0)
+    if share < 1.0:
+        shift = np.where(rng.random(len(batch)) < share, shift, 0)
+    batch += np.where(inside, shift[:, None], 0)
     return shift
 
 
