@@ -275,8 +275,8 @@ def test_an_answer_keeps_the_dynamics_of_the_phrase():
 
 def test_a_repeated_motif_is_taken_up_more_often_with_the_echo(monkeypatch):
     """A two-bar motif played twice: the default model, told what was played bars back, plays the
-    motif's pitch at the motif's moment in 0.45 of the answers' notes (the model before lookback:
-    0.10); the echo of 4 and 2 bars back takes that to 0.86."""
+    motif's pitch at the motif's moment in 0.73 of the answers' notes (the model before lookback:
+    0.10; untied, 0.45); the echo of 4 and 2 bars back takes that to 0.99."""
     import melodylstm.generate as generate
 
     motif = [(0, 12, 67), (12, 6, 69), (18, 6, 67), (24, 12, 65), (36, 12, 64), (48, 12, 62), (60, 12, 64), (72, 24, 60)]
@@ -292,7 +292,7 @@ def test_a_repeated_motif_is_taken_up_more_often_with_the_echo(monkeypatch):
     monkeypatch.setattr(generate, "ECHO_WEIGHTS", (0.0, 0.0))
     monkeypatch.setattr(generate, "ECHO_LENGTH_WEIGHTS", (0.0, 0.0))
     model_alone = taken_up()
-    assert model_alone > 0.3 and with_echo > 1.5 * model_alone
+    assert model_alone > 0.3 and with_echo > model_alone + 0.15
 
 
 def test_the_echo_adds_what_was_played_bars_ago_and_nothing_else():
