@@ -152,7 +152,8 @@ def roundtrip(ctx, midi_in, midi_out, resolution, programs, drums, no_bars, show
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of files held out for validation.")
 @click.option("--evals", default=20, show_default=True, help="Validations over the budget.")
 @click.option("--patience", default=5, show_default=True, help="Early stopping: validations without improvement, counted from the "
-              "third pass on (0: off). A run without dropout or transposition first switches them on, after 2.")
+              "third pass and the second half of the budget on (0: off). A run without dropout or transposition "
+              "first switches them on, after 2.")
 @click.option("--save-interval", default=120.0, show_default=True, help="Seconds between safety checkpoints.")
 @click.option("--log-every", default=10, show_default=True, help="Steps between lines in metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

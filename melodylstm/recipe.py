@@ -266,7 +266,8 @@ class Plan:
                   f"lr {c.lr:g}, {transposition}",
                   f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
                   f"{c.evals} validations, early stop after {c.patience} without improvement"
-                  + (f" (counted after {JUDGE_AFTER_PASSES:g} passes)" if c.patience else "")
+                  + (f" (counted after {JUDGE_AFTER_PASSES:g} passes, in the second half of the budget)"
+                     if c.patience else "")
                   + (f" (after {self.patience} the first time: regularise instead)"
                      if self.may_regularise and c.patience else "")]
         return "\n".join(lines)

@@ -254,7 +254,8 @@ def test_early_stopping_counts_validations(tiny_corpus, tmp_path):
         group["weight_decay"] = 0.0
     run.cfg.lr = 0.0  # nothing learns: validation never improves after the first
     assert run.train(clock=FakeClock()) == "early-stopped"
-    assert sorted(records(tmp_path / "run", "val_nll")) == [10, 20, 30] and run.step == 30
+    # only validations in the second half of the budget count (the learning rate is high before)
+    assert sorted(records(tmp_path / "run", "val_nll")) == [10, 20, 30, 40, 50, 60] and run.step == 60
 
 
 def scripted_validation(run, values):
@@ -283,14 +284,14 @@ def test_a_run_that_stops_improving_regularises_once_then_stops(tiny_corpus, tmp
     assert "regularise instead" in run.describe_plan() and "counted after 3 passes" in run.describe_plan()
     # best at the 2nd validation; the 3rd (2.4 passes) is not judged; two more without improvement
     # (regularise_patience) switch it on at the 5th: back to the 2nd's weights; it never beats the
-    # best again, so patience (3) stops it at the 8th
+    # best again, and from the 10th (half the budget) patience (3) counts: it stops at the 12th
     seen = scripted_validation(run, [3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9])
     restored = []
     run.regularise = (lambda original: lambda: (original(), restored.append(
         {k: v.detach().clone() for k, v in run.model.state_dict().items()})))(run.regularise)
     assert run.train(clock=FakeClock()) == "early-stopped"
     validated = sorted(records(tmp_path / "run", "val_nll"))
-    assert len(validated) == 8 and run.step == validated[7] < run.budget.steps
+    assert len(validated) == 12 and run.step == validated[11] < run.budget.steps
     assert sorted(records(tmp_path / "run", "regularised")) == [validated[4]]
     assert all(torch.equal(restored[0][k], seen[1][k]) for k in seen[1])  # the best weights, not the latest
     assert not all(torch.equal(seen[4][k], seen[1][k]) for k in seen[1])
@@ -314,12 +315,12 @@ def test_a_run_of_fewer_than_three_passes_neither_switches_nor_stops(tiny_corpus
 def test_regularisation_set_by_hand_is_left_alone(tiny_corpus, tmp_path):
     for options, kw in (({"dropout": 0.0}, {}), ({}, {"transpose": 0})):
         cfg = TrainConfig(out=str(tmp_path / f"run{len(kw)}"), batch_size=2, seq_len=16, epochs=12, evals=10,
-                          patience=2, **kw)  # 1.2 passes per validation: the 3rd and 4th are judged
+                          patience=2, **kw)  # 1.2 passes a validation: judged from the 5th (half the budget)
         run = Run(tiny_corpus, TOK, {"embedding": 16, "hidden": 32, "layers": 1, **options}, cfg, progress=False,
                   log=lambda m: None, data_options={"cache_dir": tmp_path / "cache", "jobs": 1})
         scripted_validation(run, [3.0, 3.0])
         assert not run.may_regularise and run.train(clock=FakeClock()) == "early-stopped"
-        assert len(records(cfg.out, "val_nll")) == 4 and not records(cfg.out, "regularised")
+        assert len(records(cfg.out, "val_nll")) == 6 and not records(cfg.out, "regularised")
 
 
 def test_resume_mid_schedule_gives_the_same_schedule(tiny_corpus, tmp_path):
