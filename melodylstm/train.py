@@ -33,7 +33,7 @@ from .metrics.likelihood import hidden_controls
 from .fileio import atomic_write_bytes, write_error
 from .model import MelodyLSTM
 from .progress import TrainingProgress
-from .recipe import JUDGE_AFTER_PASSES, Budget, CorpusSummary, Plan, TrainConfig, resolve_plan
+from .recipe import JUDGE_AFTER_PASSES, STOP_AFTER, Budget, CorpusSummary, Plan, TrainConfig, resolve_plan
 from .steptime import StepTimer
 from .tokenizer import PAD, Tokenizer
 
@@ -107,10 +107,6 @@ def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 
 # ---------------------------------------------------------------- schedule, step, validation
 
-# Early stopping counts only the validations of the second half of the budget: before, the learning
-# rate is high and a worse figure mostly its noise, and the decay still to come is worth more (10
-# minutes on Nottingham stopped at a third of the budget: benchmarks/README.md, "Early stopping").
-STOP_AFTER = 0.5
 WARMUP_SHARE = 0.05  # warm-up never takes more than this share of the budget
 
 
