@@ -443,11 +443,14 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
 @click.option("--only-new", is_flag=True, help="Write the continuation alone, without the input.")
 @click.option("--primer-bars", default="64", show_default=True,
               help="Prime the model with the last N bars of the input (all: the whole file).")
+@click.option("--candidates", type=click.IntRange(1, 64), default=None,
+              help="Samples drawn per answer; the one most like the phrase's last bars (register, pace, note "
+                   "lengths, rests) is kept. Default 32; 1 with --play (each note is heard as it is drawn).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was estimated and used (key, style, ...) as JSON.")
 @click.pass_context
 def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temperature, top_k, top_p, seed, key,
                  strict_key, key_strength, style, chords, chords_file, density, pitch_range, voices, play, window, soundfont,
-                 synth, midi_out, only_new, primer_bars, as_json):
+                 synth, midi_out, only_new, primer_bars, candidates, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes, outputs_or_nothing
     from .playback import open_live_playback, play_while_generating
@@ -471,7 +474,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                              top_k=top_k, top_p=top_p, seed=seed, key=key, pitch_range=pitch_range,
                              primer_bars=primer_bars, on_note=on_note, style=style, chords=progression,
                              density=density, strict_key=strict_key, key_strength=key_strength,
-                             voices="auto" if voices is None else voices)
+                             voices="auto" if voices is None else voices, candidates=candidates)
 
     def save(results):
         with outputs_or_nothing(paths):

@@ -53,6 +53,8 @@ ECHO_LENGTH_WEIGHTS = (4.0, 1.0)
 # nothing: most primers' last 2 bars have no rest, so none was allowed
 ECHO_REST_WEIGHTS = (2.0, 1.0)
 PRIMER_REST_BARS = 4
+# continue: samples drawn per answer; the one nearest the phrase's last bars is kept (candidates.py)
+CONTINUE_CANDIDATES = 32
 NAMED_KEY_STRENGTH = 3.0
 # --chords: the model's chord input is the chord of the beat before (causal), which steers less
 # than the current beat's chord did; guidance on the chord (as on the key) and a prior of +2 on the

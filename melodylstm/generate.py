@@ -20,10 +20,11 @@ from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
                      PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, ECHO_REST_WEIGHTS,
                      PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_REGISTER_BARS,
-                     PRIMER_REST_BARS, PRIMER_RHYTHM_STRENGTH)
+                     PRIMER_REST_BARS, PRIMER_RHYTHM_STRENGTH, CONTINUE_CANDIDATES)
 from .fileio import atomic_write_bytes
 from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, compress_time, crop_song, midi_chunks,
                    midifile_bytes, read_midi_bytes, song_to_midifile, stretch_notes)
+from . import candidates as cand
 from . import controls as ctl
 from . import theory
 from .sampling import Echo, FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
@@ -144,14 +145,16 @@ class Generator:
     def continue_(self, primer, bars=None, seconds=None, tokens=None, num=1, temperature=CONTINUE_TEMPERATURE, top_k=0, top_p=1.0,
                   seed=None, key=None, pitch_range=None, primer_bars=DEFAULT_PRIMER_BARS, on_note=None,
                   style=None, chords=None, density=None, strict_key=False,
-                  key_strength=None, voices="auto", primer_tokens=DEFAULT_PRIMER_TOKENS) -> list[Continuation]:
+                  key_strength=None, voices="auto", primer_tokens=DEFAULT_PRIMER_TOKENS,
+                  candidates=None) -> list[Continuation]:
         """Continue a phrase (a path, MIDI bytes, a pretty_midi.PrettyMIDI or a Song) from its last
         `primer_bars` bars (None: all of it), and of those at most the last whole bars that fit in
         `primer_tokens` tokens (None: no bound; it applies only with `primer_bars`). Controls as
         for `generate`; by default the primer's key, density and texture are kept (voices "auto":
         at most as many notes sounding at once as the primer ever starts together, so a melody is
         answered with a melody), its style is the one under which it is most likely, and the
-        model chooses the chords."""
+        model chooses the chords. Each answer is the one of `candidates` samples (None: 32, or 1
+        when notes are heard as they come) that sounds most like the primer's last bars."""
         song, source = self._read_primer(primer)
         kept, _ = self.tok.normalize(song)
         if len(kept.notes) == 0:
@@ -177,9 +180,11 @@ class Generator:
         heard = compress_time(kept, factor) if factor > 1 else kept
         if factor > 1 and on_note is not None:
             on_note = stretched(on_note, factor, offset)
-        songs, used_key = self._sample(heard, heard, Length(bars, seconds, tokens), num, temperature, top_k, top_p,
-                                       self._seed(seed), request, pitch_range, on_note, offset)
-        self.last_controls["note_values"] = factor
+        per = answer_candidates(candidates, num, on_note)
+        songs, used_key = self._sample(heard, heard, Length(bars, seconds, tokens), num * per, temperature, top_k,
+                                       top_p, self._seed(seed), request, pitch_range, on_note, offset)
+        songs = [songs[i * per + nearest_the_phrase(heard, songs[i * per:(i + 1) * per])] for i in range(num)]
+        self.last_controls.update(note_values=factor, candidates=per)
         end = None  # --seconds ends on the phrase's own grid, not on the shortened one (finer by `factor`)
         if factor > 1 and seconds and not bars and not tokens:
             end = kept.tempo_map.first_step_at(kept.tempo_map.seconds(kept.end) + seconds)
@@ -579,6 +584,35 @@ def note_value_factor(song: Song, most: int = 4) -> int:
             break
         factor *= 2
     return factor
+
+
+def answer_candidates(candidates, num: int, on_note) -> int:
+    """Samples per answer asked for: CONTINUE_CANDIDATES by default, one when each note is heard as
+    it is sampled (there is nothing to choose then), and never past the sampler's 1,024 rows."""
+    if candidates is None:
+        candidates = 1 if on_note is not None else CONTINUE_CANDIDATES
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 1 <= candidates <= 64:
+        raise ValueError(f"candidates must be a whole number from 1 to 64, not {candidates!r}")
+    if not 1 <= num <= 1024:
+        raise ValueError("--num must be 1..1024")
+    return max(1, min(int(candidates), 1024 // num))
+
+
+def nearest_the_phrase(primer: Song, answers: list) -> int:
+    """Index of the answer (Songs starting at the primer's end) that sounds most like the primer's
+    last PRIMER_REGISTER_BARS bars: the span the answer is heard against."""
+    if len(answers) == 1:
+        return 0
+    res, grid = primer.resolution, primer.tempo_map
+    start = recent_span(primer, PRIMER_REGISTER_BARS)
+    notes = recent_notes(primer, PRIMER_REGISTER_BARS)
+    phrase = cand.traits(notes, start, primer.end - start, res)
+    last = max((int((a.notes[:, ONSET] + a.notes[:, DURATION]).max()) for a in answers if len(a.notes)),
+               default=primer.end)
+    end = grid.bar_start(grid.bar_at_or_after(last))
+    traits = [cand.traits(a.notes, primer.end, max(1, end - primer.end), res) for a in answers]
+    copies = [cand.replayed(a.notes, notes, primer.end - start) >= cand.COPY for a in answers]
+    return cand.closest(phrase, traits, copies)
 
 
 def stretched(on_note, factor: int, offset: int):

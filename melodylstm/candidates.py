@@ -1,0 +1,59 @@
+"""Candidate answers: `continue` samples several answers to a phrase and keeps, for each one asked
+for, the candidate that sounds most like the phrase's last bars, in register, pace, note lengths,
+rhythm and rests. One sample of four bars wanders by chance (a leap up a fifth that stays there,
+a run of long notes in a lively tune); the choice among a few keeps the model's own notes while
+dropping the answers that have lost the thread. Magenta's melody RNN does the same with its beam
+search on likelihood; ranking on likelihood alone favours the commonest notes, not this phrase's.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics.continuations import histogram_overlap, silent_share
+from .metrics.features import inter_onset_histogram, note_length_histogram
+from .midi import DRUMS, ONSET, PITCH, PROGRAM
+
+
+def traits(notes: np.ndarray, start: int, steps: int, resolution: int) -> dict:
+    """What a listener compares between a phrase and its answer, over the span [start, start + steps)."""
+    notes = notes[notes[:, PROGRAM] != DRUMS]
+    return {"pitch": float(notes[:, PITCH].mean()) if len(notes) else float("nan"),
+            "pace": len(np.unique(notes[:, ONSET])) / max(steps / resolution, 1e-9),
+            "lengths": note_length_histogram(notes, resolution),
+            "onsets": inter_onset_histogram(notes, resolution),
+            "silent": silent_share(notes, start, steps)}
+
+
+def differences(phrase: dict, answer: dict) -> np.ndarray:
+    """How far an answer is from the phrase on each trait (0: the same); an empty answer is furthest."""
+    if not np.isfinite(answer["pitch"]):
+        return np.full(5, np.inf)
+    return np.array([abs(answer["pitch"] - phrase["pitch"]),
+                     abs(np.log((answer["pace"] + 0.25) / (phrase["pace"] + 0.25))),
+                     1.0 - histogram_overlap(answer["lengths"], phrase["lengths"]),
+                     1.0 - histogram_overlap(answer["onsets"], phrase["onsets"]),
+                     abs(answer["silent"] - phrase["silent"])])
+
+
+WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 1.0])  # of the ranks: pitch, pace, lengths, onsets, rests
+COPY = 0.9  # an answer that replays this share of its notes from the phrase is a copy, not an answer
+
+
+def replayed(answer: np.ndarray, phrase: np.ndarray, lag: int) -> float:
+    """Share of the answer's notes that the phrase played `lag` steps earlier (same pitch, same place)."""
+    if len(answer) == 0:
+        return 0.0
+    before = set(zip(phrase[:, ONSET].tolist(), phrase[:, PITCH].tolist()))
+    return float(np.mean([(o - lag, p) in before for o, p in zip(answer[:, ONSET].tolist(), answer[:, PITCH].tolist())]))
+
+
+def closest(phrase: dict, answers: list[dict], copies=None) -> int:
+    """Index of the answer nearest the phrase: the fewest answers nearer than it, summed over the
+    traits (ties: the earlier answer). Ranks need no weights between semitones, shares and overlaps.
+    copies: which answers replay the phrase; they are chosen only when every answer does."""
+    table = np.array([np.nan_to_num(differences(phrase, a), nan=np.inf) for a in answers])
+    nearer = (table[None, :, :] < table[:, None, :]).sum(axis=1)  # [i, trait]: answers nearer than i
+    score = (nearer * WEIGHTS).sum(axis=1).astype(float)
+    if copies is not None and not all(copies):
+        score[np.asarray(copies, dtype=bool)] = np.inf
+    return int(score.argmin())
