@@ -360,6 +360,8 @@ def controls_summary(report: dict) -> str:
         parts.append(f"at most {report['voices']} note{'s' if report['voices'] > 1 else ''} at once")
     if report.get("scale_mask"):
         parts.append(f"scale mask {report['scale_mask']}")
+    if (report.get("candidates") or 1) > 1:
+        parts.append(f"of {report['candidates']} samples the one most like the phrase")
     if (report.get("note_values") or 1) > 1:  # a slow line, read as the same music in shorter values
         parts.append(f"read in note values {report['note_values']}x shorter")
     return "; " + ", ".join(parts) if parts else ""

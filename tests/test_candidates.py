@@ -41,6 +41,19 @@ def test_an_empty_answer_is_never_chosen_over_one_with_notes():
     assert cand.closest(phrase, [traits(empty), traits(far)]) == 1
 
 
+def test_a_replay_of_the_phrase_is_kept_only_when_every_answer_is_one():
+    phrase = traits(PHRASE, 0)
+    replay = PHRASE.copy()
+    replay[:, 0] += 192
+    varied = replay.copy()
+    varied[::2, 2] += 2  # every other note a step higher
+    assert cand.replayed(replay, PHRASE, 192) == 1.0 and cand.replayed(varied, PHRASE, 192) == 0.5
+    answers = [traits(replay), traits(varied)]
+    assert cand.closest(phrase, answers) == 0  # the replay is nearest on every trait...
+    assert cand.closest(phrase, answers, copies=[True, False]) == 1  # ... but it is not an answer
+    assert cand.closest(phrase, answers, copies=[True, True]) == 0
+
+
 def test_continue_keeps_the_nearest_of_its_candidates():
     """Eight samples per answer: the answer kept is the one the chooser ranks first among the same
     eight rows drawn one by one, and on average it is nearer the phrase than they are, in register
