@@ -61,7 +61,7 @@ def test_continue_keeps_the_nearest_of_its_candidates():
     tune = line([67, 64, 65, 67, 69, 67, 65, 64, 62, 64, 65, 62, 60, 64, 67, 72])  # no bar repeats
     phrase = Song(tune, RES)
     gen = Generator.load()
-    kept, rows, gaps = [], [], []
+    kept, gaps = [], []
     for seed in (1, 2, 3):
         best = gen.continue_(phrase, bars=4, seed=seed, candidates=8)[0]
         assert gen.last_controls["candidates"] == 8
