@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import CONTINUE_CANDIDATES, PRIMER_REGISTER_BARS
 from .metrics.continuations import histogram_overlap, silent_share
 from .metrics.features import inter_onset_histogram, note_length_histogram
-from .midi import DRUMS, ONSET, PITCH, PROGRAM
+from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song
+from .phrase import recent_notes, recent_span
 
 
 def traits(notes: np.ndarray, start: int, steps: int, resolution: int) -> dict:
@@ -61,3 +63,32 @@ def closest(phrase: dict, answers: list[dict], copies=None) -> int:
     if copies is not None and not all(copies):
         score[np.asarray(copies, dtype=bool)] = np.inf
     return int(score.argmin())
+
+
+def answer_candidates(candidates, num: int, on_note) -> int:
+    """Samples per answer asked for: CONTINUE_CANDIDATES by default, one when each note is heard as
+    it is sampled (there is nothing to choose then), and never past the sampler's 1,024 rows."""
+    if candidates is None:
+        candidates = 1 if on_note is not None else CONTINUE_CANDIDATES
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 1 <= candidates <= 64:
+        raise ValueError(f"candidates must be a whole number from 1 to 64, not {candidates!r}")
+    if not 1 <= num <= 1024:
+        raise ValueError("--num must be 1..1024")
+    return max(1, min(int(candidates), 1024 // num))
+
+
+def nearest_the_phrase(primer: Song, answers: list) -> int:
+    """Index of the answer (Songs starting at the primer's end) that sounds most like the primer's
+    last PRIMER_REGISTER_BARS bars: the span the answer is heard against."""
+    if len(answers) == 1:
+        return 0
+    res, grid = primer.resolution, primer.tempo_map
+    start = recent_span(primer, PRIMER_REGISTER_BARS)
+    notes = recent_notes(primer, PRIMER_REGISTER_BARS)
+    phrase = traits(notes, start, primer.end - start, res)
+    last = max((int((a.notes[:, ONSET] + a.notes[:, DURATION]).max()) for a in answers if len(a.notes)),
+               default=primer.end)
+    end = grid.bar_start(grid.bar_at_or_after(last))
+    heard = [traits(a.notes, primer.end, max(1, end - primer.end), res) for a in answers]
+    copies = [replayed(a.notes, notes, primer.end - start) >= COPY for a in answers]
+    return closest(phrase, heard, copies)

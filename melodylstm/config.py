@@ -22,7 +22,7 @@ CONTINUE_TEMPERATURE = 1.0
 # length overlap with the real continuation went 0.63 -> 0.78 at 1.0, the pitch distance 2.18 -> 1.74
 PRIMER_RHYTHM_STRENGTH = 1.0
 # continue: the answer's pitches are drawn from the model's times a kernel density of the primer's
-# last bars' pitches (generate.register_bias), this wide in semitones, to this power. Median
+# last bars' pitches (phrase.register_bias), this wide in semitones, to this power. Median
 # distance of the answers' mean pitch to the real continuation's (benchmarks/continuation.py,
 # chosen on the chorale sopranos): sopranos 2.67 -> 1.64, Palestrina 2.87 -> 1.45, Nottingham
 # 3.21 -> 1.75, four-voice chorales 1.75 -> 1.53; the other features unchanged

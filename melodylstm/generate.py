@@ -20,13 +20,15 @@ from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
                      PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, ECHO_REST_WEIGHTS,
                      PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_REGISTER_BARS,
-                     PRIMER_REST_BARS, PRIMER_RHYTHM_STRENGTH, CONTINUE_CANDIDATES)
+                     PRIMER_RHYTHM_STRENGTH)
 from .fileio import atomic_write_bytes
-from .midi import (DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song, append_tracks, compress_time, crop_song, midi_chunks,
+from .midi import (DURATION, ONSET, Song, append_tracks, compress_time, crop_song, midi_chunks,
                    midifile_bytes, read_midi_bytes, song_to_midifile, stretch_notes)
-from . import candidates as cand
 from . import controls as ctl
 from . import theory
+from .candidates import answer_candidates, nearest_the_phrase
+from .phrase import (longest_rest, note_length_bias, note_value_factor, primer_voices, recent_onsets_per_beat,
+                     register_bias)
 from .sampling import Echo, FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
@@ -562,59 +564,6 @@ def clip_notes(notes: np.ndarray, end: int | None) -> np.ndarray:
     return notes
 
 
-SLOW_PACE = 0.5  # notes per quarter below which a phrase is read in shorter note values
-
-
-def note_value_factor(song: Song, most: int = 4) -> int:
-    """How many times shorter (1, 2 or 4) a slow phrase's note values are written for the model:
-    halved while it starts fewer than SLOW_PACE notes per quarter, its median note is a half note
-    or longer (not quarter notes between long rests) and its steps allow. The same line in half
-    notes or in quarters is the same music; the model has heard far more of the second (hymns,
-    chorales and airs are written in quarters as often as in halves)."""
-    notes = song.notes[song.notes[:, PROGRAM] != DRUMS]
-    if len(notes) == 0:
-        return 1
-    pace = len(np.unique(notes[:, ONSET])) * song.resolution / max(song.end - int(notes[:, ONSET].min()), 1)
-    median = float(np.median(notes[:, DURATION]))
-    factor = 1
-    while factor < most and pace * factor < SLOW_PACE and median / factor >= 2 * song.resolution:
-        try:
-            compress_time(song, factor * 2)
-        except ValueError:
-            break
-        factor *= 2
-    return factor
-
-
-def answer_candidates(candidates, num: int, on_note) -> int:
-    """Samples per answer asked for: CONTINUE_CANDIDATES by default, one when each note is heard as
-    it is sampled (there is nothing to choose then), and never past the sampler's 1,024 rows."""
-    if candidates is None:
-        candidates = 1 if on_note is not None else CONTINUE_CANDIDATES
-    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or not 1 <= candidates <= 64:
-        raise ValueError(f"candidates must be a whole number from 1 to 64, not {candidates!r}")
-    if not 1 <= num <= 1024:
-        raise ValueError("--num must be 1..1024")
-    return max(1, min(int(candidates), 1024 // num))
-
-
-def nearest_the_phrase(primer: Song, answers: list) -> int:
-    """Index of the answer (Songs starting at the primer's end) that sounds most like the primer's
-    last PRIMER_REGISTER_BARS bars: the span the answer is heard against."""
-    if len(answers) == 1:
-        return 0
-    res, grid = primer.resolution, primer.tempo_map
-    start = recent_span(primer, PRIMER_REGISTER_BARS)
-    notes = recent_notes(primer, PRIMER_REGISTER_BARS)
-    phrase = cand.traits(notes, start, primer.end - start, res)
-    last = max((int((a.notes[:, ONSET] + a.notes[:, DURATION]).max()) for a in answers if len(a.notes)),
-               default=primer.end)
-    end = grid.bar_start(grid.bar_at_or_after(last))
-    traits = [cand.traits(a.notes, primer.end, max(1, end - primer.end), res) for a in answers]
-    copies = [cand.replayed(a.notes, notes, primer.end - start) >= cand.COPY for a in answers]
-    return cand.closest(phrase, traits, copies)
-
-
 def stretched(on_note, factor: int, offset: int):
     """A live-note callback for a phrase read `factor` times shorter: notes reported in its own values."""
     def report(note):
@@ -623,53 +572,11 @@ def stretched(on_note, factor: int, offset: int):
     return report
 
 
-def primer_voices(song: Song) -> int:
-    """The most pitched notes the primer starts at one moment (1 for a melody, 4 for a chorale):
-    the answer's voice limit, so its texture follows the primer's whatever the style."""
-    notes = song.notes[song.notes[:, PROGRAM] != DRUMS]
-    if len(notes) == 0:
-        return 0
-    return int(np.unique(notes[:, ONSET], return_counts=True)[1].max())
-
-
 def style_voices(meta: dict, style: str | None) -> int | None:
     """The voice limit a checkpoint recorded for a style (its corpus's texture), if any."""
     table = meta.get("style_voices") if isinstance(meta, dict) else None
     value = table.get(style or "") if isinstance(table, dict) else None
     return int(value) if isinstance(value, int) and 0 < value <= Sampler.MAX_CHORD else None
-
-
-RECENT_BARS = 2  # the primer's pace and rests are read from its last bars: where the answer starts
-
-
-def recent_span(song: Song, bars: int = RECENT_BARS) -> int:
-    """The step where the song's last `bars` bars begin."""
-    grid = song.tempo_map
-    return grid.bar_start(max(0, grid.bar_at_or_after(song.end) - bars))
-
-
-def recent_notes(song: Song, bars: int = RECENT_BARS) -> np.ndarray:
-    """The notes sounding in the song's last bars (those begun earlier and still ringing included)."""
-    return song.notes[song.notes[:, ONSET] + song.notes[:, DURATION] > recent_span(song, bars)]
-
-
-def recent_onsets_per_beat(song: Song, resolution: int) -> float:
-    """Distinct note onsets per beat over the song's last bars."""
-    start = recent_span(song)
-    onsets = np.unique(song.notes[song.notes[:, ONSET] >= start, ONSET])
-    return len(onsets) / max(1.0, (song.end - start) / resolution)
-
-
-def longest_rest(song: Song, bars: int = PRIMER_REST_BARS) -> int:
-    """The longest silence (steps) between the notes of the song's last `bars` bars, the one after
-    its last note included: an answer rests no longer than the phrase it continues."""
-    notes = recent_notes(song, bars)
-    if len(notes) == 0:
-        return song.end - recent_span(song, bars)
-    order = np.argsort(notes[:, ONSET], kind="stable")
-    onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
-    gaps = onsets[1:] - ends[:-1]
-    return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
 
 
 def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:
@@ -680,33 +587,4 @@ def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:
     classes = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1) % 12
     for interval, weight in zip((0, 3 if minor else 4, 7), weights):
         bias[tok.pitch0 + np.flatnonzero(classes == (tonic + interval) % 12)] = weight
-    return bias
-
-
-def register_bias(tok, song: Song, strength: float, width: float, bars: int = RECENT_BARS) -> np.ndarray:
-    """Additive logits over the vocabulary: on each PITCH token, `strength` x the log of a kernel
-    density of the song's last bars' pitches (Gaussian, `width` semitones), scaled so its peak is 0
-    and floored at 1e-3, 0 elsewhere. Pitches the phrase plays around cost nothing; a leap away
-    from its register costs more the further it goes."""
-    bias = np.zeros(len(tok), dtype=np.float32)
-    notes = recent_notes(song, bars)
-    notes = notes[notes[:, PROGRAM] != DRUMS]
-    if len(notes) == 0:
-        return bias
-    c = tok.config
-    grid = np.arange(c.pitch_low, c.pitch_high + 1, dtype=np.float64)
-    density = np.exp(-0.5 * ((grid[:, None] - notes[None, :, PITCH]) / width) ** 2).sum(axis=1)
-    bias[tok.pitch0: tok.pitch0 + len(grid)] = strength * np.log(np.maximum(density / density.max(), 1e-3))
-    return bias
-
-
-def note_length_bias(tok, song: Song, strength: float) -> np.ndarray:
-    """Additive logits over the vocabulary: on each DURATION token, `strength` x the log share of
-    the song's last bars' notes with that length (add-half smoothed), 0 elsewhere. Sampling then
-    draws from the model's lengths times the phrase's own, to the power `strength`."""
-    notes = recent_notes(song)
-    index = np.searchsorted(tok.durations, notes[:, DURATION]).clip(0, len(tok.durations) - 1)
-    counts = np.bincount(index, minlength=len(tok.durations)) + 0.5
-    bias = np.zeros(len(tok), dtype=np.float32)
-    bias[tok.duration0: tok.duration0 + len(tok.durations)] = strength * np.log(counts / counts.sum())
     return bias

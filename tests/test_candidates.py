@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from melodylstm import candidates as cand
-from melodylstm.generate import Generator, nearest_the_phrase
+from melodylstm.candidates import nearest_the_phrase
+from melodylstm.generate import Generator
 from melodylstm.midi import Song
 
 RES = 12
@@ -78,7 +79,7 @@ def test_continue_keeps_the_nearest_of_its_candidates():
 
 
 def test_candidates_are_one_when_notes_are_heard_as_they_come_and_bounded():
-    from melodylstm.generate import answer_candidates
+    from melodylstm.candidates import answer_candidates
 
     assert answer_candidates(None, 1, None) == 32
     assert answer_candidates(None, 1, lambda note: None) == 1

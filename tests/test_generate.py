@@ -3,7 +3,8 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from melodylstm.generate import Generator, register_bias
+from melodylstm.generate import Generator
+from melodylstm.phrase import register_bias
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
 from melodylstm.theory import SCALES, parse_key
 from melodylstm.tokenizer import Tokenizer

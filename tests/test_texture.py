@@ -12,7 +12,8 @@ from melodylstm import controls as ctl
 from melodylstm.checkpoint import load_checkpoint, save_checkpoint
 from melodylstm.config import CONTROL_DIMS, ModelConfig
 from melodylstm.metrics.continuations import polyphony_at_onsets, silent_share
-from melodylstm.generate import Generator, longest_rest, primer_voices
+from melodylstm.generate import Generator
+from melodylstm.phrase import longest_rest, primer_voices
 from melodylstm.midi import DURATION, ONSET, Song
 from melodylstm.model import MelodyLSTM
 from melodylstm.tokenizer import Tokenizer
@@ -108,7 +109,7 @@ def test_voices_is_checked(untrained_checkpoint):
 def test_a_slow_line_is_read_in_shorter_note_values_and_answered_in_its_own(untrained_checkpoint, styled_checkpoint):
     """A line in whole and half notes is read by the model in halves and quarters (the same music;
     the model has heard far more of the second) and its answer comes back in the line's values."""
-    from melodylstm.generate import note_value_factor
+    from melodylstm.phrase import note_value_factor
     from melodylstm.midi import compress_time, stretch_notes
 
     slow = melody([48, 48, 24, 24] * 2)  # 8 notes in 24 quarters
