@@ -90,7 +90,7 @@ def melodylstm_bits(train, val, minutes: float, workdir: Path, threads: int = 0,
 
 # ---------------------------------------------------------------- the table
 
-def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, peer_rows=()) -> list:
+def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, peer_rows=(), seed: int = 0) -> list:
     """peer_rows: rows of an earlier run whose peer figures are reused (a peer the earlier run has
     no figure for is trained)."""
     earlier = {(r["corpus"], r["minutes"]): r for r in peer_rows}
@@ -99,12 +99,12 @@ def run(corpora: dict, minutes_list, out_json: Path | None, threads: int = 0, pe
         train, val = split_files(folder)
         for minutes in minutes_list:
             with tempfile.TemporaryDirectory() as tmp:
-                ours = melodylstm_bits(train, val, minutes, Path(tmp), threads)
+                ours = melodylstm_bits(train, val, minutes, Path(tmp), threads, extra=("--seed", str(seed)))
             old = earlier.get((name, minutes), {})
             peer = ({"bits_per_note": old["peer"], "steps": old["peer_steps"]} if "peer" in old
-                    else lstm_loop_bits(train, val, minutes, threads=threads))
+                    else lstm_loop_bits(train, val, minutes, seed=seed, threads=threads))
             gpt = ({"bits_per_note": old["gpt"], "steps": old["gpt_steps"], "size": old["gpt_size"], "tried": old.get("gpt_tried")}
-                   if "gpt" in old else gpt_bits(train, val, minutes, threads=threads))
+                   if "gpt" in old else gpt_bits(train, val, minutes, seed=seed, threads=threads))
             row = {"corpus": name, "train_files": len(train), "val_files": len(val),
                    "train_tokens": int(sum(len(r.tokens) for r in train)), "minutes": minutes,
                    "melodylstm": ours["bits_per_note"], "melodylstm_steps": ours["steps"],
@@ -140,6 +140,7 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: PyTorch's default)")
     parser.add_argument("--peer-from", type=Path, help="reuse the peers' figures of an earlier --json (same corpora, minutes); "
                         "a peer it lacks (the GPT, in a JSON from before it) is trained")
+    parser.add_argument("--seed", type=int, default=0, help="every model's seed (the spread between seeds: benchmarks/README.md)")
     args = parser.parse_args()
     corpora = dict(c.split("=", 1) for c in args.corpus) if args.corpus else default_corpora()
     corpora = {k: Path(v) for k, v in corpora.items()}
@@ -149,7 +150,7 @@ def main():
           "| 5-gram | vs peer | vs GPT | vs 5-gram |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     peer_rows = json.loads(args.peer_from.read_text()) if args.peer_from else ()
-    run(corpora, args.minutes, args.json, args.threads, peer_rows)
+    run(corpora, args.minutes, args.json, args.threads, peer_rows, args.seed)
 
 
 if __name__ == "__main__":
