@@ -3,6 +3,7 @@ model's answer is to the real continuation, next to repeating the primer.
 
     python benchmarks/continuation.py                 # build the sets, default model, 4 + 4 bars
     python benchmarks/continuation.py --sets chorale-soprano --pieces 20 -c checkpoints/run
+    python benchmarks/continuation.py --ceiling       # no model: the real music against itself
 
 The sets (built into --work, never committed, never trained on by the default model):
   chorale-soprano     the soprano line of the held-out chorales (the default model's own
@@ -135,6 +136,29 @@ def table(name: str, report: dict) -> str:
     return "\n".join(lines)
 
 
+def ceiling(folder: Path, primer_bars: int = 4, bars: int = 4) -> str:
+    """No model: how alike two stretches of the same real melody are. Bars 5-8 (the real
+    continuation) against bars 9-12, and the primer's last bars against bars 5-8 (the repeat
+    baseline): what any answer can be expected to reach on the overlaps and silent time."""
+    import numpy as np
+
+    from melodylstm.metrics.continuations import against, cut_piece, note_features
+
+    rows = []
+    for path in sorted(folder.glob("*.mid")):
+        song = read_midi(path, RES)
+        parts = [cut_piece(song, start, bars) for start in (primer_bars - bars, primer_bars, primer_bars + bars)]
+        if min(len(c.real) for c in parts) < 2:
+            continue
+        f = [note_features(c.real, RES, (0, "major"), c.end - c.cut, c.cut) for c in parts]
+        later, before = against(f[1], f[2]), against(f[1], f[0])
+        rows.append([before["note_length_overlap"], later["note_length_overlap"], before["inter_onset_overlap"],
+                     later["inter_onset_overlap"], f[0]["silent_share"], f[1]["silent_share"], f[2]["silent_share"]])
+    m = np.nanmean(np.array(rows), axis=0)
+    return (f"| {folder.name} | {len(rows)} | {m[0]:.2f} / {m[1]:.2f} | {m[2]:.2f} / {m[3]:.2f} | "
+            f"{m[4]:.3f} / {m[5]:.3f} / {m[6]:.3f} |")
+
+
 def main(argv=None) -> None:
     from melodylstm.checkpoint import load_checkpoint
     from melodylstm.metrics.continuations import evaluate_continuation
@@ -149,7 +173,16 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=1, help="answers per piece (its distances averaged over them)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--ceiling", action="store_true", help="no model: each set's real bars against its other bars")
     args = ap.parse_args(argv)
+    if args.ceiling:
+        print("| set | pieces | note-length overlap with bars 5-8: bars 1-4 / 9-12 | inter-onsets, the same "
+              "| silent time: bars 1-4 / 5-8 / 9-12 |\n|---|---|---|---|---|")
+        for name in args.sets.split(","):
+            folder = build(name, args.work)
+            if folder is not None:
+                print(ceiling(folder, args.primer_bars, args.bars), flush=True)
+        return
     ckpt = load_checkpoint(args.checkpoint)  # None: the bundled default model
     results = {}
     for name in args.sets.split(","):
