@@ -72,8 +72,9 @@ def melodylstm_bits(train, val, minutes: float, workdir: Path, threads: int = 0,
     files, which no choice in training has seen."""
     out = workdir / "run"
     train_dir, val_dir = copy_files(train, workdir / "train"), copy_files(val, workdir / "held-out")
+    # with a thread budget, ingest keeps to it too: two processes would slow the lane beside it
     cmd = [sys.executable, "-m", "melodylstm", "-q", "train", str(train_dir), "-o", str(out), "--max-time", str(minutes),
-           *extra]
+           *(("-j", str(threads)) if threads else ()), *extra]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
