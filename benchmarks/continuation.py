@@ -147,9 +147,10 @@ def ceiling(folder: Path, primer_bars: int = 4, bars: int = 4) -> str:
     rows = []
     for path in sorted(folder.glob("*.mid")):
         song = read_midi(path, RES)
-        parts = [cut_piece(song, start, bars) for start in (primer_bars - bars, primer_bars, primer_bars + bars)]
+        parts = [cut_piece(song, start, bars) for start in (max(0, primer_bars - bars), primer_bars, primer_bars + bars)]
         if min(len(c.real) for c in parts) < 2:
             continue
+        # the key enters only the in-key rate, which this table does not use
         f = [note_features(c.real, RES, (0, "major"), c.end - c.cut, c.cut) for c in parts]
         later, before = against(f[1], f[2]), against(f[1], f[0])
         rows.append([before["note_length_overlap"], later["note_length_overlap"], before["inter_onset_overlap"],
