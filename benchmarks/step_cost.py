@@ -31,8 +31,11 @@ STYLES = ("a", "b")
 def variants() -> dict:
     """name -> (control dims, tied output layer)."""
     before = {k: v for k, v in CONTROL_DIMS.items() if not k.startswith(LOOKBACK)}
+    side_by_side = {**CONTROL_DIMS, **{k: 12 if k.startswith("back") else 6 for k in CONTROL_DIMS if k.startswith(LOOKBACK)}}
     return {"before lookback, untied": (before, False), "before lookback, tied": (before, True),
-            "now: lookback included, tied": (dict(CONTROL_DIMS), True), "no control inputs, tied": ({}, True)}
+            "now: lookback summed into the token embedding, tied": (dict(CONTROL_DIMS), True),
+            "lookback side by side (12 + 6 per lag), tied": (side_by_side, True),
+            "no control inputs, tied": ({}, True)}
 
 
 def make_step(dims: dict, tied: bool, vocab: int, batch: int, seq: int, sizes=(128, 256, 2)):

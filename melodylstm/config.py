@@ -76,8 +76,12 @@ PRIMER_KEY_STRENGTH = -0.5
 
 # Embedding size of each control input (controls.py); small next to the token embedding, since
 # each control has few values. The LSTM sees them concatenated with the token embedding.
+# SUMMED: embedded at the token embedding's size and added to it, so the first layer's input (the
+# step's cost) does not grow with the input
+SUMMED = -1
 CONTROL_DIMS = {"key": 16, "chord": 24, "density": 8, "position": 16, "style": 8,
-                "back1": 12, "back2": 12, "back4": 12, "back8": 12, "gap1": 6, "gap2": 6, "gap4": 6, "gap8": 6}
+                "back1": SUMMED, "back2": SUMMED, "back4": SUMMED, "back8": SUMMED,
+                "gap1": SUMMED, "gap2": SUMMED, "gap4": SUMMED, "gap8": SUMMED}
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class ModelConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
         object.__setattr__(self, "controls", tuple((str(n), int(v), int(d)) for n, v, d in self.controls))
+        if any(v < 1 or (d < 1 and d != SUMMED) for _, v, d in self.controls):
+            raise ValueError("control sizes must be positive")
         object.__setattr__(self, "styles", tuple(str(s) for s in self.styles))
 
     @property
@@ -112,7 +118,11 @@ class ModelConfig:
     @property
     def input_size(self) -> int:
         """The first LSTM layer's input: token embedding and control embeddings side by side."""
-        return self.embedding + sum(dim for _, _, dim in self.controls)
+        return self.embedding + sum(dim for _, _, dim in self.controls if dim != SUMMED)
+
+    def control_size(self, dim: int) -> int:
+        """A control's embedding size (a SUMMED one has the token embedding's)."""
+        return self.embedding if dim == SUMMED else dim
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -131,7 +141,7 @@ class ModelConfig:
         V, E, H = self.vocab_size, self.embedding, self.hidden
         shapes = {"embed.weight": (V, E)}
         for name, values, dim in self.controls:
-            shapes[f"control_embed.{name}.weight"] = (values, dim)
+            shapes[f"control_embed.{name}.weight"] = (values, self.control_size(dim))
         for k in range(self.layers):
             shapes.update({f"lstm.weight_ih_l{k}": (4 * H, self.input_size if k == 0 else H), f"lstm.weight_hh_l{k}": (4 * H, H),
                            f"lstm.bias_ih_l{k}": (4 * H,), f"lstm.bias_hh_l{k}": (4 * H,)})

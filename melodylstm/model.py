@@ -6,7 +6,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import SUMMED, ModelConfig
 
 
 class MelodyLSTM(nn.Module):
@@ -14,8 +14,12 @@ class MelodyLSTM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding)
-        # one small embedding per control, concatenated with the token embedding (Performance RNN's way)
-        self.control_embed = nn.ModuleDict({name: nn.Embedding(values, dim) for name, values, dim in c.controls})
+        # one small embedding per control, concatenated with the token embedding (Performance RNN's
+        # way), or one of the token embedding's size added to it (SUMMED)
+        self.control_embed = nn.ModuleDict({name: nn.Embedding(values, c.control_size(dim)) for name, values, dim in c.controls})
+        summed = [name for name, _, dim in c.controls if dim == SUMMED]
+        for name in summed:  # together as loud as the token's own embedding at the start
+            nn.init.normal_(self.control_embed[name].weight, std=len(summed) ** -0.5)
         self.lstm = nn.LSTM(c.input_size, c.hidden, c.layers, batch_first=True,
                             dropout=c.dropout if c.layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
@@ -32,7 +36,13 @@ class MelodyLSTM(nn.Module):
         if self.config.controls:
             if controls is None:
                 raise ValueError("this model needs its control inputs (use unknown values to leave them out)")
-            x = torch.cat([x] + [emb(controls[..., i]) for i, emb in enumerate(self.control_embed.values())], dim=-1)
+            side = []
+            for i, ((_, _, dim), emb) in enumerate(zip(self.config.controls, self.control_embed.values())):
+                if dim == SUMMED:
+                    x = x + emb(controls[..., i])
+                else:
+                    side.append(emb(controls[..., i]))
+            x = torch.cat([x] + side, dim=-1)
         x = self.drop(x)
         if x.device.type == "cpu" and cpu_autocast_enabled():
             # oneDNN has no reduced-precision LSTM on most CPUs: the recurrence stays fp32 there,

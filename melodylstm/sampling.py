@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import SUMMED
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, TempoMap
 from .theory import SCALES
 from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer, after_bar
@@ -43,8 +44,9 @@ class FastLSTM:
         # each control input is a lookup table too: its share of layer 0's input projection
         self.control_tables, col = [], E
         for name, _, dim in getattr(c, "controls", ()):
-            self.control_tables.append((sd[f"control_embed.{name}.weight"] @ w_ih0[:, col:col + dim].T).astype(dtype))
-            col += dim
+            cols = slice(0, E) if dim == SUMMED else slice(col, col + dim)  # a summed one shares the token's columns
+            self.control_tables.append((sd[f"control_embed.{name}.weight"] @ w_ih0[:, cols].T).astype(dtype))
+            col += 0 if dim == SUMMED else dim
         self.w = [np.ascontiguousarray(w_hh0.T, dtype=dtype)]  # (H, 4H)
         self.b = [None]
         for k in range(1, c.layers):

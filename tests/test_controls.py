@@ -142,9 +142,13 @@ def test_window_sampler_transposes_labels_and_hides_each_control():
     assert 0.3 < hidden.mean() < 0.7 and hidden.any(axis=0).all()
 
 
-def controlled_model(styles=("chorale", "tune"), seed=0):
+# the lookback inputs concatenated with the token embedding, as checkpoints before they were summed have them
+SIDE_BY_SIDE = {**CONTROL_DIMS, **{name: 4 for name in ctl.BACK + ctl.GAP}}
+
+
+def controlled_model(styles=("chorale", "tune"), seed=0, dims=CONTROL_DIMS):
     torch.manual_seed(seed)
-    config = ModelConfig(len(TOK), 16, 32, 2, 0.0, controls=ctl.model_controls(RES, styles, CONTROL_DIMS), styles=styles)
+    config = ModelConfig(len(TOK), 16, 32, 2, 0.0, controls=ctl.model_controls(RES, styles, dims), styles=styles)
     model = MelodyLSTM(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -152,8 +156,9 @@ def controlled_model(styles=("chorale", "tune"), seed=0):
     return model
 
 
-def test_numpy_sampler_and_layer_by_layer_priming_match_pytorch_with_controls():
-    model = controlled_model()
+@pytest.mark.parametrize("dims", [CONTROL_DIMS, SIDE_BY_SIDE], ids=["lookback summed", "lookback side by side"])
+def test_numpy_sampler_and_layer_by_layer_priming_match_pytorch_with_controls(dims):
+    model = controlled_model(dims=dims)
     weights = {k: v.numpy() for k, v in model.state_dict().items()}
     net = FastLSTM(weights, model.config)
     rng = np.random.default_rng(0)
@@ -170,6 +175,23 @@ def test_numpy_sampler_and_layer_by_layer_priming_match_pytorch_with_controls():
     np.testing.assert_allclose(logits[0], expected[0].numpy(), atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(h2, h.numpy(), atol=2e-5)
     np.testing.assert_allclose(c2, c.numpy(), atol=2e-5)
+
+
+def test_summed_inputs_keep_the_first_layer_narrow_and_are_heard():
+    summed, side = controlled_model(), controlled_model(dims=SIDE_BY_SIDE)
+    assert summed.config.input_size == side.config.input_size - 4 * len(ctl.BACK + ctl.GAP)
+    assert summed.control_embed["back1"].weight.shape == (130, summed.config.embedding)
+    rng = np.random.default_rng(1)
+    tokens = torch.from_numpy(rng.integers(0, len(TOK), (1, 12)))
+    controls = np.stack([rng.integers(0, n, 12) for _, n, _ in summed.config.controls], axis=1)[None]
+    moved = controls.copy()
+    moved[0, 5:, summed.config.control_names.index("back2")] = 60  # one lookback pitch, from step 5 on
+    with torch.no_grad():
+        a, _ = summed(tokens, controls=torch.from_numpy(controls))
+        b, _ = summed(tokens, controls=torch.from_numpy(moved))
+    assert torch.equal(a[0, :5], b[0, :5]) and not torch.allclose(a[0, 5:], b[0, 5:])
+    with pytest.raises(ValueError, match="control sizes"):
+        ModelConfig(len(TOK), 16, 32, controls=(("back1", 130, 0),))
 
 
 def test_every_control_can_be_hidden_and_controlled_samples_always_decode(tmp_path):
