@@ -7,8 +7,9 @@ The truth is each file's labelled key: the key signature and mode its MIDI file 
 chorales from music21's scores, the Nottingham tunes from their ABC headers); files without one
 are left out. For the first N bars and for the whole piece, the share of pieces whose estimate
 is that key, with the Krumhansl-Kessler profiles (theory.KEY_PROFILES, the running key the model
-is told) and the melody profiles of Temperley-Kostka-Payne (theory.phrase_key: what `continue`,
-`--key auto` and the continuation figures use). The melody sets hold one line of each piece:
+is told), the melody profiles of Temperley-Kostka-Payne alone, and theory.phrase_key (those
+profiles and the tonic triad around the first note: what `continue`, `--key auto` and the
+continuation figures use). The melody sets hold one line of each piece:
 the chorale sopranos of the default model's validation split (the set the choice was made on)
 and the Nottingham melodies without their chords.
 """
@@ -62,11 +63,19 @@ def corpora() -> dict:
     return found
 
 
+def key_of(notes: np.ndarray, profiles) -> int:
+    """Key index by these profiles alone, or by theory.phrase_key (None)."""
+    if profiles is None:
+        return theory.key_index(*theory.phrase_key(notes))
+    return theory.estimate_key_index(notes, profiles)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bars", type=int, default=4)
     args = ap.parse_args(argv)
-    profiles = {"Krumhansl-Kessler": theory.KEY_PROFILES, "Temperley-Kostka-Payne (phrase_key)": theory.MELODY_PROFILES}
+    profiles = {"Krumhansl-Kessler": theory.KEY_PROFILES, "Temperley-Kostka-Payne": theory.MELODY_PROFILES,
+                "phrase_key (TKP, the opening tone)": None}
     print(f"| pieces | labelled | {' | '.join(f'{n}: first {args.bars} bars / whole' for n in profiles)} |")
     print("|---|---|" + "---|" * len(profiles))
     for name, items in corpora().items():
@@ -80,8 +89,8 @@ def main(argv=None) -> None:
             if len(opening) < 3:
                 continue
             for n, rows in profiles.items():
-                hits[n][0].append(theory.estimate_key_index(opening, rows) == truth)
-                hits[n][1].append(theory.estimate_key_index(song.notes, rows) == truth)
+                hits[n][0].append(key_of(opening, rows) == truth)
+                hits[n][1].append(key_of(song.notes, rows) == truth)
         count = len(next(iter(hits.values()))[0])
         cells = " | ".join(f"{np.mean(a):.0%} / {np.mean(b):.0%}" for a, b in hits.values())
         print(f"| {name} | {count} | {cells} |", flush=True)

@@ -283,7 +283,7 @@ class Generator:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
         names = config.control_names
-        estimated = theory.estimate_key_index(primer.notes, theory.MELODY_PROFILES) if primer is not None else theory.KEY_UNKNOWN
+        estimated = theory.phrase_key_index(primer.notes) if primer is not None else theory.KEY_UNKNOWN
         key_value = request["mask_key"]
         if key_value is None and request["auto_key"] and (request["strict_key"] or "key" not in names):
             key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask

@@ -24,6 +24,16 @@ def test_a_phrase_is_heard_in_its_key(pitches, key):
     assert theory.estimate_key(melody(pitches)) == (4, "minor")
 
 
+@pytest.mark.parametrize("first, key", [(69, (9, "minor")), (60, (0, "major")), (64, (0, "major")), (67, (0, "major"))])
+def test_the_opening_tone_decides_between_close_keys(first, key):
+    """The same eight notes, C major by their pitch classes alone; opened on A (A minor's tonic,
+    outside C major's triad) they are heard in A minor, opened on C, E or G in C major."""
+    notes = [60, 60, 60, 64, 64, 67, 69, 71]
+    notes.remove(first)
+    assert theory.estimate_key(melody([first] + notes), theory.MELODY_PROFILES) == (0, "major")
+    assert theory.phrase_key(melody([first] + notes)) == key
+
+
 def test_continue_reports_and_holds_the_phrase_key(tmp_path):
     write_midi(Song(melody(ODE_TO_JOY_D), 12), tmp_path / "ode.mid")
     result = invoke("continue", tmp_path / "ode.mid", "-o", tmp_path / "out.mid", "--seed", "1", "--bars", "2")
