@@ -66,7 +66,7 @@ def corpora() -> dict:
 def key_of(notes: np.ndarray, profiles) -> int:
     """Key index by these profiles alone, or by theory.phrase_key (None)."""
     if profiles is None:
-        return theory.key_index(*theory.phrase_key(notes))
+        return theory.phrase_key_index(notes)
     return theory.estimate_key_index(notes, profiles)
 
 

@@ -6,8 +6,9 @@ processes is larger than the differences measured).
     python benchmarks/step_cost.py --rounds 100 --threads 2
 
 Variants: the control inputs before lookback (key, chord, density, position, style) with the
-output layer untied and tied; today's inputs (lookback 1, 2, 4 and 8 bars back included, tied);
-and no control inputs. Each round runs one forward, backward and AdamW step of every variant on
+output layer untied and tied; today's inputs (lookback 1, 2, 4 and 8 bars back summed into the
+token embedding, tied); the lookback side by side with it instead (as until session 15); and no
+control inputs. Each round runs one forward, backward and AdamW step of every variant on
 random tokens and control values; the median step and its speed against the first variant.
 """
 from __future__ import annotations

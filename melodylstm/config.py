@@ -75,9 +75,9 @@ PICKED_KEY_STRENGTH = 0.0
 PRIMER_KEY_STRENGTH = -0.5
 
 # Embedding size of each control input (controls.py); small next to the token embedding, since
-# each control has few values. The LSTM sees them concatenated with the token embedding.
-# SUMMED: embedded at the token embedding's size and added to it, so the first layer's input (the
-# step's cost) does not grow with the input
+# each control has few values. The LSTM sees them concatenated with the token embedding, except
+# the SUMMED ones: embedded at the token embedding's size and added to it, so the first layer's
+# input (the step's cost) does not grow with them
 SUMMED = -1
 CONTROL_DIMS = {"key": 16, "chord": 24, "density": 8, "position": 16, "style": 8,
                 "back1": SUMMED, "back2": SUMMED, "back4": SUMMED, "back8": SUMMED,
@@ -117,7 +117,7 @@ class ModelConfig:
 
     @property
     def input_size(self) -> int:
-        """The first LSTM layer's input: token embedding and control embeddings side by side."""
+        """The first LSTM layer's input: token embedding and the unsummed control embeddings side by side."""
         return self.embedding + sum(dim for _, _, dim in self.controls if dim != SUMMED)
 
     def control_size(self, dim: int) -> int:

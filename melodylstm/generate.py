@@ -582,9 +582,8 @@ def style_voices(meta: dict, style: str | None) -> int | None:
 def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:
     """(vocab,) additive logits on the pitches of the key's tonic triad: `weights` for its root,
     third and fifth."""
-    tonic, minor = key % 12, key // 12
     bias = np.zeros(len(tok), dtype=np.float32)
     classes = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1) % 12
-    for interval, weight in zip((0, 3 if minor else 4, 7), weights):
-        bias[tok.pitch0 + np.flatnonzero(classes == (tonic + interval) % 12)] = weight
+    for pitch_class, weight in zip(theory.tonic_triad(key), weights):
+        bias[tok.pitch0 + np.flatnonzero(classes == pitch_class)] = weight
     return bias

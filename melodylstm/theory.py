@@ -194,7 +194,6 @@ def estimate_key_index(notes: np.ndarray, profiles: np.ndarray = KEY_PROFILES) -
 # sopranos 65% -> 69%, four-voice chorales 72% -> 76%, Nottingham melodies 92% -> 93%; 0.2 or 0.3
 # no better on the melodies, the last note (a phrase may end on the dominant) worse
 OPENING_TONE_BONUS = 0.1
-TONIC_TRIADS = np.array([np.isin(np.arange(12), (np.array([0, 3 + (k < 12), 7]) + k) % 12) for k in range(24)])
 
 
 def phrase_key(notes: np.ndarray) -> tuple[int, str]:
@@ -244,6 +243,15 @@ def running_keys(notes: np.ndarray, n_beats: int, resolution: int, min_notes: in
 QUALITIES = {"": (0, 4, 7), "m": (0, 3, 7), "dim": (0, 3, 6), "aug": (0, 4, 8),
              "7": (0, 4, 7, 10), "maj7": (0, 4, 7, 11), "m7": (0, 3, 7, 10)}
 QUALITY_NAMES = list(QUALITIES)
+
+
+def tonic_triad(key: int) -> tuple:
+    """Pitch classes of a key index's tonic triad: root, third, fifth."""
+    return tuple((key % 12 + i) % 12 for i in QUALITIES["m" if key >= 12 else ""])
+
+
+# (24 keys, 12 pitch classes): True where the class is in the key's tonic triad (phrase_key)
+TONIC_TRIADS = np.array([np.isin(np.arange(12), tonic_triad(k)) for k in range(24)])
 NO_CHORD = 12 * len(QUALITIES)
 CHORD_UNKNOWN = NO_CHORD + 1
 N_CHORDS = NO_CHORD + 2
