@@ -14,6 +14,11 @@ The sets (built into --work, never committed, never trained on by the default mo
                       when present)
   monteverdi-canto    the top voice of Monteverdi's madrigals in music21's corpus (added
                       after the other three were measured: never looked at while tuning)
+  essen-folksong      German folk songs of the Essen collection in music21's corpus (ABC):
+                      the slow folk songs the issue's first table was measured on
+  aird-airs           Aird's Selection of Airs (1782-1803) in music21's corpus (ABC): the
+                      18th-century airs of that table (both added in session 16, after every
+                      lever was chosen: never tuned on)
 Tune on chorale-soprano; the others are reported, not tuned on.
 """
 from __future__ import annotations
@@ -96,8 +101,38 @@ def monteverdi_canto(out: Path) -> int:
     return top_parts(out, "monteverdi")
 
 
+def abc_tunes(out: Path, folder: str, pieces: int = 60) -> int:
+    """An evenly spaced sample of the tunes in a music21 corpus folder of ABC books (one line each)."""
+    import re
+
+    from music21 import corpus
+
+    books = sorted(str(p) for p in corpus.getPaths() if f"/{folder}/" in str(p) and "/test" not in str(p))
+    tunes = [(book, int(x)) for book in books
+             for x in re.findall(r"^X:\s*(\d+)", Path(book).read_text(encoding="latin-1"), re.M)]
+    count = 0
+    for book, number in tunes[:: max(1, len(tunes) // pieces)][:pieces]:
+        try:
+            target = out / f"{Path(book).stem}-{number:04d}.mid"
+            corpus.parse(book, number=number).write("midi", fp=str(target))
+            write_midi(from_first_bar(read_midi(target, RES)), target)
+            count += 1
+        except Exception as exc:  # a tune music21 cannot convert: skip it, say so
+            print(f"skipped {Path(book).name} X:{number}: {exc}", file=sys.stderr)
+    return count
+
+
+def essen_folksongs(out: Path) -> int:
+    return abc_tunes(out, "essenFolksong")
+
+
+def aird_airs(out: Path) -> int:
+    return abc_tunes(out, "airdsAirs")
+
+
 BUILDERS = {"chorale-soprano": chorale_sopranos, "palestrina-cantus": palestrina_cantus,
-            "nottingham-melody": nottingham_melodies, "monteverdi-canto": monteverdi_canto}
+            "nottingham-melody": nottingham_melodies, "monteverdi-canto": monteverdi_canto,
+            "essen-folksong": essen_folksongs, "aird-airs": aird_airs}
 
 
 def build(name: str, work: Path) -> Path | None:

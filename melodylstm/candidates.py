@@ -13,7 +13,7 @@ from .config import CONTINUE_CANDIDATES, PRIMER_REGISTER_BARS
 from .metrics.continuations import histogram_overlap, silent_share
 from .metrics.features import inter_onset_histogram, note_length_histogram
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song
-from .phrase import recent_notes, recent_span
+from .phrase import phrase_end, recent_notes, recent_span
 
 
 def traits(notes: np.ndarray, start: int, steps: int, resolution: int) -> dict:
@@ -85,7 +85,7 @@ def nearest_the_phrase(primer: Song, answers: list) -> int:
     res, grid = primer.resolution, primer.tempo_map
     start = recent_span(primer, PRIMER_REGISTER_BARS)
     notes = recent_notes(primer, PRIMER_REGISTER_BARS)
-    phrase = traits(notes, start, primer.end - start, res)
+    phrase = traits(notes, start, phrase_end(primer) - start, res)  # its closing breath included
     last = max((int((a.notes[:, ONSET] + a.notes[:, DURATION]).max()) for a in answers if len(a.notes)),
                default=primer.end)
     end = grid.bar_start(grid.bar_at_or_after(last))

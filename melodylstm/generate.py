@@ -27,7 +27,7 @@ from .midi import (DURATION, ONSET, Song, append_tracks, compress_time, crop_son
 from . import controls as ctl
 from . import theory
 from .candidates import answer_candidates, nearest_the_phrase
-from .phrase import (longest_rest, note_length_bias, note_value_factor, primer_voices, recent_onsets_per_beat,
+from .phrase import (longest_rest, note_length_bias, note_value_factor, phrase_end, primer_voices, recent_onsets_per_beat,
                      register_bias)
 from .sampling import Echo, FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
 
@@ -195,7 +195,7 @@ class Generator:
             new.notes = clip_notes(stretch_notes(new.notes, factor), end)
             new.notes[:, ONSET] += offset
             timeline = Song(new.notes, song.resolution, song.tempos, song.time_signatures, new.names)
-            results.append(Continuation(timeline, song, source, kept.end + offset, used_key, dict(self.last_controls)))
+            results.append(Continuation(timeline, song, source, phrase_end(kept) + offset, used_key, dict(self.last_controls)))
         return results
 
     # ------------------------------------------------------------ internals
@@ -318,7 +318,8 @@ class Generator:
             start_time = 0
             style = request["style"]
         else:
-            full = tok.encode_normalized(primer)
+            start_time = phrase_end(primer)  # the answer starts at the bar line that ends the phrase
+            full = tok.encode_normalized(primer, end=start_time)
             prefix = full[:-1]  # drop EOS: the piece goes on
             for t in prefix.tolist():
                 decoder.push(t)
@@ -335,7 +336,6 @@ class Generator:
             # rows 0..num-1 told the key; with guidance, rows num.. the same with the key hidden
             self.net.reset(len(h[0]) * num, np.repeat(h, num, axis=1), np.repeat(c, num, axis=1))
             state = start_state(tok, num, grid, decoder, int(prefix[-1]))
-            start_time = primer.end
         plan = None
         if names:
             plan = ctl.ControlPlan(config, tok.config.resolution, grid, cond_key if "key" in names else None,

@@ -43,6 +43,13 @@ def primer_voices(song: Song) -> int:
 RECENT_BARS = 2  # the primer's pace and rests are read from its last bars: where the answer starts
 
 
+def phrase_end(song: Song) -> int:
+    """The step where the phrase ends: the bar line at or after its last note's end. A phrase is
+    heard in whole bars, so the breath after its last note (a rest before the bar line) is part of it."""
+    grid = song.tempo_map
+    return grid.bar_start(grid.bar_at_or_after(song.end))
+
+
 def recent_span(song: Song, bars: int = RECENT_BARS) -> int:
     """The step where the song's last `bars` bars begin."""
     grid = song.tempo_map
@@ -58,19 +65,20 @@ def recent_onsets_per_beat(song: Song, resolution: int) -> float:
     """Distinct note onsets per beat over the song's last bars."""
     start = recent_span(song)
     onsets = np.unique(song.notes[song.notes[:, ONSET] >= start, ONSET])
-    return len(onsets) / max(1.0, (song.end - start) / resolution)
+    return len(onsets) / max(1.0, (phrase_end(song) - start) / resolution)
 
 
 def longest_rest(song: Song, bars: int = PRIMER_REST_BARS) -> int:
     """The longest silence (steps) between the notes of the song's last `bars` bars, the one after
-    its last note included: an answer rests no longer than the phrase it continues."""
+    its last note (up to the phrase's end) included: an answer rests no longer than the phrase it
+    continues. A phrase that ends on a breath lets its answer breathe too."""
     notes = recent_notes(song, bars)
     if len(notes) == 0:
-        return song.end - recent_span(song, bars)
+        return phrase_end(song) - recent_span(song, bars)
     order = np.argsort(notes[:, ONSET], kind="stable")
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
     gaps = onsets[1:] - ends[:-1]
-    return int(max(gaps.max(initial=0), song.end - ends[-1], 0))
+    return int(max(gaps.max(initial=0), phrase_end(song) - ends[-1], 0))
 
 
 def register_bias(tok, song: Song, strength: float, width: float, bars: int = RECENT_BARS) -> np.ndarray:

@@ -231,7 +231,9 @@ class Tokenizer:
         kept, counts = self.normalize(song)
         return self.encode_normalized(kept), kept, counts
 
-    def encode_normalized(self, song: Song) -> np.ndarray:
+    def encode_normalized(self, song: Song, end: int | None = None) -> np.ndarray:
+        """Tokens of a normalized song. end: move the clock on to this step after the last note
+        (a phrase that ends on a rest before its bar line: the model hears the rest)."""
         notes = song.notes
         if len(notes) == 0:
             return np.array([BOS, EOS], dtype=np.uint16)
@@ -246,7 +248,10 @@ class Tokenizer:
         time, bar_index = 0, -1
         next_bar = grid.bar_start(0) if c.bar_tokens else 1 << 62
         program = self.initial_program
-        for onset, dur, pitch, vel, prog in notes.tolist():
+        rows = notes.tolist()
+        if end is not None and end > rows[-1][0]:
+            rows.append([end, -1, 0, 0, 0])  # no note: the clock alone moves on to `end`
+        for onset, dur, pitch, vel, prog in rows:
             if onset != time or next_bar <= onset:
                 while next_bar <= onset:
                     append(bar_token)
@@ -260,6 +265,8 @@ class Tokenizer:
                 if gap:
                     append(shift0 + gap)
                 time = onset
+            if dur < 0:
+                break
             if prog == DRUMS:
                 append(drum_base + pitch)
             else:

@@ -100,9 +100,9 @@ def test_primer_ending_a_few_ticks_past_a_bar_line(gen, tmp_path):
     notes = [[i * 12, 12, 60 + i % 8, 80, 0] for i in range(8)] + [[96, 1, 72, 80, 0]]  # ends 1 step into bar 3
     path = primer_file(tmp_path, Song(np.array(notes), 12))
     result = gen.continue_(str(path), bars=2, seed=1)[0]
-    assert result.start == 97
-    end = 5 * 48  # the rest of bar 3, then 2 full bars
-    assert result.notes.end <= end and result.notes.notes[:, 0].min() >= 96
+    assert result.start == 144  # the phrase ends at the bar line after its last note: the answer starts there
+    end = 5 * 48  # the rest of bar 3 (the phrase's closing rest), then 2 full bars
+    assert result.notes.end <= end and result.notes.notes[:, 0].min() >= 144
     pretty_midi.PrettyMIDI(__import__("io").BytesIO(result.midi_bytes()))
 
 

@@ -23,10 +23,11 @@ def test_jam_reads_a_phrase_in_six_eight(untrained_checkpoint):
     primer, crop = jam.session.primer()
     assert primer.time_signatures[0][1:] == (6, 8) and crop == 0
     assert primer.notes[:, 0].tolist() == [0, 12, 24] and primer.notes[:, 2].tolist() == [60, 64, 67]
-    # the phrase ends at step 34 (1.4 s after its first note), in bar 1 (steps 0-36): a one-bar
-    # answer ends with bar 2, at step 72, 38 steps (1.58 s) after the phrase (in 4/4: step 96)
+    # the phrase's last note ends at step 34 (1.4 s after its first note), in bar 1 (steps 0-36):
+    # the answer starts at the bar line (36) and a one-bar answer ends with bar 2, at step 72,
+    # 36 steps (1.5 s) after it starts (in 4/4 the bar line is 48 and the answer ends at 96)
     timeline = jam.answer()
-    assert timeline.notes and max(n[1] for n in timeline.notes) == pytest.approx(38 / 24)
+    assert timeline.notes and max(n[1] for n in timeline.notes) == pytest.approx(36 / 24)
     assert jam.phrase == [] and jam.answers == 1  # listening again, to a new phrase
 
 

@@ -81,7 +81,9 @@ def test_no_rest_longer_than_the_primer_has(untrained_checkpoint):
         span_end = int((notes[:, ONSET] + notes[:, DURATION]).max())
         assert silent_share(notes, primer.end, span_end - primer.end) == 0.0  # no hole before the last note
     with_rests = melody([12, 12, 24])
-    with_rests.notes[:, DURATION] = [12, 6, 12]  # a dotted rest of 6 steps, then 12 after the end
+    with_rests.notes[:, DURATION] = [12, 6, 12]  # a rest of 6 steps, and 12 from the last note to the bar line
+    assert longest_rest(with_rests) == 12  # a phrase that ends on a breath: its answer may breathe as long
+    with_rests.notes[2, DURATION] = 24  # the last note held to the bar line
     assert longest_rest(with_rests) == 6
 
 

@@ -83,6 +83,22 @@ def test_shifts_may_not_cross_a_bar_line():
     assert max(allowed_shifts) == 7
 
 
+def test_a_phrase_can_end_on_its_closing_rest():
+    """encode_normalized(end=...): the clock moves on past the last note (a BAR per bar line, then
+    shifts), the notes decode unchanged and the decoder stands at `end`."""
+    tok = Tokenizer()
+    song = tok.normalize(Song(np.array([[0, 12, 60, 80, 0], [12, 12, 62, 80, 0], [60, 6, 64, 80, 0]]), 12))[0]  # 4/4: bar 48
+    plain = tok.encode_normalized(song)
+    for end, tail in ((96, ["BAR"]), (100, ["BAR", "SHIFT_4"]), (60, [])):
+        tokens = tok.encode_normalized(song, end=end)
+        assert tokens[:-1].tolist()[: len(plain) - 1] == plain[:-1].tolist()
+        assert tok.describe(tokens[len(plain) - 1:-1]) == tail
+        dec = tok.decoder(song)
+        for t in tokens[:-1].tolist():
+            dec.push(t)
+        assert dec.time == max(end, 60) and np.array_equal(tok.decode(tokens, song).notes, song.notes)
+
+
 def test_resolution_represents_sixteenths_and_triplets():
     res = TokenizerConfig().resolution
     assert res % 4 == 0 and res % 3 == 0
