@@ -87,6 +87,22 @@ def test_no_rest_longer_than_the_primer_has(untrained_checkpoint):
     assert longest_rest(with_rests) == 6
 
 
+def test_a_phrase_that_ends_on_a_breath_is_answered_from_the_bar_line_and_may_breathe(untrained_checkpoint):
+    """Four bars of quarters whose last bar stops at beat 2: the phrase ends at the bar line, so
+    its closing half-bar rest is heard, the answer starts at the bar line and may rest as long.
+    Before, the phrase ended at its last note: the answer filled the rest, and (the closing rest
+    not counted) could never rest at all, as for a phrase without rests."""
+    primer = melody([12] * 14)
+    assert primer.end == 168 and longest_rest(primer) == 24
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    for seed in range(3):
+        result = gen.continue_(primer, bars=4, seed=seed)[0]
+        notes = result.notes.notes
+        assert result.start == 192 and notes[:, ONSET].min() >= 192
+        last = int((notes[:, ONSET] + notes[:, DURATION]).max())
+        assert silent_share(notes, 192, last - 192) > 0, seed
+
+
 def test_a_one_voice_primer_is_heard_as_a_one_voice_style(styled_checkpoint):
     gen = Generator(load_checkpoint(styled_checkpoint))
     for seed in range(3):
