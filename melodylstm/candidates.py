@@ -78,17 +78,18 @@ def answer_candidates(candidates, num: int, on_note) -> int:
 
 
 def nearest_the_phrase(primer: Song, answers: list) -> int:
-    """Index of the answer (Songs starting at the primer's end) that sounds most like the primer's
+    """Index of the answer (Songs starting at the phrase's end) that sounds most like the primer's
     last PRIMER_REGISTER_BARS bars: the span the answer is heard against."""
     if len(answers) == 1:
         return 0
     res, grid = primer.resolution, primer.tempo_map
     start = recent_span(primer, PRIMER_REGISTER_BARS)
     notes = recent_notes(primer, PRIMER_REGISTER_BARS)
-    phrase = traits(notes, start, phrase_end(primer) - start, res)  # its closing breath included
+    begin = phrase_end(primer)  # the answers start there; the phrase's closing breath is the phrase's
+    phrase = traits(notes, start, begin - start, res)
     last = max((int((a.notes[:, ONSET] + a.notes[:, DURATION]).max()) for a in answers if len(a.notes)),
-               default=primer.end)
+               default=begin)
     end = grid.bar_start(grid.bar_at_or_after(last))
-    heard = [traits(a.notes, primer.end, max(1, end - primer.end), res) for a in answers]
-    copies = [replayed(a.notes, notes, primer.end - start) >= COPY for a in answers]
+    heard = [traits(a.notes, begin, max(1, end - begin), res) for a in answers]
+    copies = [replayed(a.notes, notes, begin - start) >= COPY for a in answers]
     return closest(phrase, heard, copies)

@@ -68,7 +68,7 @@ class Continuation:
     notes: Song  # only the generated notes
     primer: Song  # the primer as read
     source: bytes | None  # the input file's bytes, copied unchanged into the output
-    start: int  # step where generation began (end of the primer)
+    start: int  # step where generation began: the bar line that ends the primer (phrase.phrase_end)
     key: str | None = None
     controls: dict | None = None  # what conditioned the answer, and what was estimated from the primer
 

@@ -39,7 +39,7 @@ class Part:
 class Placement:
     """Where an answer's notes go. The model writes steps in the primer's coordinates; `origin`
     (seconds) puts its first note there (its leading rest is dropped: the pause was the rest),
-    None continues in place, right where the primer ends (after a loaded file)."""
+    None continues in place, from the bar line that ends the primer (after a loaded file)."""
 
     def __init__(self, tempo_map: TempoMap, resolution: int, crop: int, origin: float | None = None):
         self.tempo_map, self.size = tempo_map, TICKS / resolution
