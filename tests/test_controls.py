@@ -348,6 +348,7 @@ def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_pa
     chords, a change from 3/4 to 4/4 (shorter bars earlier: "unknown") and three rows apart."""
     from melodylstm.checkpoint import save_checkpoint
     from melodylstm.generate import Generator
+    from melodylstm.phrase import phrase_end
     from melodylstm.sampling import FastLSTM
 
     path = tmp_path / "ctl.safetensors"
@@ -367,7 +368,7 @@ def test_lookback_inputs_while_generating_are_those_of_the_finished_piece(tmp_pa
     rows = 3
     gen.continue_(primer, bars=14, seed=4, num=rows, temperature=1.5, primer_bars=None)
     kept, _ = TOK.normalize(primer)
-    prefix = TOK.encode_normalized(kept)[:-1].tolist()
+    prefix = TOK.encode_normalized(kept, end=phrase_end(kept))[:-1].tolist()  # the phrase's clock to its bar line
     columns = [gen.checkpoint.model_config.control_names.index(name) for name in ctl.BACK + ctl.GAP]
     lags, first = len(ctl.LOOKBACK_BARS), len(prefix) - 1
     told_all = []
