@@ -189,7 +189,7 @@ class Generator:
         self.last_controls.update(note_values=factor, candidates=per)
         end = None  # --seconds ends on the phrase's own grid, not on the shortened one (finer by `factor`)
         if factor > 1 and seconds and not bars and not tokens:
-            end = kept.tempo_map.first_step_at(kept.tempo_map.seconds(kept.end) + seconds)
+            end = kept.tempo_map.first_step_at(kept.tempo_map.seconds(phrase_end(kept)) + seconds)
         results = []
         for new in songs:
             new.notes = clip_notes(stretch_notes(new.notes, factor), end)

@@ -410,8 +410,8 @@ class Echo:
     each step, `weights[i]` is added to the logit of the pitch that started at this moment
     `lags[i]` bars earlier, in the primer or in the answer so far, and `length_weights[i]` to the
     DURATION token of its length (in a line, a note's length is the rhythm: the next starts
-    where it ends); where nothing sounded then, `rest_weights[i]` is taken from every pitch (a
-    phrase that breathed there breathes again)."""
+    where it ends); where nothing sounded then, `rest_weights[i]` is taken from every token that
+    starts a note (PROGRAM, PITCH, DRUM: a phrase that breathed there breathes again)."""
 
     def __init__(self, tok: Tokenizer, rows: int, bar_steps: int, primer_notes: np.ndarray, lags, weights,
                  length_weights=None, rest_weights=None):
@@ -425,7 +425,6 @@ class Echo:
         self.time = np.full((rows, self.size), -1, dtype=np.int64)
         self.sounded = np.full((rows, self.size), -1, dtype=np.int64)  # the time a slot last sounded
         low, high = tok.config.pitch_low, tok.config.pitch_high
-        self.n_pitches = high - low + 1
         primer_notes = primer_notes[primer_notes[:, PROGRAM] != DRUMS]  # a drum hit is no part of the line
         self.first = int(primer_notes[:, ONSET].min(initial=0))  # before the phrase: neither sound nor rest
         heard = primer_notes[primer_notes[:, ONSET] >= primer_notes[:, ONSET].max(initial=0) - self.size]  # the ring's span
@@ -453,8 +452,8 @@ class Echo:
         for offset, weight in zip(self.offsets, self.rest_weights):
             then = now - offset
             silent = (then >= self.first) & (self.sounded[rows, then % self.size] != then)
-            if weight and silent.any():
-                logits[silent, self.tok.pitch0: self.tok.pitch0 + self.n_pitches] -= weight
+            if weight and silent.any():  # every token that starts a note: a program change is no way round it
+                logits[silent, self.tok.program0: self.tok.velocity0] -= weight
 
     def record(self, tokens: np.ndarray, kinds: np.ndarray, now: np.ndarray) -> None:
         played = np.flatnonzero(kinds == PITCH_T)

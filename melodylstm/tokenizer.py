@@ -233,7 +233,8 @@ class Tokenizer:
 
     def encode_normalized(self, song: Song, end: int | None = None) -> np.ndarray:
         """Tokens of a normalized song. end: move the clock on to this step after the last note
-        (a phrase that ends on a rest before its bar line: the model hears the rest)."""
+        (a phrase that ends on a rest before its bar line: the model hears the rest); an `end`
+        at or before the last onset adds nothing."""
         notes = song.notes
         if len(notes) == 0:
             return np.array([BOS, EOS], dtype=np.uint16)

@@ -103,6 +103,37 @@ def test_a_phrase_that_ends_on_a_breath_is_answered_from_the_bar_line_and_may_br
         assert silent_share(notes, 192, last - 192) > 0, seed
 
 
+def test_a_breath_is_no_way_into_another_instrument():
+    """The rest echo takes its logits from every token that starts a note: where the phrase rested
+    and the answer may not (its rest used up), the answer's next note stays in the phrase's
+    instrument. Taken from the pitches alone, the default model escaped through a PROGRAM token:
+    47 of these 48 answers went on in another instrument."""
+    from melodylstm.checkpoint import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("the default model is not built")
+    rows = [[i * 12, 12, 60 + (i * 2) % 7, 80, 0] for i in range(4)] + [[48 + 12 * i, 12, 62 + i, 80, 0] for i in range(1, 4)]
+    rows += [[96 + 12 * i, 12, 64 + i % 3, 80, 0] for i in range(8)] + [[192, 12, 65, 80, 0], [204, 12, 64, 80, 0]]
+    gen = Generator(load_checkpoint(None))
+    for seed in range(3):
+        for result in gen.continue_(Song(np.array(rows), RES), bars=4, seed=seed, num=16, candidates=1):
+            assert set(result.notes.notes[:, 4].tolist()) == {0}, seed
+
+
+def test_seconds_count_from_the_phrase_end_for_a_slow_line_too(untrained_checkpoint):
+    """A line in half and whole notes (read in shorter values) that ends a beat and a half early:
+    `seconds` of answer start at the bar line, as for any phrase (they were cut from the last
+    note's end, so one second gave no answer at all)."""
+    primer = Song(np.array([[0, 48, 60, 80, 0], [48, 48, 62, 80, 0], [96, 48, 64, 80, 0], [144, 24, 65, 80, 0]]), RES)
+    gen = Generator(load_checkpoint(untrained_checkpoint))
+    for seconds in (1, 2):  # 120 quarters a minute: 24 steps a second
+        result = gen.continue_(primer, seconds=seconds, seed=0)[0]
+        notes = result.notes.notes
+        assert gen.last_controls["note_values"] == 2 and result.start == 192
+        assert len(notes) and notes[:, ONSET].min() >= 192
+        assert int((notes[:, ONSET] + notes[:, DURATION]).max()) == 192 + 24 * seconds
+
+
 def test_a_one_voice_primer_is_heard_as_a_one_voice_style(styled_checkpoint):
     gen = Generator(load_checkpoint(styled_checkpoint))
     for seed in range(3):

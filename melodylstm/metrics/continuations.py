@@ -338,7 +338,7 @@ def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int,
     model_rows, early = [], 0
     for answer in answers:
         notes = answer.notes.notes
-        early += int((notes[:, ONSET] < cut.cut).sum())  # added to the primer's last bar: not compared
+        early += int((notes[:, ONSET] < cut.cut).sum())  # a primer whose last bars are silent: not compared
         notes = clip_durations(notes[(notes[:, ONSET] >= cut.cut) & (notes[:, ONSET] < cut.end)], cut.end, gen.tok)
         model_rows.append(against(real, features(notes)))
     repeat = against(real, features(repeat_baseline(primer, primer_bars, bars, gen.tok)))
