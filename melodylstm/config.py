@@ -55,10 +55,11 @@ ECHO_LENGTH_WEIGHTS = (4.0, 1.0)
 # was not heard, did not count as a rest (an answer to a phrase whose only rest closed it could
 # never rest) and was filled by the answer's first notes. Now the phrase ends at the bar line
 # (phrase.phrase_end) and the weights matter: silent time of the answers, mean of seeds 0-2
-# (real / repeating the primer), (2, 1) -> (16, 8): sopranos 0.011 -> 0.020 (0.025 / 0.021), Essen
-# folk songs 0.013 -> 0.022 (0.046 / 0.021), Monteverdi 0.040 -> 0.082 (0.127 / 0.091), Palestrina
-# 0.012 -> 0.023 (0.193 / 0.062); pitch distance within 0.06 of (2, 1) on every set; (16, 1) the
-# same pitch, rests a little less. A phrase that breathed here breathes here again
+# (real / repeating the primer), (2, 1) -> (16, 8) taken from every note-start token: sopranos
+# 0.011 -> 0.023 (0.025 / 0.021), Essen folk songs 0.012 -> 0.023 (0.046 / 0.021), Monteverdi
+# 0.040 -> 0.084 (0.127 / 0.091), Palestrina 0.010 -> 0.024 (0.193 / 0.062); pitch distance within
+# the seeds' spread on every set; (16, 1) the same pitch, rests a little less. A phrase that
+# breathed here breathes here again
 ECHO_REST_WEIGHTS = (16.0, 8.0)
 PRIMER_REST_BARS = 4
 # continue: samples drawn per answer; the one nearest the phrase's last bars is kept (candidates.py)
