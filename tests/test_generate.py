@@ -7,7 +7,7 @@ from melodylstm.generate import Generator
 from melodylstm.phrase import register_bias
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
 from melodylstm.theory import SCALES, parse_key
-from melodylstm.tokenizer import Tokenizer
+from melodylstm.tokenizer import DRUM_T, PITCH_T, PROGRAM_T, Tokenizer
 
 from helpers import cli, scale_song
 
@@ -337,19 +337,20 @@ def test_the_echo_rests_where_the_phrase_rested():
     from melodylstm.sampling import Echo
 
     tok = Tokenizer()
-    pitches = slice(tok.pitch0, tok.pitch0 + tok.config.pitch_high - tok.config.pitch_low + 1)
+    starts = np.arange(tok.program0, tok.velocity0)  # every token that starts a note: program, pitch, drum
+    assert {tok.token_type[t] for t in starts} == {PROGRAM_T, PITCH_T, DRUM_T}
     primer = np.array([[0, 24, 67, 100, 0], [36, 12, 69, 100, 0]])  # a half note, a rest of a quarter, a quarter
     echo = Echo(tok, 2, 48, primer, lags=(1,), weights=(0.0,), length_weights=(0.0,), rest_weights=(2.0,))
     logits = np.zeros((2, len(tok)), dtype=np.float32)
     echo.bias(logits, np.array([72, 60]))  # a bar after the rest; a bar after the half note sounded
-    assert (logits[0, pitches] == -2.0).all() and not np.delete(logits[0], np.r_[pitches]).any()
+    assert (logits[0, starts] == -2.0).all() and not np.delete(logits[0], starts).any()
     assert not logits[1].any()
     pitch, quarter = tok.pitch0 + 64 - tok.config.pitch_low, tok.duration0 + tok.durations.index(12)
     for token in (pitch, quarter):  # the answer plays a quarter at 72, in the primer's rest's place
         echo.record(np.array([token, token]), tok.token_type[[token, token]], np.array([72, 72]))
     later = np.zeros((2, len(tok)), dtype=np.float32)
     echo.bias(later, np.array([120, 132]))  # a bar after that quarter; a bar after the silence that followed it
-    assert not later[0].any() and (later[1, pitches] == -2.0).all()
+    assert not later[0].any() and (later[1, starts] == -2.0).all()
 
 
 def test_the_echo_hears_the_line_and_not_the_drums():
