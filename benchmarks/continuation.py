@@ -74,6 +74,12 @@ def nottingham_melodies(out: Path) -> int:
     return count
 
 
+def write_line(stream, target: Path) -> None:
+    """A music21 part or score as MIDI (music21 writes it), from the bar line before its first note."""
+    stream.write("midi", fp=str(target))
+    write_midi(from_first_bar(read_midi(target, RES)), target)
+
+
 def top_parts(out: Path, composer: str, pieces: int = 60) -> int:
     """The first (top) part of an evenly spaced sample of a composer's pieces in music21."""
     from music21 import corpus
@@ -83,10 +89,7 @@ def top_parts(out: Path, composer: str, pieces: int = 60) -> int:
     count = 0
     for path in chosen:
         try:
-            part = corpus.parse(path).parts[0]
-            target = out / (Path(path).stem + ".mid")
-            part.write("midi", fp=str(target))
-            write_midi(from_first_bar(read_midi(target, RES)), target)
+            write_line(corpus.parse(path).parts[0], out / (Path(path).stem + ".mid"))
             count += 1
         except Exception as exc:  # a corpus file music21 cannot convert: skip it, say so
             print(f"skipped {Path(path).name}: {exc}", file=sys.stderr)
@@ -113,9 +116,7 @@ def abc_tunes(out: Path, folder: str, pieces: int = 60) -> int:
     count = 0
     for book, number in tunes[:: max(1, len(tunes) // pieces)][:pieces]:
         try:
-            target = out / f"{Path(book).stem}-{number:04d}.mid"
-            corpus.parse(book, number=number).write("midi", fp=str(target))
-            write_midi(from_first_bar(read_midi(target, RES)), target)
+            write_line(corpus.parse(book, number=number), out / f"{Path(book).stem}-{number:04d}.mid")
             count += 1
         except Exception as exc:  # a tune music21 cannot convert: skip it, say so
             print(f"skipped {Path(book).name} X:{number}: {exc}", file=sys.stderr)
