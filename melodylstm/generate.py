@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import copy
 import io
 import os
 import secrets
@@ -378,7 +377,7 @@ class Generator:
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
         for generated in rows:
-            dec = copy.deepcopy(decoder)  # the primer's decoder state: time, bar, instrument
+            dec = decoder.fork()  # the primer's decoder state: time, bar, instrument
             skip = len(dec.notes)
             for t in generated:
                 dec.push(t)
@@ -483,7 +482,7 @@ class Generator:
 
     def _live_decoder(self, decoder, on_note, end, offset):
         """Feeds row 0's tokens to a streaming decoder and reports each note as it completes."""
-        live = copy.deepcopy(decoder)
+        live = decoder.fork()
 
         def on_token(row, token):
             if row != 0:

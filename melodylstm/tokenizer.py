@@ -11,6 +11,7 @@ What is lossy is decided in `normalize` (one place, each rule counted); after it
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, fields
 
@@ -393,6 +394,15 @@ class StreamingDecoder:
     @property
     def next_bar(self) -> int:
         return self.grid.bar_start(self.bar_index + 1)
+
+    def fork(self) -> "StreamingDecoder":
+        """An independent copy of the decoding state (time, bar, instrument, notes so far) that
+        shares the tokenizer and the song it reads like (one per sampled row: a deepcopy copied
+        both for every row)."""
+        other = copy.copy(self)
+        other.notes = list(self.notes)  # notes are tuples: the list is all that changes
+        other.pending = None if self.pending is None else list(self.pending)
+        return other
 
     def push(self, token: int):
         tok = self.tok

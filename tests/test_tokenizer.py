@@ -99,6 +99,20 @@ def test_a_phrase_can_end_on_its_closing_rest():
         assert dec.time == max(end, 60) and np.array_equal(tok.decode(tokens, song).notes, song.notes)
 
 
+def test_a_forked_decoder_goes_on_alone():
+    tok = Tokenizer()
+    song = tok.normalize(Song(np.array([[0, 12, 60, 80, 0], [12, 12, 62, 80, 0]]), 12))[0]
+    tokens = tok.encode_normalized(song)[:-1].tolist()
+    dec = tok.decoder(song)
+    for t in tokens[:-1]:  # stop before the last DURATION: a note is pending
+        dec.push(t)
+    a, b = dec.fork(), dec.fork()
+    assert a.push(tokens[-1]) == (12, 12, 62, a.notes[-1][3], 0) and len(a.notes) == 2
+    assert b.pending is not None and len(b.notes) == len(dec.notes) == 1 and dec.pending is not None
+    b.push(tok.bar)
+    assert (a.time, a.bar_index) == (dec.time, dec.bar_index) != (b.time, b.bar_index)
+
+
 def test_resolution_represents_sixteenths_and_triplets():
     res = TokenizerConfig().resolution
     assert res % 4 == 0 and res % 3 == 0
