@@ -80,20 +80,26 @@ def write_line(stream, target: Path) -> None:
     write_midi(from_first_bar(read_midi(target, RES)), target)
 
 
+def write_sample(out: Path, items: list, pieces: int, stem, label, parse) -> int:
+    """An evenly spaced sample of `pieces` of the items, each parsed by music21 and written as a
+    line to out/stem(item).mid; an item music21 cannot convert is skipped, with a message."""
+    count = 0
+    for item in items[:: max(1, len(items) // pieces)][:pieces]:
+        try:
+            write_line(parse(item), out / f"{stem(item)}.mid")
+            count += 1
+        except Exception as exc:  # a corpus file music21 cannot convert: skip it, say so
+            print(f"skipped {label(item)}: {exc}", file=sys.stderr)
+    return count
+
+
 def top_parts(out: Path, composer: str, pieces: int = 60) -> int:
     """The first (top) part of an evenly spaced sample of a composer's pieces in music21."""
     from music21 import corpus
 
     paths = sorted(str(p) for p in corpus.getComposer(composer) if not str(p).endswith(".rntxt"))  # not analyses
-    chosen = paths[:: max(1, len(paths) // pieces)][:pieces]
-    count = 0
-    for path in chosen:
-        try:
-            write_line(corpus.parse(path).parts[0], out / (Path(path).stem + ".mid"))
-            count += 1
-        except Exception as exc:  # a corpus file music21 cannot convert: skip it, say so
-            print(f"skipped {Path(path).name}: {exc}", file=sys.stderr)
-    return count
+    return write_sample(out, paths, pieces, lambda p: Path(p).stem, lambda p: Path(p).name,
+                        lambda p: corpus.parse(p).parts[0])
 
 
 def palestrina_cantus(out: Path) -> int:
@@ -113,14 +119,8 @@ def abc_tunes(out: Path, folder: str, pieces: int = 60) -> int:
     books = sorted(str(p) for p in corpus.getPaths() if f"/{folder}/" in str(p) and "/test" not in str(p))
     tunes = [(book, int(x)) for book in books
              for x in re.findall(r"^X:\s*(\d+)", Path(book).read_text(encoding="latin-1"), re.M)]
-    count = 0
-    for book, number in tunes[:: max(1, len(tunes) // pieces)][:pieces]:
-        try:
-            write_line(corpus.parse(book, number=number), out / f"{Path(book).stem}-{number:04d}.mid")
-            count += 1
-        except Exception as exc:  # a tune music21 cannot convert: skip it, say so
-            print(f"skipped {Path(book).name} X:{number}: {exc}", file=sys.stderr)
-    return count
+    return write_sample(out, tunes, pieces, lambda t: f"{Path(t[0]).stem}-{t[1]:04d}",
+                        lambda t: f"{Path(t[0]).name} X:{t[1]}", lambda t: corpus.parse(t[0], number=t[1]))
 
 
 def essen_folksongs(out: Path) -> int:
