@@ -3,20 +3,27 @@
     python benchmarks/primer_key.py                  # every corpus found, first 4 bars
     python benchmarks/primer_key.py --bars 2
 
-The truth is each file's labelled key: the key signature and mode its MIDI file carries (the
-chorales from music21's scores, the Nottingham tunes from their ABC headers); files without one
-are left out. For the first N bars and for the whole piece, the share of pieces whose estimate
-is that key, with the Krumhansl-Kessler profiles (theory.KEY_PROFILES, the running key the model
-is told), the melody profiles of Temperley-Kostka-Payne alone, and theory.phrase_key (those
-profiles and the tonic triad around the first note: what `continue`, `--key auto` and the
-continuation figures use). The melody sets hold one line of each piece:
-the chorale sopranos of the default model's validation split (the set the choice was made on)
-and the Nottingham melodies without their chords.
+The truth is each piece's labelled key. The chorales: the key signature and mode music21's scores
+carry into their MIDI files. A label is not always the piece's key: a modal chorale is written
+with a key signature one flat short (G Dorian labelled D minor), a G minor chorale labelled
+B-flat major. So a second chorale row keeps the pieces whose label agrees with music21's own
+analysis of the whole four-voice score. The Nottingham tunes: their ABC headers. Aird's airs
+(every 4th tune of the books in music21's corpus; never tuned on): the ABC key field, which
+names the mode (K:E Minor, K:A Dorian): Dorian, Phrygian and Aeolian airs count as minor,
+Mixolydian and Lydian as major. Files without a label are left out.
+
+For the first N bars and for the whole piece, the share of pieces whose estimate is that key,
+with the Krumhansl-Kessler profiles (theory.KEY_PROFILES, the running key the model is told),
+the melody profiles of Temperley-Kostka-Payne alone, and theory.phrase_key (those profiles and
+the tonic triad around the first note: `--key auto` and the continuation figures). The last
+column is the key `continue` holds (theory.phrase_key_index with sure=True: none when the best
+key leads the next by less than theory.KEY_LEAD): agreement where it holds one / share held.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +38,8 @@ from melodylstm.data import is_validation  # noqa: E402
 from melodylstm.midi import ONSET, Song, read_midi, read_midi_tracks  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "midi"
+MINOR_MODES = ("m", "min", "minor", "dor", "dorian", "phr", "phrygian", "aeo", "aeolian")
+MAJOR_MODES = ("", "maj", "major", "mix", "mixolydian", "lyd", "lydian", "ion", "ionian")
 
 
 def labelled_key(path: Path) -> int | None:
@@ -43,6 +52,15 @@ def labelled_key(path: Path) -> int | None:
     return None
 
 
+def abc_key(field: str) -> int | None:
+    """Key index of an ABC key field ('D', 'E Minor', 'A Dorian'); None for one without a tonic."""
+    m = re.match(r"\s*([A-G][b#]?)\s*([A-Za-z]*)", field.split("%")[0])
+    mode = m.group(2).lower() if m else None
+    if mode not in MINOR_MODES + MAJOR_MODES:
+        return None
+    return theory.key_index(*theory.parse_key(f"{m.group(1)}:{'minor' if mode in MINOR_MODES else 'major'}"))
+
+
 def one_line(path: Path, name: str, resolution: int = 12) -> Song | None:
     for track, song in read_midi_tracks(path, resolution):
         if name in track.lower() and len(song.notes):
@@ -50,16 +68,66 @@ def one_line(path: Path, name: str, resolution: int = 12) -> Song | None:
     return None
 
 
-def corpora() -> dict:
-    """name -> list of (path, the part of it scored: None for every note, or a track name)."""
+def labelled(items) -> list:
+    """(song, labelled key) of (path, track name or None for every note) pairs with a label."""
+    out = []
+    for path, part in items:
+        truth = labelled_key(path)
+        song = read_midi(path, 12) if part is None else one_line(path, part)
+        if truth is not None and song is not None and len(song.notes):
+            out.append((song, truth))
+    return out
+
+
+def whole_score_agrees(path: Path, truth: int) -> bool:
+    """Does music21's analysis of the chorale's whole score name its labelled key?"""
+    from music21 import corpus
+
+    found = corpus.parse("bach/" + path.stem).analyze("key")
+    return theory.key_index(*theory.parse_key(f"{found.tonic.name.replace('-', 'b')}:{found.mode}")) == truth
+
+
+def aird_airs(work: Path, every: int = 4) -> list:
+    """(song, key of its ABC field) for every `every`-th air of Aird's books (music21 writes the MIDI)."""
+    from music21 import corpus
+
+    work.mkdir(parents=True, exist_ok=True)
+    books = sorted(str(p) for p in corpus.getPaths() if "/airdsAirs/" in str(p) and "/test" not in str(p))
+    tunes = [(book, int(x), k) for book in books for x, k in re.findall(
+        r"^X:\s*(\d+)[^X]*?^K:(.*)$", Path(book).read_text(encoding="latin-1"), re.M)]
+    out = []
+    for book, x, field in tunes[::every]:
+        truth, target = abc_key(field), work / f"{Path(book).stem}-{x:04d}.mid"
+        if truth is None:
+            continue
+        if not target.exists():
+            try:
+                corpus.parse(book, number=x).write("midi", fp=str(target))
+            except Exception as exc:  # an air music21 cannot convert: skip it, say so
+                print(f"skipped {Path(book).name} X:{x}: {exc}", file=sys.stderr)
+                continue
+        song = read_midi(target, 12)
+        if len(song.notes):
+            out.append((song, truth))
+    return out
+
+
+def corpora(work: Path) -> dict:
+    """name -> list of (song, its labelled key)."""
     chorales = sorted((ROOT / "datasets" / "bach_chorales").glob("*.mid"))
     held_out = [p for p in chorales if is_validation(hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest(), 0.1)]
-    found = {"chorale sopranos (held out)": [(p, "soprano") for p in held_out],
-             "chorales, four voices": [(p, None) for p in chorales]}
+    found = {"chorale sopranos (held out)": labelled((p, "soprano") for p in held_out)}
+    try:
+        agreed = [p for p in held_out if labelled_key(p) is not None and whole_score_agrees(p, labelled_key(p))]
+        found["  ... label and whole score agree"] = labelled((p, "soprano") for p in agreed)
+        found["Aird's airs (ABC key and mode)"] = aird_airs(work / "aird-airs")
+    except ImportError:
+        print("music21 is not installed: no whole-score check of the chorales, no Aird's airs", file=sys.stderr)
+    found["chorales, four voices"] = labelled((p, None) for p in chorales)
     if (SHARED / "nottingham").is_dir():
         tunes = sorted((SHARED / "nottingham").glob("*.mid"))
-        found["Nottingham melodies"] = [(p, "melody") for p in tunes]
-        found["Nottingham with chords"] = [(p, None) for p in tunes]
+        found["Nottingham melodies"] = labelled((p, "melody") for p in tunes)
+        found["Nottingham with chords"] = labelled((p, None) for p in tunes)
     return found
 
 
@@ -73,27 +141,29 @@ def key_of(notes: np.ndarray, profiles) -> int:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bars", type=int, default=4)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/melodylstm-key-sets"), help="where Aird's airs are written")
     args = ap.parse_args(argv)
     profiles = {"Krumhansl-Kessler": theory.KEY_PROFILES, "Temperley-Kostka-Payne": theory.MELODY_PROFILES,
                 "phrase_key (TKP, the opening tone)": None}
-    print(f"| pieces | labelled | {' | '.join(f'{n}: first {args.bars} bars / whole' for n in profiles)} |")
-    print("|---|---|" + "---|" * len(profiles))
-    for name, items in corpora().items():
+    print(f"| pieces | labelled | {' | '.join(f'{n}: first {args.bars} bars / whole' for n in profiles)} "
+          f"| held by `continue`, first {args.bars} bars: agree / held |")
+    print("|---|---|" + "---|" * (len(profiles) + 1))
+    for name, items in corpora(args.work).items():
         hits = {n: [[], []] for n in profiles}
-        for path, part in items:
-            truth = labelled_key(path)
-            song = read_midi(path, 12) if part is None else one_line(path, part)
-            if truth is None or song is None or len(song.notes) == 0:
-                continue
+        held = []
+        for song, truth in items:
             opening = song.notes[song.notes[:, ONSET] < song.tempo_map.bar_start(args.bars)]
             if len(opening) < 3:
                 continue
             for n, rows in profiles.items():
                 hits[n][0].append(key_of(opening, rows) == truth)
                 hits[n][1].append(key_of(song.notes, rows) == truth)
-        count = len(next(iter(hits.values()))[0])
+            held.append(theory.phrase_key_index(opening, sure=True))
+            held[-1] = None if held[-1] == theory.KEY_UNKNOWN else held[-1] == truth
+        count = len(held)
         cells = " | ".join(f"{np.mean(a):.0%} / {np.mean(b):.0%}" for a, b in hits.values())
-        print(f"| {name} | {count} | {cells} |", flush=True)
+        kept = [h for h in held if h is not None]
+        print(f"| {name} | {count} | {cells} | {np.mean(kept):.0%} / {len(kept) / count:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

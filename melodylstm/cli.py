@@ -344,7 +344,9 @@ def controls_summary(report: dict) -> str:
     if not report or not report.get("controls"):
         return (f"; scale {report['scale_mask']}" if report and report.get("scale_mask") else "")
     parts = []
-    if report.get("key"):
+    if report.get("key_source") == "ambiguous":
+        parts.append(f"key open (the primer fits {report['primer_key']} and {report['primer_key_rival']} nearly alike)")
+    elif report.get("key"):
         source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)"}.get(report.get("key_source"), "")
         parts.append(f"key {report['key']}{source}")
     if report.get("style"):

@@ -283,6 +283,7 @@ class Generator:
             raise ValueError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
         names = config.control_names
         estimated = theory.phrase_key_index(primer.notes) if primer is not None else theory.KEY_UNKNOWN
+        held = theory.phrase_key_index(primer.notes, sure=True) if primer is not None else theory.KEY_UNKNOWN
         key_value = request["mask_key"]
         if key_value is None and request["auto_key"] and (request["strict_key"] or "key" not in names):
             key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
@@ -296,7 +297,8 @@ class Generator:
         grid = like.tempo_map
         report = {"controls": names, "strict_key": bool(key_value)}
 
-        cond_key = request["key"] if request["key"] is not None else (estimated if primer is not None else None)
+        # an ambiguous primer holds no key: the network reads the phrase, and no guess is guided
+        cond_key = request["key"] if request["key"] is not None else (held if primer is not None else None)
         guided, strength = [], request["key_strength"]  # what guidance pushes: a key held, the user's chords
         if strength and cond_key is not None and cond_key != theory.KEY_UNKNOWN and "key" in names:
             guided.append("key")
@@ -343,9 +345,11 @@ class Generator:
         report.update({
             "key": theory.key_label(cond_key) if cond_key is not None and "key" in names else None,
             "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (
-                "primer" if cond_key is not None and "key" in names else None),
+                None if cond_key is None or "key" not in names else "primer" if held == estimated else "ambiguous"),
             "key_strength": request["key_strength"] if guide and "key" in guided else None,
             "primer_key": theory.key_label(estimated) if primer is not None else None,
+            "primer_key_rival": theory.key_label(theory.phrase_key_choice(primer.notes)[1])
+            if held != estimated else None,  # the key it fits nearly as well
             "scale_mask": theory.key_name(*key_value) if key_value else None,
             "style": self.styles[style] if style is not None and style < len(self.styles) else None,
             "style_source": report.get("style_source") or ("picked" if request.get("style_picked") else
@@ -384,7 +388,7 @@ class Generator:
             notes = np.array(dec.notes[skip:], dtype=np.int64).reshape(-1, 5)
             notes = clip_notes(notes, end)
             songs.append(Song(notes, like.resolution, like.tempos, like.time_signatures, dict(like.names)))
-        used_key = report["scale_mask"] or report["key"]
+        used_key = report["scale_mask"] or (report["key"] if cond_key != theory.KEY_UNKNOWN else None)
         return songs, used_key
 
     def _primer_priors(self, primer, grid, num: int) -> list:

@@ -41,6 +41,28 @@ def test_continue_reports_and_holds_the_phrase_key(tmp_path):
     assert "D:major (the primer's)" in result.output
 
 
+# A B C# D E and F#, never G or G#: as much A major as D major
+A_OR_D = [69, 71, 73, 74, 76, 74, 73, 71, 69, 66, 64, 66, 69, 69]
+
+
+def test_a_phrase_that_fits_two_keys_holds_none():
+    """phrase_key names the better of two keys that fit almost alike; the key `continue` holds
+    (sure=True) is none, while a phrase whose key leads clearly keeps it."""
+    best, rival, lead = theory.phrase_key_choice(melody(A_OR_D))
+    assert {theory.key_label(best), theory.key_label(rival)} == {"A:major", "D:major"} and lead < theory.KEY_LEAD
+    assert theory.phrase_key_index(melody(A_OR_D)) == best
+    assert theory.phrase_key_index(melody(A_OR_D), sure=True) == theory.KEY_UNKNOWN
+    assert theory.key_label(theory.phrase_key_index(melody(ODE_TO_JOY_D), sure=True)) == "D:major"
+
+
+def test_continue_leaves_the_key_of_an_ambiguous_phrase_open(tmp_path):
+    write_midi(Song(melody(A_OR_D), 12), tmp_path / "a-or-d.mid")
+    result = invoke("continue", tmp_path / "a-or-d.mid", "-o", tmp_path / "out.mid", "--seed", "1", "--bars", "2")
+    assert result.exit_code == 0, result.output
+    assert "key open (the primer fits A:major and D:major nearly alike)" in result.output
+    assert "(the primer's)" not in result.output.split("key open")[0]
+
+
 def test_the_key_estimate_is_the_same_however_the_profiles_are_passed():
     rng = np.random.default_rng(0)
     for _ in range(50):
