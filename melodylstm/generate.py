@@ -508,7 +508,7 @@ def bound_primer_tokens(song: Song, tok, max_tokens) -> tuple:
     is longer, the primer is that bar."""
     if not max_tokens or not tok.config.bar_tokens:
         return song, 0, 0
-    tokens = tok.encode_normalized(song)
+    tokens = tok.encode_normalized(song, end=phrase_end(song))  # as fed: the clock to the bar line too
     if len(tokens) - 1 <= max_tokens:  # the EOS is not fed
         return song, 0, 0
     bars = np.flatnonzero(tokens == tok.bar)

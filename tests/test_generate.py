@@ -4,7 +4,7 @@ import pretty_midi
 import pytest
 
 from melodylstm.generate import Generator
-from melodylstm.phrase import register_bias
+from melodylstm.phrase import phrase_end, register_bias
 from melodylstm.midi import DRUMS, Song, read_midi, write_midi
 from melodylstm.theory import SCALES, parse_key
 from melodylstm.tokenizer import DRUM_T, PITCH_T, PROGRAM_T, Tokenizer
@@ -224,7 +224,7 @@ def test_primer_is_bounded_by_tokens_as_well_as_bars(gen):
 
     song = dense_song(40)
     kept, cut, dropped = bound_primer_tokens(song, TOK, 1000)
-    tokens = TOK.encode_normalized(kept)
+    tokens = TOK.encode_normalized(kept, end=phrase_end(kept))
     assert len(tokens) - 1 <= 1000 and dropped > 0 and cut == dropped * 48  # whole bars, from a bar line
     assert len(TOK.encode_normalized(bound_primer_tokens(song, TOK, 1000 + 300)[0])) > len(tokens)  # no more cut than needed
     assert bound_primer_tokens(song, TOK, None)[0] is song and bound_primer_tokens(song, TOK, 10**6)[0] is song
@@ -238,6 +238,19 @@ def test_primer_is_bounded_by_tokens_as_well_as_bars(gen):
     a = gen.continue_(small, bars=2, seed=3)[0].notes.notes
     b = gen.continue_(small, bars=2, seed=3, primer_tokens=None)[0].notes.notes
     assert np.array_equal(a, b) and DEFAULT_PRIMER_TOKENS >= 4096
+
+
+def test_the_primer_bound_counts_the_clock_to_the_bar_line():
+    """A phrase that stops a beat before its bar line is fed with the rest (clock tokens to the
+    bar line): the bound counts them, so a primer one bar too long for it loses its first bar."""
+    from melodylstm.generate import bound_primer_tokens
+
+    song = Song(dense_song(4).notes[:-4 * 4], 12, [(0, 500000)], [(0, 4, 4)])  # the last beat rests
+    assert phrase_end(song) > song.end
+    notes_only = len(TOK.encode_normalized(song)) - 1
+    assert len(TOK.encode_normalized(song, end=phrase_end(song))) - 1 > notes_only
+    kept, cut, dropped = bound_primer_tokens(song, TOK, notes_only)
+    assert dropped == 1 and cut == 48 and len(TOK.encode_normalized(kept, end=phrase_end(kept))) - 1 <= notes_only
 
 
 def test_register_bias_costs_nothing_where_the_phrase_plays_and_more_the_further_away():
