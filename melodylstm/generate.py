@@ -282,8 +282,8 @@ class Generator:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError("need --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
         names = config.control_names
-        estimated = theory.phrase_key_index(primer.notes) if primer is not None else theory.KEY_UNKNOWN
-        held = theory.phrase_key_index(primer.notes, sure=True) if primer is not None else theory.KEY_UNKNOWN
+        unknown = (theory.KEY_UNKNOWN,) * 3
+        estimated, held, rival = theory.phrase_keys(primer.notes) if primer is not None else unknown
         key_value = request["mask_key"]
         if key_value is None and request["auto_key"] and (request["strict_key"] or "key" not in names):
             key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
@@ -348,8 +348,7 @@ class Generator:
                 None if cond_key is None or "key" not in names else "primer" if held == estimated else "ambiguous"),
             "key_strength": request["key_strength"] if guide and "key" in guided else None,
             "primer_key": theory.key_label(estimated) if primer is not None else None,
-            "primer_key_rival": theory.key_label(theory.phrase_key_choice(primer.notes)[1])
-            if held != estimated else None,  # the key it fits nearly as well
+            "primer_key_rival": theory.key_label(rival) if held != estimated else None,  # fits nearly as well
             "scale_mask": theory.key_name(*key_value) if key_value else None,
             "style": self.styles[style] if style is not None and style < len(self.styles) else None,
             "style_source": report.get("style_source") or ("picked" if request.get("style_picked") else

@@ -226,14 +226,20 @@ def phrase_key_choice(notes: np.ndarray) -> tuple[int, int, float]:
     return best, second, float(r[best] - r[second])
 
 
-def phrase_key_index(notes: np.ndarray, sure: bool = False) -> int:
-    """phrase_key as a key index; KEY_UNKNOWN for a phrase without pitched notes and, when
-    `sure`, for one whose best key leads the next by less than KEY_LEAD."""
+def phrase_keys(notes: np.ndarray) -> tuple[int, int, int]:
+    """(best key index, the key `continue` holds: the best, or KEY_UNKNOWN when it leads the next
+    by less than KEY_LEAD, the next best); all KEY_UNKNOWN for a phrase without pitched notes."""
     try:
-        best, _, lead = phrase_key_choice(notes)
+        best, second, lead = phrase_key_choice(notes)
     except ValueError:
-        return KEY_UNKNOWN
-    return KEY_UNKNOWN if sure and lead < KEY_LEAD else best
+        return KEY_UNKNOWN, KEY_UNKNOWN, KEY_UNKNOWN
+    return best, (best if lead >= KEY_LEAD else KEY_UNKNOWN), second
+
+
+def phrase_key_index(notes: np.ndarray, sure: bool = False) -> int:
+    """phrase_key as a key index (with `sure`, the key held); KEY_UNKNOWN without pitched notes."""
+    best, held, _ = phrase_keys(notes)
+    return held if sure else best
 
 
 def running_keys(notes: np.ndarray, n_beats: int, resolution: int, min_notes: int = 8) -> np.ndarray:
