@@ -126,6 +126,42 @@ def test_repeat_baseline_on_a_repeating_piece_matches_the_real_continuation(untr
     assert record["real"]["note_length_overlap"] == 1.0 and record["real"]["in_key"] == 1.0
     assert record["primer_polyphony"] > 1
     assert len(record["model"]) == 2
+    assert record["real_replays"] == 1.0 and summary["replays"]["pieces"] == 1  # the piece plays its primer again
+    assert "1 of 1 pieces go on by playing their primer again" in cont.format_continuation(
+        {**summary, "pieces": 1, "primer_bars": primer_bars, "bars": bars, "samples": 2, "temperature": 1.0,
+         "seed": 0, "too_short": 0, "skipped": [], "track": None})
+
+
+def test_replay_share_counts_the_real_notes_the_repeat_plays_too():
+    real = notes([[0, 12, 60, 80, 0], [12, 12, 62, 80, 0], [24, 12, 64, 80, 0], [36, 12, 65, 80, 0]])
+    varied = real.copy()
+    varied[3, 2] = 67  # the strain played again with a new last note
+    assert cont.replay_share(real, real) == 1.0 and cont.replay_share(real, varied) == 0.75
+    late = real.copy()
+    late[:, ONSET] += 6  # the same pitches half a beat late: not a replay
+    assert cont.replay_share(real, late) == 0.0 and math.isnan(cont.replay_share(notes([]), real))
+
+
+def test_pieces_that_replay_their_primer_are_reported_apart():
+    """A piece whose real continuation is its primer again favours the repeat baseline; the report
+    gives the distances over the other pieces too."""
+    def row(pitch):
+        return {**{k: 0.0 for k in cont.FEATURES}, "mean_pitch": pitch, "note_length_overlap": 1.0,
+                "inter_onset_overlap": 1.0, "polyphony": 1.0, "notes": 4}
+
+    def piece(real, model, repeat, replays):
+        return {"real": row(real), "model": [row(model)], "repeat": row(repeat), "primer_polyphony": 1.0,
+                "nats": 1.0, "tokens": 1, "real_notes": 4, "model_notes_before_cut": 0, "real_replays": replays}
+
+    pieces = [piece(60, 61, 60, 1.0), piece(60, 61, 60, 0.95),  # strains played again: repeat exact
+              piece(60, 61, 62, 0.2), piece(70, 70.5, 72, 0.0), piece(64, 67, 65, 0.5)]
+    summary = cont.summarize(pieces)
+    assert summary["features"]["mean_pitch"]["model_as_close"] == pytest.approx(2 / 5)
+    rep = summary["replays"]
+    assert rep["pieces"] == 2 and rep["share"] == pytest.approx(0.4)
+    pitch = rep["others"]["mean_pitch"]
+    assert pitch["model_distance"] == 1.0 and pitch["repeat_distance"] == 2.0  # medians of (1, .5, 3) and (2, 2, 1)
+    assert pitch["model_as_close"] == pytest.approx(2 / 3)
 
 
 def test_repeat_baseline_loops_a_primer_shorter_than_the_continuation():

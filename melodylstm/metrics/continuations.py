@@ -48,6 +48,8 @@ LABELS = {"in_key": "in-key rate", "polyphony": "notes sounding together", "mean
           "note_length_overlap": "note-length overlap", "inter_onset_overlap": "inter-onset overlap",
           "silent_share": "silent time", "motif": "primer motifs"}
 NAN = float("nan")
+# An answer that plays this share of its notes from the phrase again is a copy of it (candidates.py)
+COPY = 0.9
 
 
 # ---------------------------------------------------------------- cutting
@@ -147,6 +149,15 @@ def interval_patterns(notes: np.ndarray, n: int = 2) -> list:
     top = pitches[np.r_[True, onsets[1:] != onsets[:-1]]]  # the highest note at each onset
     steps = np.diff(top)
     return [tuple(steps[i:i + n]) for i in range(len(steps) - n + 1)]
+
+
+def replay_share(real: np.ndarray, repeat: np.ndarray) -> float:
+    """Share of the real continuation's notes that the repeat baseline plays too (same pitch, same
+    step): 1.0 where the piece plays its primer again (a written-out repeat of a strain)."""
+    if len(real) == 0:
+        return NAN
+    again = set(zip(repeat[:, ONSET].tolist(), repeat[:, PITCH].tolist()))
+    return float(np.mean([(o, p) in again for o, p in zip(real[:, ONSET].tolist(), real[:, PITCH].tolist())]))
 
 
 def motif_share(notes: np.ndarray, primer_patterns: set) -> float:
@@ -341,13 +352,14 @@ def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int,
         early += int((notes[:, ONSET] < cut.cut).sum())  # a primer whose last bars are silent: not compared
         notes = clip_durations(notes[(notes[:, ONSET] >= cut.cut) & (notes[:, ONSET] < cut.end)], cut.end, gen.tok)
         model_rows.append(against(real, features(notes)))
-    repeat = against(real, features(repeat_baseline(primer, primer_bars, bars, gen.tok)))
+    again = repeat_baseline(primer, primer_bars, bars, gen.tok)
+    repeat = against(real, features(again))
     chosen = (gen.last_controls or {}).get("style")
     nats, tokens = continuation_nll(model, gen.tok, primer, cut.real, gen.styles.index(chosen) if chosen in gen.styles else None)
     primer_features = note_features(primer.notes, res, key, cut.cut)
     return {"path": path, "key": key_name(*key), "primer_polyphony": primer_features["polyphony"],
             "model": model_rows, "model_notes_before_cut": early, "repeat": repeat, "real": against(real, real),
-            "nats": nats, "tokens": tokens, "real_notes": len(cut.real)}
+            "nats": nats, "tokens": tokens, "real_notes": len(cut.real), "real_replays": replay_share(cut.real, again)}
 
 
 def _mean(values) -> float:
@@ -375,15 +387,9 @@ def summarize(records: list[dict]) -> dict:
     repeat baseline); the likelihood of the real continuations; the goals."""
     features = {}
     for name in FEATURES:
-        pairs = [piece_distances(r, name) for r in records]
-        both = [(m, b) for m, b in pairs if math.isfinite(m) and b is not None and math.isfinite(b)]
-        row = {"real": _mean(r["real"][name] for r in records),
-               "model": _mean(_mean(s[name] for s in r["model"]) for r in records),
-               "repeat": _mean(r["repeat"][name] for r in records),
-               "model_distance": _median(m for m, _ in pairs), "repeat_distance": _median(b for _, b in pairs),
-               "model_error": _mean(m for m, _ in pairs), "repeat_error": _mean(b for _, b in pairs),
-               "model_as_close": float(np.mean([m <= b + 1e-9 for m, b in both])) if both else NAN}
-        features[name] = row
+        features[name] = {"real": _mean(r["real"][name] for r in records),
+                          "model": _mean(_mean(s[name] for s in r["model"]) for r in records),
+                          "repeat": _mean(r["repeat"][name] for r in records), **distances(records, name)}
     nats = sum(r["nats"] for r in records)
     notes = sum(r["real_notes"] for r in records)
     tokens = sum(r["tokens"] for r in records)
@@ -392,7 +398,26 @@ def summarize(records: list[dict]) -> dict:
     empty = sum(s["notes"] == 0 for r in records for s in r["model"])
     early = sum(r["model_notes_before_cut"] for r in records)
     return {"features": features, "real_continuation_likelihood": likelihood, "empty_answers": empty,
-            "model_notes_before_cut": early, "goals": goals(features, records)}
+            "model_notes_before_cut": early, "goals": goals(features, records), "replays": replays(records)}
+
+
+def distances(records: list[dict], name: str) -> dict:
+    """Per-piece distances of one feature to the real continuation: medians and means over pieces,
+    and the share of pieces where the model is at least as close as the repeat baseline."""
+    pairs = [piece_distances(r, name) for r in records]
+    both = [(m, b) for m, b in pairs if math.isfinite(m) and b is not None and math.isfinite(b)]
+    return {"model_distance": _median(m for m, _ in pairs), "repeat_distance": _median(b for _, b in pairs),
+            "model_error": _mean(m for m, _ in pairs), "repeat_error": _mean(b for _, b in pairs),
+            "model_as_close": float(np.mean([m <= b + 1e-9 for m, b in both])) if both else NAN}
+
+
+def replays(records: list[dict]) -> dict:
+    """How many pieces go on by playing their primer again (a strain repeated: repeating the primer
+    is then exact, and an answer that varies it cannot be as close), and the goal features'
+    distances over the other pieces, where the next bars are new music."""
+    others = [r for r in records if not r.get("real_replays", 0) >= COPY]
+    return {"pieces": len(records) - len(others), "share": 1 - len(others) / len(records) if records else NAN,
+            "others": {name: distances(others, name) for name in ("mean_pitch", "notes_per_beat", "note_length_overlap")}}
 
 
 def goals(features: dict, records: list[dict]) -> dict:
@@ -470,6 +495,7 @@ def format_continuation(report: dict) -> str:
     if r["empty_answers"] or r["model_notes_before_cut"]:
         lines.append(f"{r['empty_answers']} answer(s) without a note; {r['model_notes_before_cut']} note(s) the model "
                      "added before the cut (not compared)")
+    lines += ["", replays_line(r)]
     lines += ["", "goals"]
     names = {"pitch_distance": "mean pitch, median distance", "pitch_distance_vs_repeat": "  ... / the repeat's",
              "note_length_overlap": "note-length overlap, median", "as_close_pitch": "as close as repeat: mean pitch",
@@ -481,3 +507,25 @@ def format_continuation(report: dict) -> str:
         verdict = {True: "ok", False: "missed", None: "n/a"}[g["ok"]]
         lines.append(f"  {names[key] + extra:<48}{num(g['value'], '.3f'):>8}  {g['target']:<20}{verdict}")
     return "\n".join(lines)
+
+
+def replays_line(report: dict) -> str:
+    """One sentence: the pieces that play their primer again, and the goal features on the others."""
+    rep = report.get("replays")
+    if not rep:
+        return ""
+    others = report["pieces"] - rep["pieces"]
+    head = (f"{rep['pieces']} of {report['pieces']} pieces go on by playing their primer again (>= {COPY:.0%} of "
+            f"the real notes)")
+    if not others:
+        return head
+    f = rep["others"]
+
+    def cell(name, label, fmt):
+        d = f[name]
+        close = "-" if d["model_as_close"] is None else f"{d['model_as_close']:.0%}"
+        dist = "-" if d["model_distance"] is None else (f"{d['model_distance']:{fmt}} / {d['repeat_distance']:{fmt}}")
+        return f"{label} {dist} (as close: {close})"
+    return (f"{head}; on the other {others}, median distance model / repeat: "
+            + "; ".join([cell("mean_pitch", "mean pitch", ".2f"), cell("notes_per_beat", "density", ".2f"),
+                         cell("note_length_overlap", "note lengths", ".2f")]))
