@@ -10,7 +10,9 @@ B-flat major. So a second chorale row keeps the pieces whose label agrees with m
 analysis of the whole four-voice score. The Nottingham tunes: their ABC headers. Aird's airs
 (every 4th tune of the books in music21's corpus; never tuned on): the ABC key field, which
 names the mode (K:E Minor, K:A Dorian): Dorian, Phrygian and Aeolian airs count as minor,
-Mixolydian and Lydian as major. Files without a label are left out.
+Mixolydian and Lydian as major; the airs in a church mode are also shown apart, with the share
+whose held key has the mode's notes (A Mixolydian: D major's), since a mode's tonic names no
+major or minor key. Files without a label are left out.
 
 For the first N bars and for the whole piece, the share of pieces whose estimate is that key,
 with the Krumhansl-Kessler profiles (theory.KEY_PROFILES, the running key the model is told),
@@ -40,6 +42,8 @@ from melodylstm.midi import ONSET, Song, read_midi, read_midi_tracks  # noqa: E4
 SHARED = ROOT.parent / "shared" / "midi"
 MINOR_MODES = ("m", "min", "minor", "dor", "dorian", "phr", "phrygian", "aeo", "aeolian")
 MAJOR_MODES = ("", "maj", "major", "mix", "mixolydian", "lyd", "lydian", "ion", "ionian")
+# Semitones from the major key with the same notes up to the mode's tonic (A Mixolydian: D major's notes)
+CHURCH_MODES = {"dor": 2, "phr": 4, "lyd": 5, "mix": 7, "aeo": 9}
 
 
 def labelled_key(path: Path) -> int | None:
@@ -52,13 +56,23 @@ def labelled_key(path: Path) -> int | None:
     return None
 
 
-def abc_key(field: str) -> int | None:
-    """Key index of an ABC key field ('D', 'E Minor', 'A Dorian'); None for one without a tonic."""
+def abc_key(field: str) -> tuple[int, int | None] | None:
+    """(key index, tonic of the major key with its notes where the field names a church mode, else
+    None) of an ABC key field ('D', 'E Minor', 'A Dorian'); None for one without a tonic."""
     m = re.match(r"\s*([A-G][b#]?)\s*([A-Za-z]*)", field.split("%")[0])
     mode = m.group(2).lower() if m else None
     if mode not in MINOR_MODES + MAJOR_MODES:
         return None
-    return theory.key_index(*theory.parse_key(f"{m.group(1)}:{'minor' if mode in MINOR_MODES else 'major'}"))
+    tonic, _ = theory.parse_key(m.group(1))
+    church = CHURCH_MODES.get(mode[:3]) if mode not in ("m", "min", "minor") else None
+    return (theory.key_index(tonic, "minor" if mode in MINOR_MODES else "major"),
+            None if church is None else (tonic - church) % 12)
+
+
+def notes_of(index: int) -> int:
+    """Tonic of the major key with the same notes as key `index` (a minor key's relative major)."""
+    tonic, mode = theory.key_of_index(index)
+    return (tonic + (3 if mode == "minor" else 0)) % 12
 
 
 def one_line(path: Path, name: str, resolution: int = 12) -> Song | None:
@@ -69,13 +83,13 @@ def one_line(path: Path, name: str, resolution: int = 12) -> Song | None:
 
 
 def labelled(items) -> list:
-    """(song, labelled key) of (path, track name or None for every note) pairs with a label."""
+    """(song, labelled key, None) of (path, track name or None for every note) pairs with a label."""
     out = []
     for path, part in items:
         truth = labelled_key(path)
         song = read_midi(path, 12) if part is None else one_line(path, part)
         if truth is not None and song is not None and len(song.notes):
-            out.append((song, truth))
+            out.append((song, truth, None))
     return out
 
 
@@ -88,7 +102,7 @@ def whole_score_agrees(path: Path, truth: int) -> bool:
 
 
 def aird_airs(work: Path, every: int = 4) -> list:
-    """(song, key of its ABC field) for every `every`-th air of Aird's books (music21 writes the MIDI)."""
+    """(song, key of its ABC field, abc_key's tonic of a church mode's notes) for every `every`-th air of Aird's books (music21 writes the MIDI)."""
     from music21 import corpus
 
     work.mkdir(parents=True, exist_ok=True)
@@ -108,7 +122,7 @@ def aird_airs(work: Path, every: int = 4) -> list:
                 continue
         song = read_midi(target, 12)
         if len(song.notes):
-            out.append((song, truth))
+            out.append((song, *truth))
     return out
 
 
@@ -120,7 +134,10 @@ def corpora(work: Path) -> dict:
     try:
         agreed = [p for p in held_out if labelled_key(p) is not None and whole_score_agrees(p, labelled_key(p))]
         found["  ... label and whole score agree"] = labelled((p, "soprano") for p in agreed)
-        found["Aird's airs (ABC key and mode)"] = aird_airs(work / "aird-airs")
+        airs = aird_airs(work / "aird-airs")
+        found["Aird's airs (ABC key and mode)"] = airs
+        found["  ... in a major or minor key"] = [a for a in airs if a[2] is None]
+        found["  ... in a church mode (Dorian, Mixolydian, ...)"] = [a for a in airs if a[2] is not None]
     except ImportError:
         print("music21 is not installed: no whole-score check of the chorales, no Aird's airs", file=sys.stderr)
     found["chorales, four voices"] = labelled((p, None) for p in chorales)
@@ -150,20 +167,27 @@ def main(argv=None) -> None:
     print("|---|---|" + "---|" * (len(profiles) + 1))
     for name, items in corpora(args.work).items():
         hits = {n: [[], []] for n in profiles}
-        held = []
-        for song, truth in items:
+        held, same_notes = [], []
+        for song, truth, church in items:
             opening = song.notes[song.notes[:, ONSET] < song.tempo_map.bar_start(args.bars)]
             if len(opening) < 3:
                 continue
             for n, rows in profiles.items():
                 hits[n][0].append(key_of(opening, rows) == truth)
                 hits[n][1].append(key_of(song.notes, rows) == truth)
-            held.append(theory.phrase_key_index(opening, sure=True))
-            held[-1] = None if held[-1] == theory.KEY_UNKNOWN else held[-1] == truth
+            key = theory.phrase_key_index(opening, sure=True)
+            held.append(None if key == theory.KEY_UNKNOWN else key == truth)
+            if church is not None and key != theory.KEY_UNKNOWN:
+                same_notes.append((notes_of(key) == church, key == truth or notes_of(key) == church))
         count = len(held)
         cells = " | ".join(f"{np.mean(a):.0%} / {np.mean(b):.0%}" for a, b in hits.values())
         kept = [h for h in held if h is not None]
         print(f"| {name} | {count} | {cells} | {np.mean(kept):.0%} / {len(kept) / count:.0%} |", flush=True)
+        if same_notes and len(same_notes) == len(kept):  # a church mode's tonic is no major or minor key's
+            notes, either = np.mean(same_notes, axis=0)
+            print(f"| {name[:6]}held key with the mode's notes (A Mixolydian: D major; either: its tonic or its notes) "
+                  f"| {count} | " + "- | " * len(profiles) + f"{notes:.0%} (either: {either:.0%}) / "
+                  f"{len(kept) / count:.0%} |", flush=True)
 
 
 if __name__ == "__main__":
