@@ -339,36 +339,6 @@ def read_progression(chords, chords_file):
     return [[c] for c in controls.parse_progression(chords)] if chords is not None else None
 
 
-def controls_summary(report: dict) -> str:
-    """One line of what conditioned the music: '; key D:minor (primer), style tune (most likely)...'."""
-    if not report or not report.get("controls"):
-        return (f"; scale {report['scale_mask']}" if report and report.get("scale_mask") else "")
-    parts = []
-    if report.get("key_source") == "ambiguous":
-        parts.append(f"key open (the primer fits {report['primer_key']} and {report['primer_key_rival']} nearly alike)")
-    elif report.get("key"):
-        source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)"}.get(report.get("key_source"), "")
-        parts.append(f"key {report['key']}{source}")
-    if report.get("style"):
-        source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)",
-                  "primer (one voice: melodic styles only)": " (the primer's most likely one-voice style)"
-                  }.get(report.get("style_source"), "")
-        parts.append(f"style {report['style']}{source}")
-    if report.get("density"):
-        parts.append(f"density {report['density']}" + (" (the primer's)" if report.get("density_source") == "primer" else ""))
-    if report.get("chords"):
-        parts.append(f"chords {report['chords']}")
-    if report.get("voices"):
-        parts.append(f"at most {report['voices']} note{'s' if report['voices'] > 1 else ''} at once")
-    if report.get("scale_mask"):
-        parts.append(f"scale mask {report['scale_mask']}")
-    if (report.get("candidates") or 1) > 1:
-        parts.append(f"of {report['candidates']} samples the one most like the phrase")
-    if (report.get("note_values") or 1) > 1:  # a slow line, read as the same music in shorter values
-        parts.append(f"read in note values {report['note_values']}x shorter")
-    return "; " + ", ".join(parts) if parts else ""
-
-
 def output_paths(out: str, num: int) -> list[str]:
     from pathlib import Path
 
@@ -400,6 +370,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
              time_signature):
     """Write new music from scratch."""
     from .fileio import outputs_or_nothing
+    from .generate import describe_controls
     from .midi import write_midi
     from .playback import open_live_playback, play_while_generating
 
@@ -427,7 +398,7 @@ def generate(ctx, out, checkpoint, bars, seconds, tokens, num, temperature, top_
             for song, path in zip(songs, paths):
                 write_midi(song, path)
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(s.notes) for s in songs)} notes, seed {gen.last_seed})"
-                  + controls_summary(gen.last_controls))
+                  + describe_controls(gen.last_controls))
 
     if play_fn is not None:
         from .midi import Song
@@ -457,6 +428,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
                  synth, midi_out, only_new, primer_bars, candidates, as_json):
     """Continue the phrase in MIDI_IN. The input is kept unchanged; the continuation is added as its own track."""
     from .fileio import atomic_write_bytes, outputs_or_nothing
+    from .generate import describe_controls
     from .playback import open_live_playback, play_while_generating
 
     paths = output_paths(out, num)
@@ -492,7 +464,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
             info(ctx, f"primed from the last {report['primer_bars']} bars of {midi_in} (--primer-bars all: the whole file)")
         key_text = f", key {results[0].key}" if results[0].key else ""
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
-                  f"seed {gen.last_seed})" + controls_summary(report))
+                  f"seed {gen.last_seed})" + describe_controls(report))
 
     if play_fn is not None:
         from .midi import read_midi

@@ -589,3 +589,33 @@ def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:
     for pitch_class, weight in zip(theory.tonic_triad(key), weights):
         bias[tok.pitch0 + np.flatnonzero(classes == pitch_class)] = weight
     return bias
+
+
+def describe_controls(report: dict) -> str:
+    """One line of what conditioned the music: '; key D:minor (primer), style tune (most likely)...'."""
+    if not report or not report.get("controls"):
+        return (f"; scale {report['scale_mask']}" if report and report.get("scale_mask") else "")
+    parts = []
+    if report.get("key_source") == "ambiguous":
+        parts.append(f"key open (the primer fits {report['primer_key']} and {report['primer_key_rival']} nearly alike)")
+    elif report.get("key"):
+        source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)"}.get(report.get("key_source"), "")
+        parts.append(f"key {report['key']}{source}")
+    if report.get("style"):
+        source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)",
+                  "primer (one voice: melodic styles only)": " (the primer's most likely one-voice style)"
+                  }.get(report.get("style_source"), "")
+        parts.append(f"style {report['style']}{source}")
+    if report.get("density"):
+        parts.append(f"density {report['density']}" + (" (the primer's)" if report.get("density_source") == "primer" else ""))
+    if report.get("chords"):
+        parts.append(f"chords {report['chords']}")
+    if report.get("voices"):
+        parts.append(f"at most {report['voices']} note{'s' if report['voices'] > 1 else ''} at once")
+    if report.get("scale_mask"):
+        parts.append(f"scale mask {report['scale_mask']}")
+    if (report.get("candidates") or 1) > 1:
+        parts.append(f"of {report['candidates']} samples the one most like the phrase")
+    if (report.get("note_values") or 1) > 1:  # a slow line, read as the same music in shorter values
+        parts.append(f"read in note values {report['note_values']}x shorter")
+    return "; " + ", ".join(parts) if parts else ""
