@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from melodylstm.metrics.continuations import replays_line  # noqa: E402
+from melodylstm.metrics.continuations import replays_line, rests_line  # noqa: E402
 from melodylstm.midi import Song, crop_to_bar, read_midi, read_midi_tracks, write_midi  # noqa: E402
 
 RES = 12
@@ -169,7 +169,7 @@ def table(name: str, report: dict) -> str:
         lines.append(f"| {label} | {v(f['real'])} | {v(f['model'])} | {v(f['repeat'])} | "
                      f"{v(f['model_distance'])} / {v(f['repeat_distance'])} | {share} |")
     missed = [k for k, g in report["goals"].items() if g["ok"] is False]
-    lines += ["", replays_line(report)]
+    lines += ["", replays_line(report), "", rests_line(report)]
     lines += ["", "goals missed: " + (", ".join(missed) if missed else "none")]
     return "\n".join(lines)
 

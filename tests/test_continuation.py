@@ -142,6 +142,44 @@ def test_replay_share_counts_the_real_notes_the_repeat_plays_too():
     assert cont.replay_share(real, late) == 0.0 and math.isnan(cont.replay_share(notes([]), real))
 
 
+def test_silent_time_is_reported_apart_for_primers_that_rest_inside_their_phrase():
+    def row(silent):
+        return {**{k: 0.0 for k in cont.FEATURES}, "silent_share": silent, "note_length_overlap": 1.0,
+                "inter_onset_overlap": 1.0, "polyphony": 1.0, "notes": 4}
+
+    def piece(primer_rest, model, real):
+        return {"real": row(real), "model": [row(m) for m in model], "repeat": row(primer_rest),
+                "primer_polyphony": 1.0, "nats": 1.0, "tokens": 1, "real_notes": 4, "model_notes_before_cut": 0,
+                "primer_rest": primer_rest}
+
+    pieces = [piece(0.1, [0.2, 0.0], 0.1), piece(0.2, [0.1, 0.1], 0.0),  # phrases that breathe
+              piece(0.0, [0.0, 0.0], 0.3), piece(0.0, [0.0, 0.0], 0.0), piece(0.0, [0.0, 0.0], 0.0)]
+    rests = cont.summarize(pieces)["rests"]
+    assert rests["resting"]["pieces"] == 2 and rests["unbroken"]["pieces"] == 3
+    assert rests["resting"]["model"] == pytest.approx(0.1) and rests["resting"]["real"] == pytest.approx(0.05)
+    assert rests["resting"]["model_resting"] == pytest.approx(0.75) and rests["resting"]["real_resting"] == 0.5
+    assert rests["unbroken"]["real"] == pytest.approx(0.1) and rests["unbroken"]["model_resting"] == 0.0
+    line = cont.rests_line({"rests": rests})
+    assert "inside its phrase (2 pieces): model 0.100, real 0.050" in line and "where it does not (3 pieces)" in line
+
+
+def test_a_primer_rest_is_counted_from_its_first_note(untrained_checkpoint):
+    """A voice that enters late has not rested inside its phrase; one that breathes has."""
+    ckpt = load_checkpoint(untrained_checkpoint)
+    gen, model = Generator(ckpt), ckpt.build_model().eval()
+
+    def line(start, length):  # quarter-note onsets from `start` to the end of bar 8
+        return Song(notes([[t, length, 60 + t // 12 % 5, 80, 0] for t in range(start, 48 * 8, 12)]), RES,
+                    [(0, 500000)], [(0, 4, 4)])
+
+    def primer_rest(song):
+        return cont.score_piece(gen, model, cont.cut_piece(song, 4, 4, TOK), 4, 4, 1, 0, 1.0)["primer_rest"]
+
+    assert primer_rest(line(24, 12)) == 0.0  # enters on beat 3, then never rests
+    assert primer_rest(line(0, 9)) == pytest.approx(0.25)  # a sixteenth of breath after every quarter
+    assert primer_rest(line(24, 9)) == pytest.approx(0.25)
+
+
 def test_pieces_that_replay_their_primer_are_reported_apart():
     """A piece whose real continuation is its primer again favours the repeat baseline; the report
     gives the distances over the other pieces too."""

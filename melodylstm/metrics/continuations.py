@@ -357,9 +357,12 @@ def score_piece(gen, model, cut: Cut, primer_bars: int, bars: int, samples: int,
     chosen = (gen.last_controls or {}).get("style")
     nats, tokens = continuation_nll(model, gen.tok, primer, cut.real, gen.styles.index(chosen) if chosen in gen.styles else None)
     primer_features = note_features(primer.notes, res, key, cut.cut)
+    pitched = primer.notes[primer.notes[:, PROGRAM] != DRUMS]
+    first = int(pitched[:, ONSET].min()) if len(pitched) else cut.cut
     return {"path": path, "key": key_name(*key), "primer_polyphony": primer_features["polyphony"],
             "model": model_rows, "model_notes_before_cut": early, "repeat": repeat, "real": against(real, real),
-            "nats": nats, "tokens": tokens, "real_notes": len(cut.real), "real_replays": replay_share(cut.real, again)}
+            "nats": nats, "tokens": tokens, "real_notes": len(cut.real), "real_replays": replay_share(cut.real, again),
+            "primer_rest": silent_share(pitched, first, cut.cut - first)}
 
 
 def _mean(values) -> float:
@@ -398,7 +401,8 @@ def summarize(records: list[dict]) -> dict:
     empty = sum(s["notes"] == 0 for r in records for s in r["model"])
     early = sum(r["model_notes_before_cut"] for r in records)
     return {"features": features, "real_continuation_likelihood": likelihood, "empty_answers": empty,
-            "model_notes_before_cut": early, "goals": goals(features, records), "replays": replays(records)}
+            "model_notes_before_cut": early, "goals": goals(features, records), "replays": replays(records),
+            "rests": rests(records)}
 
 
 def distances(records: list[dict], name: str) -> dict:
@@ -409,6 +413,21 @@ def distances(records: list[dict], name: str) -> dict:
     return {"model_distance": _median(m for m, _ in pairs), "repeat_distance": _median(b for _, b in pairs),
             "model_error": _mean(m for m, _ in pairs), "repeat_error": _mean(b for _, b in pairs),
             "model_as_close": float(np.mean([m <= b + 1e-9 for m, b in both])) if both else NAN}
+
+
+def rests(records: list[dict]) -> dict:
+    """Silent time apart for the pieces whose primer rests inside its phrase (after its first
+    note) and the others: an answer should breathe where its phrase breathes, and not fall silent
+    where it never did; a line that drops out though its phrase never rested (a voice falling
+    silent while the others sing on) is what no answer to that phrase can foresee."""
+    out = {}
+    for name, group in (("resting", [r for r in records if (r.get("primer_rest") or 0) > 0]),
+                        ("unbroken", [r for r in records if not (r.get("primer_rest") or 0) > 0])):
+        out[name] = {"pieces": len(group), "model": _mean(_mean(s["silent_share"] for s in r["model"]) for r in group),
+                     "real": _mean(r["real"]["silent_share"] for r in group),
+                     "model_resting": _mean(_mean(s["silent_share"] > 0 for s in r["model"]) for r in group),
+                     "real_resting": _mean(r["real"]["silent_share"] > 0 for r in group)}
+    return out
 
 
 def replays(records: list[dict]) -> dict:
@@ -495,7 +514,7 @@ def format_continuation(report: dict) -> str:
     if r["empty_answers"] or r["model_notes_before_cut"]:
         lines.append(f"{r['empty_answers']} answer(s) without a note; {r['model_notes_before_cut']} note(s) the model "
                      "added before the cut (not compared)")
-    lines += ["", replays_line(r)]
+    lines += ["", replays_line(r), rests_line(r)]
     lines += ["", "goals"]
     names = {"pitch_distance": "mean pitch, median distance", "pitch_distance_vs_repeat": "  ... / the repeat's",
              "note_length_overlap": "note-length overlap, median", "as_close_pitch": "as close as repeat: mean pitch",
@@ -529,3 +548,18 @@ def replays_line(report: dict) -> str:
     return (f"{head}; on the other {others}, median distance model / repeat: "
             + "; ".join([cell("mean_pitch", "mean pitch", ".2f"), cell("notes_per_beat", "density", ".2f"),
                          cell("note_length_overlap", "note lengths", ".2f")]))
+
+
+def rests_line(report: dict) -> str:
+    """One sentence: silent time where the primer rests inside its phrase and where it does not."""
+    rest = report.get("rests")
+    if not rest:
+        return ""
+
+    def part(g, label):
+        if not g["pieces"]:
+            return f"{label}: no piece"
+        return (f"{label} ({g['pieces']} pieces): model {g['model']:.3f}, real {g['real']:.3f} (pieces with a rest: "
+                f"model {g['model_resting']:.0%}, real {g['real_resting']:.0%})")
+    return ("silent time " + part(rest["resting"], "where the primer rests inside its phrase") + "; "
+            + part(rest["unbroken"], "where it does not"))
