@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -514,7 +515,7 @@ def format_continuation(report: dict) -> str:
     if r["empty_answers"] or r["model_notes_before_cut"]:
         lines.append(f"{r['empty_answers']} answer(s) without a note; {r['model_notes_before_cut']} note(s) the model "
                      "added before the cut (not compared)")
-    lines += ["", replays_line(r), rests_line(r)]
+    lines += ["", textwrap.fill(replays_line(r), 100), textwrap.fill(rests_line(r), 100)]
     lines += ["", "goals"]
     names = {"pitch_distance": "mean pitch, median distance", "pitch_distance_vs_repeat": "  ... / the repeat's",
              "note_length_overlap": "note-length overlap, median", "as_close_pitch": "as close as repeat: mean pitch",
