@@ -65,19 +65,26 @@ PRIMER_REST_BARS = 4
 # continue: samples drawn per answer; the one nearest the phrase's last bars is kept (candidates.py)
 CONTINUE_CANDIDATES = 32
 NAMED_KEY_STRENGTH = 3.0
+# A key the user names. With lookback the model copies its own first bars, so a piece that begins
+# around the relative minor or the dominant stays there: `--key`, 24 keys x 4 seeds
+# (benchmarks/keys.py), chorale / tune, 99% / 76% with the key told and guided alone. Its tonic
+# triad got TONIC_BIAS logits (root, third, fifth) at every step until session 18: 100% / 98%, but
+# a drone (the tonic 52% of a tune's notes, the corpus's tunes 24%; chorales 36% against 19%). Now
+# the triad is pushed in the first TONIC_BARS bars only, and a KeyKeeper (sampling.py) then gives
+# each degree of the key's scale (melody-profile share >= KEY_KEEPER_FLOOR) up to
+# KEY_KEEPER_STRENGTH logits in proportion to how far it falls short of its share, counting
+# KEY_KEEPER_NOTES notes of the profile itself before the first: 100% / 96% (seeds 11..14: 100% /
+# 98%), the tonic 20% / 20% of the notes. Strength 3: tunes 92%; the triad's degrees alone: 96%,
+# tonic 26%; no opening bar: tunes 92% (seeds 11..14: 99%), more empty beats
+TONIC_BIAS = (2.0, 1.0, 1.0)
+TONIC_BARS = 1
+KEY_KEEPER_STRENGTH = 5.0
+KEY_KEEPER_NOTES = 4.0
+KEY_KEEPER_FLOOR = 0.05
 # --chords: the model's chord input is the chord of the beat before (causal), which steers less
 # than the current beat's chord did; guidance on the chord (as on the key) and a prior of +2 on the
 # chord's tones bring chord tones on strong beats back above 0.8 (benchmarks/controls.py): 16 pieces
 # of 8 bars, "C F G C", chorale/tune: 0.43/0.35 told only, 0.56/0.51 guided, 0.85/0.85 with the prior
-# a key the user names: these logits on its tonic triad's root, third and fifth. With lookback the
-# model copies its own first bars, so a piece that begins around the relative minor or the
-# dominant stays there. `--key`, 24 keys x 4 seeds (benchmarks/keys.py), chorale / tune: 88% / 68%
-# without; 1.5 on each tone 98% / 90% (seeds 11..14: 98% / 85%), the tunes' misses mostly pieces
-# circling the fifth (D minor heard as A minor) or root and fifth with no third (E minor as E
-# major); the root weighted most, (2, 1, 1): 100% / 98% (seeds 11..14: 100% / 98%); (2, 1.5, 0.5)
-# 100% / 98%; (2, 2, 0) tunes 96%; (1.5, 2, 1) 91%. Distinct pitches in 16 bars of a tune 9.2 at
-# (1.5, 1.5, 1.5), 9.0 at (2, 1, 1), 11.8 without (the corpus: 10.5)
-TONIC_BIAS = (2.0, 1.0, 1.0)
 CHORD_STRENGTH = 3.0
 CHORD_TONE_BIAS = 2.0
 PICKED_KEY_STRENGTH = 0.0

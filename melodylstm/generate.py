@@ -19,7 +19,8 @@ from .checkpoint import load_checkpoint
 from .config import (CHORD_STRENGTH, CHORD_TONE_BIAS, TONIC_BIAS, CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE, NAMED_KEY_STRENGTH,
                      PICKED_KEY_STRENGTH, ECHO_LAGS, ECHO_WEIGHTS, ECHO_LENGTH_WEIGHTS, ECHO_REST_WEIGHTS,
                      PRIMER_KEY_STRENGTH, PRIMER_REGISTER_STRENGTH, PRIMER_REGISTER_WIDTH, PRIMER_REGISTER_BARS,
-                     PRIMER_RHYTHM_STRENGTH)
+                     PRIMER_RHYTHM_STRENGTH, TONIC_BARS, KEY_KEEPER_STRENGTH, KEY_KEEPER_NOTES,
+                     KEY_KEEPER_FLOOR)
 from .fileio import atomic_write_bytes
 from .midi import (DURATION, ONSET, Song, append_tracks, compress_time, crop_song, midi_chunks,
                    midifile_bytes, read_midi_bytes, song_to_midifile, stretch_notes)
@@ -28,7 +29,7 @@ from . import theory
 from .candidates import answer_candidates, nearest_the_phrase
 from .phrase import (longest_rest, note_length_bias, note_value_factor, phrase_end, primer_voices, recent_onsets_per_beat,
                      register_bias)
-from .sampling import Echo, FastLSTM, KeyGuide, Sampler, chord_tone_bias, pitch_mask, start_state
+from .sampling import Echo, FastLSTM, KeyGuide, KeyKeeper, Opening, Sampler, chord_tone_bias, pitch_mask, start_state
 
 CONTINUATION_NAME = "melodylstm continuation"
 DEFAULT_PRIMER_BARS = 64  # an LSTM answers from the recent past: longer primers cost time, not quality
@@ -289,10 +290,6 @@ class Generator:
             key_value = primer_key(primer.notes)  # --key auto: the primer's scale as a hard mask
         prange = theory.parse_pitch_range(pitch_range) if isinstance(pitch_range, str) else pitch_range
         constraint = pitch_mask(tok, key_value, prange) if (key_value or prange) else None
-        if request["key"] is not None and not request.get("key_picked") and any(TONIC_BIAS) and "key" in names:
-            # a key the user names (not one drawn from the corpus): its tonic triad heard
-            bias = tonic_triad_bias(tok, request["key"], TONIC_BIAS)
-            constraint = bias if constraint is None else constraint + bias
         rng = np.random.Generator(np.random.PCG64(seed))
         grid = like.tempo_map
         report = {"controls": names, "strict_key": bool(key_value)}
@@ -374,8 +371,11 @@ class Generator:
         chord_bias = None
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
             chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
+        priors = self._primer_priors(primer, grid, num)
+        if request["key"] is not None and not request.get("key_picked") and "key" in names:
+            priors += named_key_priors(tok, request["key"], num, grid.bar_start(grid.bar_of(start_time) + TONIC_BARS))
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
-                          max_rest, chord_bias, self._primer_priors(primer, grid, num))
+                          max_rest, chord_bias, priors)
         with one_blas_thread():  # see its docstring: the thread policy
             rows = sampler.run(num, state, stop, rng, max_tokens, live)
         songs = []
@@ -579,6 +579,17 @@ def style_voices(meta: dict, style: str | None) -> int | None:
     table = meta.get("style_voices") if isinstance(meta, dict) else None
     value = table.get(style or "") if isinstance(table, dict) else None
     return int(value) if isinstance(value, int) and 0 < value <= Sampler.MAX_CHORD else None
+
+
+def named_key_priors(tok, key: int, rows: int, opening_end: int) -> list:
+    """A key the user names (not one drawn from the corpus): its tonic triad heard while the
+    music opens (until step `opening_end`), then each row kept in it by what it has played."""
+    priors = []
+    if any(TONIC_BIAS):
+        priors.append(Opening(tonic_triad_bias(tok, key, TONIC_BIAS), opening_end))
+    if KEY_KEEPER_STRENGTH:
+        priors.append(KeyKeeper(tok, rows, key, KEY_KEEPER_STRENGTH, KEY_KEEPER_NOTES, KEY_KEEPER_FLOOR))
+    return priors
 
 
 def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import SUMMED
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, TempoMap
-from .theory import SCALES
+from .theory import MELODY_PROFILES, SCALES
 from .tokenizer import BAR, DRUM_T, DURATION_T, EOS, PAD, PITCH_T, PROGRAM_T, SHIFT, START, Tokenizer, after_bar
 
 NEG_INF = np.float32(-np.inf)
@@ -476,6 +476,48 @@ class Echo:
         """Mark the steps a note sounds (at most a ring's worth) for `rows`."""
         span = np.arange(onset, onset + min(int(steps), self.size))
         self.sounded[rows, span % self.size] = span
+
+
+class Opening:
+    """Logits added while the piece opens (before step `until`) and not after: a named key's tonic
+    triad heard in the first bars establishes the key, and the model, which hears its own earlier
+    bars, carries it on; the same logits at every step made a drone of the tonic."""
+
+    def __init__(self, vector: np.ndarray, until: int):
+        self.vector, self.until = vector.astype(np.float32), int(until)
+
+    def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
+        early = now < self.until
+        if early.any():
+            logits[early] += self.vector
+
+    def record(self, tokens: np.ndarray, kinds: np.ndarray, now: np.ndarray) -> None:
+        pass
+
+
+class KeyKeeper:
+    """A named key kept by what each row has played so far: the pitch classes of the key's scale
+    that fall short of their share in its melody profile (Temperley's, theory.MELODY_PROFILES) get up to
+    `strength` logits, in proportion to how far short they are; a class at or past its share
+    gets none. The key holds without any tone being pushed past its place (the same tonic triad
+    logits at every step made a drone: half a tune's notes on the tonic)."""
+
+    def __init__(self, tok: Tokenizer, rows: int, key: int, strength: float, prior_notes: float, floor: float):
+        profile = MELODY_PROFILES[key]
+        self.tok, self.strength, self.prior_notes = tok, float(strength), float(prior_notes)
+        self.target = profile / profile.sum()
+        self.kept = self.target >= floor  # the scale's degrees; chromatic tones are never pushed
+        self.classes = np.arange(tok.config.pitch_low, tok.config.pitch_high + 1) % 12
+        self.counts = np.zeros((rows, 12))
+
+    def bias(self, logits: np.ndarray, now: np.ndarray) -> None:
+        share = (self.counts + self.prior_notes * self.target) / (self.counts.sum(1, keepdims=True) + self.prior_notes)
+        short = np.clip(1.0 - share / self.target, 0.0, 1.0) * self.kept
+        logits[:, self.tok.pitch0: self.tok.pitch0 + len(self.classes)] += (self.strength * short[:, self.classes]).astype(logits.dtype)
+
+    def record(self, tokens: np.ndarray, kinds: np.ndarray, now: np.ndarray) -> None:
+        played = np.flatnonzero(kinds == PITCH_T)
+        np.add.at(self.counts, (played, self.tok.token_value[tokens[played]] % 12), 1)
 
 
 def start_state(tok: Tokenizer, rows: int, grid: TempoMap, decoder=None, last_token: int | None = None) -> dict:

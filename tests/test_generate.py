@@ -446,3 +446,35 @@ def test_a_named_key_leans_on_its_tonic_triad_and_a_drawn_key_does_not(monkeypat
     gen.generate(bars=1, seed=1, key="D:minor")
     gen.generate(bars=1, seed=1)  # a key drawn from the corpus: the model's own way, no prior
     assert seen == [key_index(2, "minor")]
+
+
+def test_a_named_key_keeper_pushes_only_the_scale_degrees_a_row_lacks():
+    from melodylstm.sampling import KeyKeeper
+    from melodylstm.theory import key_index
+
+    tok = Tokenizer()
+    keeper = KeyKeeper(tok, 2, key_index(2, "major"), strength=5.0, prior_notes=4.0, floor=0.05)
+    d, e, f_sharp, g_sharp = (tok.pitch0 + p - tok.config.pitch_low for p in (62, 64, 66, 68))
+    first = np.zeros((2, len(tok)), dtype=np.float32)
+    keeper.bias(first, np.zeros(2, dtype=np.int64))
+    assert not first.any()  # before any note the profile's own notes fill every share
+    played = np.array([d, e])  # row 0 plays D eight times, row 1 E
+    for _ in range(8):
+        keeper.record(played, tok.token_type[played], np.zeros(2, dtype=np.int64))
+    logits = np.zeros((2, len(tok)), dtype=np.float32)
+    keeper.bias(logits, np.zeros(2, dtype=np.int64))
+    assert logits[0, d] == 0 and logits[0, e] > 0 and logits[0, f_sharp] > 0  # D is past its share
+    assert logits[1, e] == 0 and logits[1, d] == logits[1, f_sharp] > 0  # what is missing: pushed alike
+    assert logits[:, g_sharp].max() == 0 and logits.max() <= 5.0  # no chromatic tone, at most `strength`
+    assert np.array_equal(logits[0, d + 12], logits[0, d]) and logits[:, :tok.pitch0].max() == 0  # pitches only
+
+
+def test_a_named_key_is_heard_without_a_drone_on_its_tonic():
+    """`generate --key D:major --style tune` used to put half the notes on D (a drone): the tonic
+    triad was pushed at every step. The corpus's tunes: 24% on their tonic."""
+    songs = Generator.load().generate(bars=16, num=6, seed=3, key="D:major", style="tune")
+    from melodylstm.theory import estimate_key_index, key_index
+
+    tonic = [np.mean(s.notes[:, 2] % 12 == 2) for s in songs]
+    assert np.median(tonic) < 0.33, tonic
+    assert sum(estimate_key_index(s.notes) == key_index(2, "major") for s in songs) >= 5
