@@ -136,10 +136,14 @@ class Generator:
         request["style_picked"] = picked
         request["voices"] = self._voices(voices, style_voices(self.checkpoint.meta, style))
         if key is None and "key" in self.checkpoint.model_config.control_names:
-            # the corpus's key for this style: P(key) P(music | key), rather than the key-hidden model
-            rng = np.random.default_rng([seed, 1])
-            request["key"] = ctl.pick_key(self.checkpoint.meta.get("key_prior"), style, rng)
-            request["key_picked"] = True
+            # the key the chords imply, else the corpus's key for this style: P(key) P(music | key),
+            # rather than the key-hidden model
+            request["key"] = theory.progression_key(request["progression"] or [])
+            request["key_source"] = "chords"
+            if request["key"] == theory.KEY_UNKNOWN:
+                rng = np.random.default_rng([seed, 1])
+                request["key"] = ctl.pick_key(self.checkpoint.meta.get("key_prior"), style, rng)
+                request["key_source"] = "picked"
         songs, _ = self._sample(like, None, Length(bars, seconds, tokens), num, temperature, top_k, top_p, seed,
                                 request, pitch_range, on_note)
         return songs
@@ -341,7 +345,7 @@ class Generator:
                                    earlier_chords, primer.notes if primer is not None else None)
         report.update({
             "key": theory.key_label(cond_key) if cond_key is not None and "key" in names else None,
-            "key_source": "picked" if request.get("key_picked") else "given" if request["key"] is not None else (
+            "key_source": request.get("key_source") or ("given" if request["key"] is not None else None) or (
                 None if cond_key is None or "key" not in names else "primer" if held == estimated else "ambiguous"),
             "key_strength": request["key_strength"] if guide and "key" in guided else None,
             "primer_key": theory.key_label(estimated) if primer is not None else None,
@@ -372,7 +376,7 @@ class Generator:
         if request["progression"] and "chord" in names and CHORD_TONE_BIAS:
             chord_bias = (names.index("chord"), chord_tone_bias(tok, CHORD_TONE_BIAS))
         priors = self._primer_priors(primer, grid, num)
-        if request["key"] is not None and not request.get("key_picked") and "key" in names:
+        if request["key"] is not None and request.get("key_source") is None and "key" in names:  # a key given
             priors += named_key_priors(tok, request["key"], num, grid.bar_start(grid.bar_of(start_time) + TONIC_BARS))
         sampler = Sampler(self.net, tok, temperature, top_k, top_p, constraint, plan, guide, request.get("voices"),
                           max_rest, chord_bias, priors)
@@ -610,7 +614,8 @@ def describe_controls(report: dict) -> str:
     if report.get("key_source") == "ambiguous":
         parts.append(f"key open (the primer fits {report['primer_key']} and {report['primer_key_rival']} nearly alike)")
     elif report.get("key"):
-        source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)"}.get(report.get("key_source"), "")
+        source = {"primer": " (the primer's)", "picked": " (picked; --key chooses)",
+                  "chords": " (the chords'; --key chooses)"}.get(report.get("key_source"), "")
         parts.append(f"key {report['key']}{source}")
     if report.get("style"):
         source = {"picked": " (picked; --style chooses)", "primer": " (the primer's most likely)",

@@ -298,6 +298,16 @@ def chord_pitch_classes(index: int) -> tuple[int, ...]:
     return tuple((root + i) % 12 for i in QUALITIES[QUALITY_NAMES[q]])
 
 
+def progression_key(bars) -> int:
+    """The key a chord progression implies (bars of chord indices): Krumhansl-Schmuckler on its
+    chord tones, each chord counted once; KEY_UNKNOWN for one without a chord."""
+    hist = np.zeros(12)
+    for bar in bars:
+        for chord in bar:
+            hist[list(chord_pitch_classes(chord))] += 1
+    return best_key(hist) if hist.any() else KEY_UNKNOWN
+
+
 def chord_label(index: int) -> str:
     if index == NO_CHORD:
         return "N.C."

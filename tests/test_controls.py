@@ -324,6 +324,24 @@ def test_without_a_key_generate_draws_one_from_the_corpus_keys():
     assert gen.checkpoint.meta["key_prior"]["tune"][theory.key_index(*parse_key(gen.last_controls["key"]))] > 0
 
 
+@pytest.mark.parametrize("chords,key", [("Dm7 G7 Cmaj7 Cmaj7", "C:major"), ("Am Dm E Am", "A:minor"),
+                                        ("Gm Cm D7 Gm", "G:minor"), ("D G A D", "D:major")])
+def test_chords_without_a_key_imply_their_key(chords, key):
+    """The key told with --chords and no --key is the progression's, not one drawn at random
+    (the model was told E major under a progression in C)."""
+    from melodylstm import controls as ctl
+    from melodylstm.generate import Generator, describe_controls
+
+    assert theory.key_label(theory.progression_key([[c] for c in ctl.parse_progression(chords)])) == key
+    gen = Generator.load()
+    gen.generate(bars=1, seed=1, style="chorale", chords=chords)
+    assert gen.last_controls["key"] == key and gen.last_controls["key_source"] == "chords"
+    assert f"key {key} (the chords'; --key chooses)" in describe_controls(gen.last_controls)
+    gen.generate(bars=1, seed=1, style="chorale", chords=chords, key="F#:major")  # a key given wins
+    assert gen.last_controls["key"] == "F#:major" and gen.last_controls["key_source"] == "given"
+    assert theory.progression_key([[theory.NO_CHORD]]) == theory.KEY_UNKNOWN
+
+
 def test_continue_answers_at_temperature_one_in_the_primers_key(tmp_path):
     import json
 
