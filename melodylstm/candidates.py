@@ -42,25 +42,31 @@ def differences(phrase: dict, answer: dict) -> np.ndarray:
 # the primer's motifs in 0.74 of their patterns (the real continuations: 0.59); with it 0.63
 
 
-def replayed(answer: np.ndarray, phrase: np.ndarray, lag: int) -> float:
-    """Share of the answer's notes that the phrase played `lag` steps earlier (same pitch, same place)."""
+def replayed(answer: np.ndarray, phrase: np.ndarray, start: int, span: int) -> float:
+    """Share of the answer's notes that the phrase, played again and again from `start` every
+    `span` steps, plays too (same pitch, same place): an answer that plays a 4-bar phrase twice is
+    as much a replay as one that plays it once."""
     if len(answer) == 0:
         return 0.0
     before = set(zip(phrase[:, ONSET].tolist(), phrase[:, PITCH].tolist()))
-    return float(np.mean([(o - lag, p) in before for o, p in zip(answer[:, ONSET].tolist(), answer[:, PITCH].tolist())]))
+    folded = start + (answer[:, ONSET] - start) % max(1, span)
+    return float(np.mean([(o, p) in before for o, p in zip(folded.tolist(), answer[:, PITCH].tolist())]))
 
 
-def closest(phrase: dict, answers: list[dict], copies=None) -> int:
+def closest(phrase: dict, answers: list[dict], replays=None) -> int:
     """Index of the answer nearest the phrase: the fewest answers nearer than it, summed over the
     traits (ties: the earlier answer). Ranks need no weights between semitones, shares and overlaps
     (the register's rank counted 2 or 4 times: the pitch no more often as close to the real music,
     the rhythm less often; benchmarks/README.md).
-    copies: which answers replay the phrase; they are chosen only when every answer does."""
+    replays: each answer's share of notes replayed from the phrase; an answer replaying COPY or
+    more is chosen only when every answer does, and then the one replaying least."""
     table = np.array([np.nan_to_num(differences(phrase, a), nan=np.inf) for a in answers])
     nearer = (table[None, :, :] < table[:, None, :]).sum(axis=1)  # [i, trait]: answers nearer than i
     score = nearer.sum(axis=1).astype(float)
-    if copies is not None and not all(copies):
-        score[np.asarray(copies, dtype=bool)] = np.inf
+    if replays is not None:
+        replays = np.asarray(replays, dtype=float)
+        allowed = replays < COPY
+        score[~(allowed if allowed.any() else replays <= replays.min())] = np.inf
     return int(score.argmin())
 
 
@@ -90,5 +96,4 @@ def nearest_the_phrase(primer: Song, answers: list) -> int:
                default=begin)
     end = grid.bar_start(grid.bar_at_or_after(last))
     heard = [traits(a.notes, begin, max(1, end - begin), res) for a in answers]
-    copies = [replayed(a.notes, notes, begin - start) >= COPY for a in answers]
-    return closest(phrase, heard, copies)
+    return closest(phrase, heard, [replayed(a.notes, notes, start, begin - start) for a in answers])

@@ -48,11 +48,23 @@ def test_a_replay_of_the_phrase_is_kept_only_when_every_answer_is_one():
     replay[:, 0] += 192
     varied = replay.copy()
     varied[::2, 2] += 2  # every other note a step higher
-    assert cand.replayed(replay, PHRASE, 192) == 1.0 and cand.replayed(varied, PHRASE, 192) == 0.5
+    assert cand.replayed(replay, PHRASE, 0, 192) == 1.0 and cand.replayed(varied, PHRASE, 0, 192) == 0.5
     answers = [traits(replay), traits(varied)]
     assert cand.closest(phrase, answers) == 0  # the replay is nearest on every trait...
-    assert cand.closest(phrase, answers, copies=[True, False]) == 1  # ... but it is not an answer
-    assert cand.closest(phrase, answers, copies=[True, True]) == 0
+    assert cand.closest(phrase, answers, replays=[1.0, 0.5]) == 1  # ... but it is not an answer
+    assert cand.closest(phrase, answers, replays=[1.0, 1.0]) == 0
+    assert cand.closest(phrase, answers, replays=[1.0, 0.95]) == 1  # all replays: the one replaying least
+
+
+def test_a_phrase_played_twice_is_a_replay():
+    """An 8-bar answer that plays the 4-bar phrase twice replayed all of it, not half (the helper's
+    Twinkle, Twinkle came back twice, note for note)."""
+    twice = np.concatenate([PHRASE, PHRASE])
+    twice[:, 0] += 192 + np.repeat([0, 192], len(PHRASE))
+    assert cand.replayed(twice, PHRASE, 0, 192) == 1.0
+    late = twice.copy()
+    late[:, 0] += 6  # half a beat later: not the phrase
+    assert cand.replayed(late, PHRASE, 0, 192) == 0.0
 
 
 def test_continue_keeps_the_nearest_of_its_candidates():
