@@ -9,7 +9,7 @@ import click
 
 from . import __version__
 from .config import CONTINUE_TEMPERATURE, DEFAULT_TEMPERATURE
-from .options import (UserError, one_line, peak_option, playback_options, sampling_options, soundfont_option,
+from .options import (CommandLineError, UserError, one_line, peak_option, playback_options, sampling_options, soundfont_option,
                       synth_option, tokenizer_options)
 
 
@@ -21,6 +21,8 @@ class Group(click.Group):
 
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise CommandLineError(exc) from None
         except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise
         except KeyboardInterrupt:

@@ -13,6 +13,17 @@ class UserError(click.ClickException):
     """A problem the user can fix; shown as one line, exit code 1."""
 
 
+class CommandLineError(click.ClickException):
+    """A mistake in the command line itself (a missing file, a bad option value): one line, exit
+    code 2, as click's own usage errors, without their usage block."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "melodylstm"
+        super().__init__(f"{one_line(click.ClickException(exc.format_message()))} (see {where} --help)")
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

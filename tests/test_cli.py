@@ -38,6 +38,11 @@ def test_train_on_a_folder_without_midi_is_a_one_line_error(tmp_path):
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     result = cli("generate", "-c", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.mid"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Usage:" not in result.stderr  # one line, no usage block
+    result = cli("continue", str(tmp_path / "missing.mid"), "-o", str(tmp_path / "x.mid"))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"Error: Invalid value for 'MIDI_IN': File '{tmp_path / 'missing.mid'}' does not exist. "
+        "(see melodylstm continue --help)")
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="the default model is not built")
