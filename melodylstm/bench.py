@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-BUNDLED_CORPUS = Path(__file__).resolve().parent.parent / "datasets" / "bach_chorales"
+from .data import BUNDLED_DATASETS
+
+BUNDLED_CORPUS = BUNDLED_DATASETS / "bach_chorales"
 
 
 def machine() -> str:

@@ -19,6 +19,9 @@ from .fileio import atomic_path, atomic_write_bytes
 from .midi import MidiError, read_midi_bytes, MAX_FILE_BYTES
 from .tokenizer import Tokenizer
 
+# The bundled corpus (datasets/ beside the package, in a checkout) and the folders checkpoints
+# record relative to it, such as the default model's datasets/bach_chorales
+BUNDLED_DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 MIN_NOTES = 8  # fewer notes than this teach nothing: the file is skipped as "too short"
 CACHE_MAGIC = b"MLTK2"  # tokens, then their controls (every column but style)

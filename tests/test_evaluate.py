@@ -88,3 +88,15 @@ def test_evaluate_never_reports_a_baseline_fitted_on_nothing(tiny_corpus, tmp_pa
     assert "Kneser-Ney" not in out.stdout  # no baseline row
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith(f"no n-gram baseline: every one of its {12 - held_out['files']} training files"), last
+
+
+def test_the_default_models_corpus_is_found_from_any_folder(tmp_path, monkeypatch):
+    """The default model records datasets/bach_chorales relative to the project; `evaluate` run
+    from elsewhere fitted no n-gram baseline (the fallback looked inside the package)."""
+    from melodylstm.data import BUNDLED_DATASETS
+    from melodylstm.metrics.likelihood import resolve_corpus
+
+    monkeypatch.chdir(tmp_path)
+    recorded = [path for path, _ in load_checkpoint().meta["sources"]]
+    assert [resolve_corpus(p) for p in recorded] == [BUNDLED_DATASETS / "bach_chorales", BUNDLED_DATASETS / "tunes"]
+    assert resolve_corpus("datasets/nothing-here") is None

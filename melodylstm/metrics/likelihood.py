@@ -172,10 +172,13 @@ def evaluate_folder(checkpoint, folder, split: str = "all", baseline_train=None,
 
 
 def resolve_corpus(path):
-    """A recorded corpus folder, as given or relative to the project (for the bundled corpus)."""
+    """A recorded corpus folder, as given or relative to the project (for the bundled corpus,
+    whichever folder the command runs in)."""
+    from ..data import BUNDLED_DATASETS
+
     if not path or not isinstance(path, str):
         return None
-    for candidate in (Path(path), Path(__file__).resolve().parent.parent / path):
+    for candidate in (Path(path), BUNDLED_DATASETS.parent / path):
         if candidate.is_dir():
             return candidate
     return None
