@@ -536,6 +536,9 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
     report["train_files"] = len(store.meta["train_files"])
     report["val_files"] = len(store.meta["val_files"])
     report["styles"] = store.meta["style_files"]
+    unmatched = [file_styles.get(r.path) for r in used if file_styles.get(r.path) not in (None, *names)]
+    if unmatched:  # a fine-tuned model's styles are its checkpoint's: these files learn no style
+        report["styles_unmatched"] = {name: unmatched.count(name) for name in sorted(set(unmatched))}
     if manifest is not None:
         try:
             atomic_write_bytes(manifest, json.dumps({"report": report, "store": store.folder.name}).encode())

@@ -387,6 +387,10 @@ class Run:
             raise ValueError(f"no usable MIDI file in {self.corpus} ({report['files_found']} found)")
         if len(store.train) < 2:
             raise ValueError(f"{self.corpus}: too little music to train on")
+        if report.get("styles_unmatched") and self.dist.main:
+            found = ", ".join(f"{name} ({count} files)" for name, count in report["styles_unmatched"].items())
+            self.log(f"note: {found}: not a style of the checkpoint ({', '.join(options['styles'])}); these files "
+                     f"train with no style (name their folder after one of its styles, or use NAME=FOLDER)")
         return report, store
 
     def _restore(self, ckpt) -> None:

@@ -148,3 +148,18 @@ def test_unchanged_folder_is_served_from_the_manifest_and_changes_are_seen(tmp_p
     os.utime(corpus / "s0.mid", ns=(1, 1))
     third, _ = load_corpus(corpus, TOK, cache_dir=tmp_path / "cache", jobs=1)
     assert third["notes"] != first["notes"] and third["cache_hits"] == 5
+
+
+def test_subfolders_that_are_not_the_checkpoints_styles_are_reported(tmp_path):
+    """Fine-tuning keeps the checkpoint's styles: a folder named otherwise trains with no style,
+    and the report says which (a user's chorales/ and tunes/ against chorale and tune)."""
+    corpus = tmp_path / "corpus"
+    for name, count in (("tune", 2), ("tunes", 3), ("jigs", 1)):
+        (corpus / name).mkdir(parents=True)
+        for i in range(count):
+            write_midi(scale_song(len(name) * 10 + i, bars=2), corpus / name / f"s{i}.mid")
+    report, _ = load_corpus(corpus, TOK, cache_dir=tmp_path / "cache", jobs=1, styles=["chorale", "tune"])
+    assert report["styles"] == {"chorale": 0, "tune": 2}
+    assert report["styles_unmatched"] == {"jigs": 1, "tunes": 3}
+    own, _ = load_corpus(corpus, TOK, cache_dir=tmp_path / "cache", jobs=1)  # a new model: the folders are its styles
+    assert "styles_unmatched" not in own and own["styles"] == {"jigs": 1, "tune": 2, "tunes": 3}
