@@ -202,6 +202,11 @@ def train(ctx, folders, out, resolution, programs, drums, no_bars, max_time, max
                       val_fraction=val_fraction, controls=not no_controls, style=style, evals=evals, patience=patience,
                       save_interval=save_interval, compile=use_compile, log_every=log_every)
     log = (lambda m: None) if ctx.obj["quiet"] else (lambda m: click.echo(m, err=True))
+    kept = [name for name, value in (("--max-time", max_time), ("--max-steps", max_steps), ("--epochs", epochs),
+                                     ("--lr", lr), ("--batch-size", batch_size), ("--seq-len", seq_len))
+            if value is not None]
+    if resume and kept:  # the schedule was planned to the run's own budget and recipe
+        log(f"note: --resume keeps the run's own plan; {', '.join(kept)} ignored (start a new run with -o to change it)")
     made = missing_folders(out)
     try:
         with stop_signals_interrupt():

@@ -268,7 +268,7 @@ class Plan:
                   f"dropout {m.dropout}), "
                   f"{parameters:,} parameters, on {self.device}; windows {c.batch_size}x{self.window}, "
                   f"lr {c.lr:g}, {transposition}",
-                  f"budget: {budget}; warm-up {self.warmup} steps, cosine decay to the end of the budget, "
+                  f"budget: {budget}; warm-up {self.warmup} step{'s' if self.warmup != 1 else ''}, cosine decay to the end of the budget, "
                   f"{c.evals} validations, early stop after {c.patience} without improvement"
                   + (f" (counted after {JUDGE_AFTER_PASSES:g} passes and {STOP_AFTER:.0%} of the budget)"
                      if c.patience else "")
