@@ -70,11 +70,14 @@ def make_tokenizer(resolution, programs, drums, no_bars):
     return Tokenizer(TokenizerConfig(resolution=resolution, programs=programs, drums=drums, bar_tokens=not no_bars))
 
 
-def check_output(input_path, output_path) -> None:
+def check_output(input_path, output_path, kind: str | None = None) -> None:
+    """Never the input; and a file whose name says what it holds (kind: 'wav', 'png')."""
     from .fileio import same_file
 
     if input_path and output_path and same_file(input_path, output_path):
         raise UserError(f"output {output_path} is the input file; choose another name (inputs are never overwritten)")
+    if kind and output_path and not output_path.lower().endswith("." + kind):
+        raise UserError(f"{output_path}: this writes a {kind.upper()} file; give a name ending in .{kind}")
 
 
 @cli.command()
@@ -328,7 +331,7 @@ def stats(ctx, generated, reference, out, reference_split, as_json, max_pieces, 
     100,000 pairs drawn at random (--seed): memory stays flat whatever the folders hold."""
     from .metrics import features as music_stats
 
-    check_output(generated, out)
+    check_output(generated, out, "png")
     rep = music_stats.report(generated, reference, reference_split, max_pieces, seed)
     music_stats.plot_report(rep, out)
     click.echo(json.dumps(music_stats.as_json(rep), indent=2) if as_json else music_stats.format_table(rep))
@@ -498,7 +501,7 @@ def play(ctx, midi_file, soundfont, synth, midi_out, wav, window, peak="-1"):
     from .midi import read_midi
     from .playback import NoAudioDevice, Timeline, parse_peak, run_playback
 
-    check_output(midi_file, wav)
+    check_output(midi_file, wav, "wav")
     level = parse_peak(peak)
     timeline = Timeline()
     timeline.add_song(read_midi(midi_file, 96))
@@ -537,7 +540,7 @@ def show(ctx, midi_file, out, width, height, new_from):
     from .pianoroll import save_png
     from .playback import Timeline
 
-    check_output(midi_file, out)
+    check_output(midi_file, out, "png")
     timeline = Timeline()
     parts = read_midi_tracks(midi_file, 96)
     track_of = []  # the track of every note: without generated notes, tracks get their own colours

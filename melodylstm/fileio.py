@@ -36,6 +36,9 @@ def write_error(path, exc: BaseException) -> BaseException:
 def make_folders(folder: str) -> list[str]:
     """os.makedirs that returns the folders it created, outermost first (to undo on failure)."""
     created = missing_folders(folder)
+    found = os.path.dirname(created[0]) if created else os.path.abspath(folder)  # the nearest that exists
+    if not os.path.isdir(found):  # makedirs would say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{os.path.relpath(found)} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
     return created
 

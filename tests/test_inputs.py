@@ -202,6 +202,14 @@ def test_a_write_error_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     assert isinstance(error, OSError) and str(error) == "cannot write x.safetensors: No space left on device"
 
 
+def test_an_output_inside_a_file_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("song.mid").write_bytes(b"not a folder")
+    line = one_line_error(invoke("generate", "-o", "song.mid/deeper/x.mid", "--bars", "1"), "is a file")
+    assert line.endswith("cannot write song.mid/deeper/x.mid: song.mid is a file, not a folder")  # not "File exists"
+    assert Path("song.mid").read_bytes() == b"not a folder"
+
+
 def test_generate_into_new_folders_leaves_none_when_it_fails(tmp_path, monkeypatch):
     import melodylstm.midi as midi
 

@@ -87,6 +87,16 @@ def test_render_refuses_to_overwrite_its_input(tmp_path):
     assert result.returncode == 1 and "input file" in result.stderr
 
 
+def test_an_output_named_for_another_format_is_refused(tmp_path):
+    """render writes WAV and show PNG whatever the name: x.mp3 held a WAV, x.jpg a PNG."""
+    midi = tmp_path / "a.mid"
+    five_notes(midi)
+    for command, name, kind in (("render", "x.mp3", "WAV"), ("show", "x.jpg", "PNG")):
+        result = cli(command, str(midi), "-o", str(tmp_path / name))
+        assert result.returncode == 1 and f"writes a {kind} file" in result.stderr, result.stderr
+        assert not (tmp_path / name).exists()
+
+
 def test_play_through_the_disk_driver(tmp_path):
     midi, capture = tmp_path / "five.mid", tmp_path / "capture.raw"
     five_notes(midi)
