@@ -268,7 +268,7 @@ def format_description(info: dict) -> str:
              + ((" (causal: read from the notes before each token)" if info["causal_controls"] else
                  " (older: key, chord and density are hidden in every likelihood figure)") if info["controls"] else ""),
              f"styles      {', '.join(info['styles']) or 'none'}" + (
-                 " (voices: " + ", ".join(f"{k} {v}" for k, v in info["style_voices"].items()) + ")"
+                 " (voices: " + ", ".join(f"{k or '(no style)'} {v}" for k, v in info["style_voices"].items()) + ")"
                  if isinstance(info.get("style_voices"), dict) and info["style_voices"] else ""),
              f"tokens      {info['tokenizer']['vocabulary']} in the vocabulary, "
              f"{info['tokenizer']['steps_per_quarter']} steps per quarter note"]

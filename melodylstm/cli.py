@@ -470,7 +470,7 @@ def continue_cmd(ctx, midi_in, out, checkpoint, bars, seconds, tokens, num, temp
         if as_json:
             click.echo(json.dumps({"outputs": paths, "new_notes": [len(r.notes.notes) for r in results],
                                    "seed": gen.last_seed, **report}, indent=2))
-        if report.get("primer_bars"):
+        if report.get("primer_cut"):
             info(ctx, f"primed from the last {report['primer_bars']} bars of {midi_in} (--primer-bars all: the whole file)")
         key_text = f", key {results[0].key}" if results[0].key else ""
         info(ctx, f"wrote {', '.join(paths)} ({sum(len(r.notes.notes) for r in results)} new notes{key_text}, "
@@ -611,10 +611,15 @@ def jam(ctx, in_port, out_port, checkpoint, bars, temperature, tempo, time_signa
 
 @cli.command("info")
 @click.argument("checkpoint", required=False, type=click.Path(exists=True))
+@click.option("-c", "--checkpoint", "named", type=click.Path(exists=True), help="The checkpoint, as the other commands take it.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def info_cmd(checkpoint, as_json):
+def info_cmd(checkpoint, named, as_json):
     """What a checkpoint is (default: the bundled model): size, controls, styles, corpus, figures."""
     from .checkpoint import describe, format_description, load_checkpoint
+
+    if checkpoint and named:
+        raise UserError("give the checkpoint once: as CHECKPOINT or as -c")
+    checkpoint = checkpoint or named
 
     described = describe(load_checkpoint(checkpoint))
     click.echo(json.dumps(described, indent=2) if as_json else format_description(described))

@@ -179,7 +179,8 @@ class Generator:
             used_bars = total_bars - first - dropped
         request = self._control_request(None if key == "auto" else key, style, chords, density, strict_key,
                                         auto_key=key == "auto", key_strength=key_strength)
-        request["primer_bars"] = used_bars if total_bars is not None and total_bars > used_bars else None
+        request["primer_bars"] = used_bars  # the bars primed from; primer_cut: fewer than the file holds
+        request["primer_cut"] = total_bars is not None and total_bars > used_bars
         request["voices"] = self._voices(primer_voices(kept) if voices == "auto" else voices, None)
         # a line in whole and half notes is read in halves and quarters (a density asked for is the user's pace)
         factor = note_value_factor(kept) if density is None else 1
@@ -358,7 +359,8 @@ class Generator:
             ("primer" if density is not None else None),
             "chords": ctl.progression_label(request["progression"])
             if request["progression"] else ("the model's" if "chord" in names else None),
-            "primer_bars": request.get("primer_bars"), "temperature": temperature, "voices": request.get("voices"),
+            "primer_bars": request.get("primer_bars"), "primer_cut": request.get("primer_cut", False),
+            "temperature": temperature, "voices": request.get("voices"),
         })
         self.last_controls = report
 
@@ -556,9 +558,14 @@ def density_label(bucket) -> str | None:
     if bucket is None:
         return None
     names = {v: k for k, v in ctl.DENSITY_NAMES.items()}
-    edges = (0.0,) + ctl.DENSITY_EDGES
-    low = edges[bucket] if bucket < len(edges) else edges[-1]
-    return names.get(bucket, "very low" if bucket == 0 else "very high") + f" ({low:g}+ notes/beat)"
+    edges = ctl.DENSITY_EDGES
+    if bucket == 0:
+        span = f"under {edges[0]:g} note{'s' if edges[0] != 1 else ''}"
+    elif bucket < len(edges):
+        span = f"{edges[bucket - 1]:g}-{edges[bucket]:g} notes"
+    else:
+        span = f"{edges[-1]:g}+ notes"
+    return names.get(bucket, "very low" if bucket == 0 else "very high") + f" ({span}/beat)"
 
 
 def clip_notes(notes: np.ndarray, end: int | None) -> np.ndarray:

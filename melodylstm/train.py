@@ -325,6 +325,9 @@ class Run:
         self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
         self.style_voices = ctl.style_voices(np.asarray(self.store.train), np.asarray(self.store.train_controls),
                                              self.tok, self.store.styles)
+        if base is not None:  # fine-tuning: a style the new music lacks keeps its keys and texture
+            self.key_prior = {**(base.meta.get("key_prior") or {}), **self.key_prior}
+            self.style_voices = {**(base.meta.get("style_voices") or {}), **self.style_voices}
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if base is not None else MelodyLSTM(plan.model)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,

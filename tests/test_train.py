@@ -406,3 +406,33 @@ def test_a_run_planned_before_the_velocity_shift_resumes_without_it():
     assert TrainConfig.from_dict(asdict(TrainConfig(out="r"))).velocity_shift == 10
     old = {k: v for k, v in asdict(TrainConfig(out="r")).items() if not k.startswith("velocity")}
     assert TrainConfig.from_dict(old).velocity_shift == 0
+
+
+def test_fine_tuning_keeps_the_checkpoints_styles_and_what_it_knew_of_them(tmp_path):
+    """--init-from on a folder whose subfolders are not the checkpoint's styles: a note names them,
+    the model keeps its styles, and a style the new music lacks keeps its texture and keys (a
+    fine-tuned default lost the tune style's one voice, so its tunes could come out as chords)."""
+    from helpers import scale_song
+    from melodylstm.midi import write_midi
+
+    base_corpus, new_corpus = tmp_path / "base", tmp_path / "new" / "songs"
+    for style in ("choir", "line"):
+        (base_corpus / style).mkdir(parents=True)
+        for i in range(6):
+            write_midi(scale_song(i + (0 if style == "choir" else 50)), base_corpus / style / f"s{i}.mid")
+    new_corpus.mkdir(parents=True)
+    for i in range(6):
+        write_midi(scale_song(100 + i), new_corpus / f"n{i}.mid")
+    common = ["--max-steps", "2", "-j", "1", "--cache-dir", str(tmp_path / "c")]
+    assert run_cli("train", str(base_corpus), "-o", str(tmp_path / "b"), *common).returncode == 0
+    base = load_checkpoint(tmp_path / "b" / "best.safetensors")
+    result = run_cli("train", str(new_corpus.parent), "-o", str(tmp_path / "f"), "--init-from",
+                     str(tmp_path / "b" / "best.safetensors"), *common)
+    assert result.returncode == 0, result.stderr
+    assert "note: songs (6 files): not a style of the checkpoint (choir, line)" in result.stderr
+    tuned = load_checkpoint(tmp_path / "f" / "best.safetensors")
+    assert tuned.model_config.styles == base.model_config.styles == ("choir", "line")
+    for table in ("style_voices", "key_prior"):
+        for style in ("choir", "line"):
+            assert tuned.meta[table][style] == base.meta[table][style], (table, style)
+        assert "" in tuned.meta[table]  # the new music, which has no style
