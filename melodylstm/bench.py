@@ -463,5 +463,5 @@ def format_results(r: dict) -> str:
                   f"| `generate -n 16 --bars 16` s | {i['cli_s']:.2f} | {o['cli_s']:.2f} | **{d['cli_slowdown']:.2f}x** |"]
     c = r["cli"]
     lines += ["", "| CLI, process start included | seconds |", "|---|---|",
-              f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 (default model) | {c['continue_8_bars_s']:.2f} |"]
+              f"| melodylstm --help | {c['help_s']:.2f} |", f"| continue --bars 8 of the first chorale, four voices (default model) | {c['continue_8_bars_s']:.2f} |"]
     return "\n".join(lines)
