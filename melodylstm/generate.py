@@ -366,7 +366,10 @@ class Generator:
 
         end, stop, max_tokens = self._stopping(length, like, grid, start_time, num)
         live = self._live_decoder(decoder, on_note, end, offset) if on_note else None
-        max_rest = longest_rest(primer) if primer is not None else None  # no holes the primer lacks
+        if primer is not None:  # no holes the primer lacks
+            max_rest = longest_rest(primer)
+        else:  # ... nor holes the style's corpus lacks
+            max_rest = style_rest(self.checkpoint.meta, self.styles[style] if style is not None and style < len(self.styles) else None)
         if primer is not None and PRIMER_RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
             bias = note_length_bias(tok, primer, PRIMER_RHYTHM_STRENGTH)
             constraint = bias if constraint is None else constraint + bias
@@ -601,6 +604,14 @@ def named_key_priors(tok, key: int, rows: int, opening_end: int) -> list:
     if KEY_KEEPER_STRENGTH:
         priors.append(KeyKeeper(tok, rows, key, KEY_KEEPER_STRENGTH, KEY_KEEPER_NOTES, KEY_KEEPER_FLOOR))
     return priors
+
+
+def style_rest(meta: dict, style: str | None) -> int | None:
+    """The longest rest (steps) the checkpoint's corpus has inside 99% of its pieces of this style
+    (data.style_rests); None for a checkpoint that does not record it."""
+    table = meta.get("style_rests")
+    value = table.get(style or "") if isinstance(table, dict) else None
+    return int(value) if isinstance(value, int) and value >= 0 else None
 
 
 def tonic_triad_bias(tok, key: int, weights) -> np.ndarray:

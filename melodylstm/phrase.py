@@ -75,10 +75,17 @@ def longest_rest(song: Song, bars: int = PRIMER_REST_BARS) -> int:
     notes = recent_notes(song, bars)
     if len(notes) == 0:
         return phrase_end(song) - recent_span(song, bars)
+    last_end = int((notes[:, ONSET] + notes[:, DURATION]).max())
+    return int(max(inner_rest(notes), phrase_end(song) - last_end, 0))
+
+
+def inner_rest(notes: np.ndarray) -> int:
+    """The longest silence (steps) between the first note's start and the last note's end."""
+    if len(notes) < 2:
+        return 0
     order = np.argsort(notes[:, ONSET], kind="stable")
     onsets, ends = notes[order, ONSET], np.maximum.accumulate(notes[order, ONSET] + notes[order, DURATION])
-    gaps = onsets[1:] - ends[:-1]
-    return int(max(gaps.max(initial=0), phrase_end(song) - ends[-1], 0))
+    return int(max((onsets[1:] - ends[:-1]).max(initial=0), 0))
 
 
 def register_bias(tok, song: Song, strength: float, width: float, bars: int = RECENT_BARS) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from . import controls as ctl
 from .checkpoint import load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
 from .config import CONTROL_DIMS, ModelConfig
-from .data import WindowSampler, load_corpus, parse_sources, validation_index
+from .data import WindowSampler, load_corpus, parse_sources, style_rests, validation_index
 from .metrics.likelihood import hidden_controls
 from .fileio import atomic_write_bytes, write_error
 from .model import MelodyLSTM
@@ -325,9 +325,11 @@ class Run:
         self.key_prior = ctl.key_prior(np.asarray(self.store.train_controls), self.store.styles)
         self.style_voices = ctl.style_voices(np.asarray(self.store.train), np.asarray(self.store.train_controls),
                                              self.tok, self.store.styles)
-        if base is not None:  # fine-tuning: a style the new music lacks keeps its keys and texture
+        self.style_rests = style_rests(self.store.meta["train_files"], self.sources, self.tok.config.resolution)
+        if base is not None:  # fine-tuning: a style the new music lacks keeps its keys, texture and rests
             self.key_prior = {**(base.meta.get("key_prior") or {}), **self.key_prior}
             self.style_voices = {**(base.meta.get("style_voices") or {}), **self.style_voices}
+            self.style_rests = {**(base.meta.get("style_rests") or {}), **self.style_rests}
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if base is not None else MelodyLSTM(plan.model)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -458,7 +460,7 @@ class Run:
                 "sources": [[str(folder), style] for folder, style in self.sources],
                 "epochs": round(self.epochs_done, 2), "elapsed_s": round(self.elapsed, 1),
                 "recipe": self.recipe.size, "key_prior": self.key_prior,
-                "style_voices": self.style_voices}
+                "style_voices": self.style_voices, "style_rests": self.style_rests}
         save_checkpoint(self.out / name, self.model, self.tok, state, tensors if name == "last.safetensors" else {}, meta)
         if name == "last.safetensors":
             self.saved_step = self.step

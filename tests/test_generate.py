@@ -478,3 +478,29 @@ def test_a_named_key_is_heard_without_a_drone_on_its_tonic():
     tonic = [np.mean(s.notes[:, 2] % 12 == 2) for s in songs]
     assert np.median(tonic) < 0.33, tonic
     assert sum(estimate_key_index(s.notes) == key_index(2, "major") for s in songs) >= 5
+
+
+def test_generate_leaves_no_hole_longer_than_its_corpus_has():
+    """The default model's tunes ended bars early (a 2/4 reel heard in a 4/4 grid), leaving half
+    of every bar silent (8 of 24 tunes, seeds 1-24); the bundled corpus never rests past a beat in
+    99% of its pieces, and generate now holds its pieces to that (meta style_rests)."""
+    from melodylstm.phrase import inner_rest
+
+    gen = Generator.load()
+    assert gen.checkpoint.meta["style_rests"] == {"chorale": 12, "tune": 12}
+    for seed in (7, 10, 14):  # tunes that were half silent
+        song = gen.generate(bars=8, num=1, seed=seed, style="tune")[0]
+        assert inner_rest(song.notes) <= 12, seed
+
+
+def test_style_rests_are_the_longest_rest_most_pieces_stay_within(tmp_path):
+    from melodylstm.data import parse_sources, style_rests
+    from melodylstm.midi import write_midi
+
+    for style, gap in (("steady", 0), ("breathing", 24)):
+        (tmp_path / style).mkdir()
+        for i in range(4):
+            rows = [[t * 12 + (gap if t >= 4 else 0), 12, 60 + t, 80, 0] for t in range(8)]
+            write_midi(Song(np.array(rows, dtype=np.int64), 12, [(0, 500000)], [(0, 4, 4)]), tmp_path / style / f"{i}.mid")
+    files = sorted(str(p) for p in tmp_path.rglob("*.mid"))
+    assert style_rests(files, parse_sources(str(tmp_path)), 12) == {"breathing": 24, "steady": 0}
