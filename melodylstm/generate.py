@@ -369,7 +369,8 @@ class Generator:
         if primer is not None:  # no holes the primer lacks
             max_rest = longest_rest(primer)
         else:  # ... nor holes the style's corpus lacks
-            max_rest = style_rest(self.checkpoint.meta, self.styles[style] if style is not None and style < len(self.styles) else None)
+            name = self.styles[style] if style is not None and style < len(self.styles) else None
+            max_rest = style_rest(self.checkpoint.meta, name)
         if primer is not None and PRIMER_RHYTHM_STRENGTH:  # the answer's note lengths lean towards the phrase's
             bias = note_length_bias(tok, primer, PRIMER_RHYTHM_STRENGTH)
             constraint = bias if constraint is None else constraint + bias
