@@ -218,6 +218,12 @@ def pick_from_folder(folder: Path) -> Path:
 
 
 
+def meta_table(ckpt, name: str) -> dict:
+    """A per-style table from a checkpoint's metadata; a missing or damaged one counts as empty."""
+    table = ckpt.meta.get(name)
+    return table if isinstance(table, dict) else {}
+
+
 def export_checkpoint(src, dst, half: bool = True, extra_meta: dict | None = None) -> Checkpoint:
     """A compact, inference-only copy: weights (fp16 by default), configs and metadata; no
     optimizer state. This is how the bundled default model is made."""

@@ -477,6 +477,13 @@ def style_rests(files: list[str], sources, resolution: int, sample: int = 200, s
     return out
 
 
+def unmatched_styles_note(unmatched: dict, styles) -> str:
+    """The line `train --init-from` prints for folders that are none of the checkpoint's styles."""
+    found = ", ".join(f"{name} ({count} files)" for name, count in unmatched.items())
+    return (f"note: {found}: not a style of the checkpoint ({', '.join(styles)}); these files train with no "
+            f"style (name their folder after one of its styles, or use NAME=FOLDER)")
+
+
 def is_under(path, root) -> bool:
     try:
         Path(path).resolve().relative_to(Path(root).resolve())

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from . import controls as ctl
-from .checkpoint import load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
+from .checkpoint import load_checkpoint, meta_table, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
 from .config import CONTROL_DIMS, ModelConfig
-from .data import WindowSampler, load_corpus, parse_sources, style_rests, validation_index
+from .data import WindowSampler, load_corpus, parse_sources, style_rests, unmatched_styles_note, validation_index
 from .metrics.likelihood import hidden_controls
 from .fileio import atomic_write_bytes, write_error
 from .model import MelodyLSTM
@@ -327,9 +327,9 @@ class Run:
                                              self.tok, self.store.styles)
         self.style_rests = style_rests(self.store.meta["train_files"], self.sources, self.tok.config.resolution)
         if base is not None:  # fine-tuning: a style the new music lacks keeps its keys, texture and rests
-            self.key_prior = {**(base.meta.get("key_prior") or {}), **self.key_prior}
-            self.style_voices = {**(base.meta.get("style_voices") or {}), **self.style_voices}
-            self.style_rests = {**(base.meta.get("style_rests") or {}), **self.style_rests}
+            self.key_prior = {**meta_table(base, "key_prior"), **self.key_prior}
+            self.style_voices = {**meta_table(base, "style_voices"), **self.style_voices}
+            self.style_rests = {**meta_table(base, "style_rests"), **self.style_rests}
         torch.manual_seed(cfg.seed)  # same seed, same initial weights
         self.model = (base.build_model() if base is not None else MelodyLSTM(plan.model)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -393,9 +393,7 @@ class Run:
         if len(store.train) < 2:
             raise ValueError(f"{self.corpus}: too little music to train on")
         if report.get("styles_unmatched") and self.dist.main:
-            found = ", ".join(f"{name} ({count} files)" for name, count in report["styles_unmatched"].items())
-            self.log(f"note: {found}: not a style of the checkpoint ({', '.join(options['styles'])}); these files "
-                     f"train with no style (name their folder after one of its styles, or use NAME=FOLDER)")
+            self.log(unmatched_styles_note(report["styles_unmatched"], options["styles"]))
         return report, store
 
     def _restore(self, ckpt) -> None:

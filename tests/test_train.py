@@ -436,3 +436,13 @@ def test_fine_tuning_keeps_the_checkpoints_styles_and_what_it_knew_of_them(tmp_p
         for style in ("choir", "line"):
             assert tuned.meta[table][style] == base.meta[table][style], (table, style)
         assert "" in tuned.meta[table]  # the new music, which has no style
+
+
+def test_a_damaged_metadata_table_counts_as_none():
+    from types import SimpleNamespace
+
+    from melodylstm.checkpoint import meta_table
+
+    assert meta_table(SimpleNamespace(meta={"style_voices": ["chorale", 4]}), "style_voices") == {}
+    assert meta_table(SimpleNamespace(meta={}), "key_prior") == {}
+    assert meta_table(SimpleNamespace(meta={"style_rests": {"tune": 12}}), "style_rests") == {"tune": 12}
