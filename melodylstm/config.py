@@ -74,7 +74,7 @@ NAMED_KEY_STRENGTH = 3.0
 # each degree of the key's scale (melody-profile share >= KEY_KEEPER_FLOOR) up to
 # KEY_KEEPER_STRENGTH logits in proportion to how far it falls short of its share, counting
 # KEY_KEEPER_NOTES notes of the profile itself before the first: 100% / 96% (seeds 11..14: 100% /
-# 99% with generate's rest cap, 98% without), the tonic 20% / 20% of the notes. Strength 3: tunes
+# 100% with generate's rest cap, 98% without), the tonic 20% / 20% of the notes. Strength 3: tunes
 # 92%; the triad's degrees alone: 96%, tonic 26%; no opening bar: tunes 92% (seeds 11..14: 99%),
 # more empty beats
 TONIC_BIAS = (2.0, 1.0, 1.0)

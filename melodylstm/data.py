@@ -453,11 +453,13 @@ def check_style_name(name: str, given: bool = True) -> str:
     return name
 
 
-def style_rests(files: list[str], sources, resolution: int, sample: int = 200, share: float = 0.99) -> dict:
+def style_rests(files: list[str], sources, resolution: int, sample: int = 200, share: float = 0.9) -> dict:
     """Per style name ("" for music without a style): the longest silence inside a piece (steps)
     that `share` of the style's pieces stay within, from up to `sample` evenly spaced files.
     `generate` holds its pieces to it: a model that ends a bar early (a 2/4 reel heard in a 4/4
-    grid) leaves a hole its corpus never has (the bundled tunes: 99% rest at most a beat)."""
+    grid) leaves a hole its corpus never has. The bundled corpora: tunes half a beat, chorales a
+    beat (their phrases breathe); the 99% quantile (a beat for both) left tunes 5.8% silent
+    against the corpus's 0.5%, this 0.2% (chorales 1.0% against 1.0%)."""
     from .phrase import inner_rest
 
     by_style = {}
