@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import CONTINUE_CANDIDATES, PRIMER_REGISTER_BARS
-from .metrics.continuations import COPY, histogram_overlap, silent_share
+from .metrics.continuations import COPY, histogram_overlap, shared_notes, silent_share
 from .metrics.features import inter_onset_histogram, note_length_histogram
 from .midi import DRUMS, DURATION, ONSET, PITCH, PROGRAM, Song
 from .phrase import phrase_end, recent_notes, recent_span
@@ -48,9 +48,7 @@ def replayed(answer: np.ndarray, phrase: np.ndarray, start: int, span: int) -> f
     as much a replay as one that plays it once."""
     if len(answer) == 0:
         return 0.0
-    before = set(zip(phrase[:, ONSET].tolist(), phrase[:, PITCH].tolist()))
-    folded = start + (answer[:, ONSET] - start) % max(1, span)
-    return float(np.mean([(o, p) in before for o, p in zip(folded.tolist(), answer[:, PITCH].tolist())]))
+    return shared_notes(start + (answer[:, ONSET] - start) % max(1, span), answer[:, PITCH], phrase)
 
 
 def closest(phrase: dict, answers: list[dict], replays=None) -> int:

@@ -453,6 +453,17 @@ def check_style_name(name: str, given: bool = True) -> str:
     return name
 
 
+def scan_sources(sources) -> tuple[list, list, dict]:
+    """(MIDI files, skipped entries, file path -> style name or None) of parse_sources' folders."""
+    files, skipped_entries, file_styles = [], [], {}
+    for root, fixed in sources:
+        found, skipped = find_midi_files(root)
+        files += found
+        skipped_entries += skipped
+        file_styles.update({str(f): style_of(f, root, fixed) for f in found})
+    return files, skipped_entries, file_styles
+
+
 def style_rests(files: list[str], sources, resolution: int, sample: int = 200, share: float = 0.9) -> dict:
     """Per style name ("" for music without a style): the longest silence inside a piece (steps)
     that `share` of the style's pieces stay within, from up to `sample` evenly spaced files.
@@ -462,10 +473,10 @@ def style_rests(files: list[str], sources, resolution: int, sample: int = 200, s
     against the corpus's 0.5%, this 0.2% (chorales 1.0% against 1.0%)."""
     from .phrase import inner_rest
 
+    styles = scan_sources(sources)[2]
     by_style = {}
     for path in files:
-        root, fixed = next(((r, f) for r, f in sources if is_under(path, r)), (None, None))
-        by_style.setdefault((style_of(Path(path), root, fixed) if root else None) or "", []).append(path)
+        by_style.setdefault(styles.get(str(path)) or "", []).append(path)
     out = {}
     for name, paths in by_style.items():
         rests = []
@@ -484,14 +495,6 @@ def unmatched_styles_note(unmatched: dict, styles) -> str:
     found = ", ".join(f"{name} ({count} files)" for name, count in unmatched.items())
     return (f"note: {found}: not a style of the checkpoint ({', '.join(styles)}); these files train with no "
             f"style (name their folder after one of its styles, or use NAME=FOLDER)")
-
-
-def is_under(path, root) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(root).resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def parse_sources(paths, style: str | None = None) -> list[tuple[Path, str | None]]:
@@ -534,12 +537,7 @@ def load_corpus(path, tokenizer: Tokenizer, cache_dir=None, use_cache: bool = Tr
     parse_sources(path, style), when the caller has it already."""
     started = time.perf_counter()
     sources = sources if sources is not None else parse_sources(path, style)
-    files, skipped_entries, file_styles = [], [], {}
-    for root, fixed in sources:
-        found, skipped = find_midi_files(root)
-        files += found
-        skipped_entries += skipped
-        file_styles.update({str(f): style_of(f, root, fixed) for f in found})
+    files, skipped_entries, file_styles = scan_sources(sources)
     names = list(styles) if styles is not None else sorted({s for s in file_styles.values() if s})
     for name in names if styles is None else ():
         check_style_name(name, given=False)

@@ -152,13 +152,16 @@ def interval_patterns(notes: np.ndarray, n: int = 2) -> list:
     return [tuple(steps[i:i + n]) for i in range(len(steps) - n + 1)]
 
 
+def shared_notes(onsets: np.ndarray, pitches: np.ndarray, reference: np.ndarray) -> float:
+    """Share of the notes (onsets, pitches) that `reference` plays too, same pitch at the same step."""
+    there = set(zip(reference[:, ONSET].tolist(), reference[:, PITCH].tolist()))
+    return float(np.mean([(o, p) in there for o, p in zip(np.asarray(onsets).tolist(), np.asarray(pitches).tolist())]))
+
+
 def replay_share(real: np.ndarray, repeat: np.ndarray) -> float:
-    """Share of the real continuation's notes that the repeat baseline plays too (same pitch, same
-    step): 1.0 where the piece plays its primer again (a written-out repeat of a strain)."""
-    if len(real) == 0:
-        return NAN
-    again = set(zip(repeat[:, ONSET].tolist(), repeat[:, PITCH].tolist()))
-    return float(np.mean([(o, p) in again for o, p in zip(real[:, ONSET].tolist(), real[:, PITCH].tolist())]))
+    """Share of the real continuation's notes that the repeat baseline plays too: 1.0 where the
+    piece plays its primer again (a written-out repeat of a strain)."""
+    return shared_notes(real[:, ONSET], real[:, PITCH], repeat) if len(real) else NAN
 
 
 def motif_share(notes: np.ndarray, primer_patterns: set) -> float:
@@ -421,9 +424,9 @@ def rests(records: list[dict]) -> dict:
     note) and the others: an answer should breathe where its phrase breathes, and not fall silent
     where it never did; a line that drops out though its phrase never rested (a voice falling
     silent while the others sing on) is what no answer to that phrase can foresee."""
-    out = {}
-    for name, group in (("resting", [r for r in records if (r.get("primer_rest") or 0) > 0]),
-                        ("unbroken", [r for r in records if not (r.get("primer_rest") or 0) > 0])):
+    out, resting = {}, [(r.get("primer_rest") or 0) > 0 for r in records]
+    for name, group in (("resting", [r for r, b in zip(records, resting) if b]),
+                        ("unbroken", [r for r, b in zip(records, resting) if not b])):
         out[name] = {"pieces": len(group), "model": _mean(_mean(s["silent_share"] for s in r["model"]) for r in group),
                      "real": _mean(r["real"]["silent_share"] for r in group),
                      "model_resting": _mean(_mean(s["silent_share"] > 0 for s in r["model"]) for r in group),
